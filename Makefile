@@ -1,0 +1,58 @@
+# make demo : set up .venv and run the demo on the bundled sample (results in runs/demo/)
+# make test : set up .venv and run the whole test suite
+#
+# The environment is cached outside the clone, keyed by a hash of setup.cfg and this
+# file, so a fresh clone reuses it instead of reinstalling torch (~5 GB). Set
+# VENV_CACHE= (empty) to build .venv inside the clone instead.
+
+PYTHON     ?= python3
+VENV       := .venv
+VENV_CACHE ?= $(HOME)/.cache/cellrcnn/venvs
+# torch and torchvision are installed together as a matching pair from the registry.
+TORCH_PAIR := torch==2.14.1 torchvision==0.29.2
+ENV_KEY    := $(shell cat setup.cfg Makefile | sha256sum | cut -c1-16)
+PY         := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test sample bench-step clean
+
+setup: $(VENV)/.ready-$(ENV_KEY)
+	@# The package itself is installed editable from this clone (cheap), the rest is cached.
+	@$(PY) -c "import importlib.util as u, pathlib, sys; s = u.find_spec('cellrcnn'); \
+	sys.exit(0 if s and pathlib.Path(s.origin).resolve().parent == pathlib.Path('cellrcnn').resolve() else 1)" \
+	2>/dev/null || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+$(VENV)/.ready-$(ENV_KEY):
+	@set -e; \
+	if [ -n "$(VENV_CACHE)" ] && mkdir -p "$(VENV_CACHE)" 2>/dev/null; then \
+	  target="$(VENV_CACHE)/$(ENV_KEY)"; \
+	else \
+	  target="$(VENV)"; \
+	fi; \
+	if [ ! -f "$$target/.ready-$(ENV_KEY)" ]; then \
+	  echo "Creating the Python environment in $$target (torch is large: a few minutes the first time)"; \
+	  rm -rf "$$target"; \
+	  $(PYTHON) -m venv "$$target"; \
+	  "$$target/bin/python" -m pip install -q --upgrade pip setuptools wheel; \
+	  "$$target/bin/python" -m pip install -q $(TORCH_PAIR); \
+	  "$$target/bin/python" -m pip install -q ".[test]"; \
+	  "$$target/bin/python" -m pip uninstall -q -y cellrcnn; \
+	  "$$target/bin/python" -c "import torchvision.ops; torchvision.ops.nms" ; \
+	  touch "$$target/.ready-$(ENV_KEY)"; \
+	fi; \
+	if [ "$$target" != "$(VENV)" ]; then rm -rf "$(VENV)"; ln -s "$$target" "$(VENV)"; fi
+
+demo: setup
+	$(PY) -m cellrcnn.demo data/sample --out runs/demo --overwrite
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+sample: setup
+	$(PY) scripts/make_sample_data.py data/sample --overwrite
+
+bench-step: setup
+	$(PY) benchmarks/step_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,25 @@
+"""cellrcnn: fine-tune torchvision's Mask R-CNN to segment whole cells and their parts."""
+
+import logging
+
+from .config import BACKBONES, Config, ModelConfig
+from .losses import part_mask_loss, project_parts_on_boxes
+from .model import build_model, load_matching_state_dict, paste_part_labels, read_state_dict
+from .roi_heads import PartRoIHeads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKBONES",
+    "Config",
+    "ModelConfig",
+    "PartRoIHeads",
+    "build_model",
+    "load_matching_state_dict",
+    "part_mask_loss",
+    "paste_part_labels",
+    "project_parts_on_boxes",
+    "read_state_dict",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

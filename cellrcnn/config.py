@@ -1,0 +1,219 @@
+"""Dataclass configuration, validated on construction and saved as JSON.
+
+There is one config tree, :class:`Config`, built once (from the command line or a
+notebook) and handed out section by section: the model code only ever sees a
+:class:`ModelConfig`. Every section checks its own values in ``__post_init__`` so
+that a bad value fails with a clear ``ValueError`` before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["BACKBONES", "WEIGHT_CHOICES", "ModelConfig", "Config"]
+
+#: Backbones that :func:`cellrcnn.build_model` can build.
+BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "resnet34_fpn", "mobilenet_v3_fpn")
+#: Named weight choices; anything else is taken as the path of a state dict.
+WEIGHT_CHOICES = ("coco", "imagenet", "none")
+#: Backbones for which torchvision publishes COCO detection weights.
+COCO_BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "mobilenet_v3_fpn")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"{name} must be a positive integer, got {value!r}",
+    )
+
+
+class _Section:
+    """Shared JSON (de)serialisation for the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of JSON types (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]):
+        """Build from a dict as written by :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        _check(not unknown, f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
+                            f"known fields are {', '.join(known)}")
+        kwargs = {}
+        for name, value in values.items():
+            sub = _SECTIONS.get(name)
+            if sub is not None and isinstance(value, Mapping):
+                value = sub.from_dict(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """What :func:`cellrcnn.build_model` needs to build a part-aware Mask R-CNN.
+
+    Parameters
+    ----------
+    parts
+        Names of the cell parts predicted per pixel, background first.
+    part_weights
+        Loss weight per part name; parts not named weigh 1.0. Raising
+        ``{"cytoplasm": 2.0}`` doubles the gradient from cytoplasm pixels.
+    num_classes
+        Number of cell classes, background excluded (1: every cell is "cell").
+    backbone
+        One of :data:`BACKBONES`.
+    weights
+        ``"coco"`` (torchvision's COCO detection weights, predictors fresh),
+        ``"imagenet"`` (backbone only), ``"none"`` or the path of a state dict.
+    trainable_backbone_layers
+        Backbone stages left trainable; ``None`` means 3 with pretrained weights
+        and all stages without, as torchvision does.
+    min_size, max_size
+        Images are resized so the short side is ``min_size`` unless the long side
+        would exceed ``max_size``. Choose them so cells span roughly 32-512 pixels,
+        the range of the default anchors; torchvision's 800 px suits photographs,
+        not 120 px cell crops.
+    image_mean, image_std
+        Per-channel normalisation applied to images already scaled to [0, 1].
+    class_specific_parts
+        One set of part logits per cell class instead of one shared set.
+    mask_threshold
+        A pixel belongs to a detected cell when its whole-cell probability
+        exceeds this; its part is then the most likely non-background part.
+    rpn_batch_size_per_image, box_batch_size_per_image
+        Anchors and proposals sampled per image for the RPN and box losses.
+    box_detections_per_img, box_score_thresh
+        At most this many detections per image, with at least this score.
+    """
+
+    parts: tuple[str, ...] = ("background", "cytoplasm", "nucleus")
+    part_weights: dict[str, float] = field(default_factory=dict)
+    num_classes: int = 1
+    backbone: str = "resnet50_fpn"
+    weights: str = "coco"
+    trainable_backbone_layers: int | None = None
+    min_size: int = 512
+    max_size: int = 1024
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    class_specific_parts: bool = False
+    mask_threshold: float = 0.5
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_detections_per_img: int = 100
+    box_score_thresh: float = 0.05
+
+    def __post_init__(self) -> None:
+        # Accept lists (from JSON or a notebook) but store tuples: the config is frozen.
+        for name in ("parts", "image_mean", "image_std"):
+            value = getattr(self, name)
+            _check(isinstance(value, Sequence) and not isinstance(value, str),
+                   f"{name} must be a sequence, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        _check(isinstance(self.part_weights, Mapping),
+               f"part_weights must map part names to weights, got {self.part_weights!r}")
+        object.__setattr__(self, "part_weights", {str(k): float(v) for k, v in self.part_weights.items()})
+        self._validate()
+
+    def _validate(self) -> None:
+        parts = self.parts
+        _check(len(parts) >= 2, f"parts needs background and at least one cell part, got {parts}")
+        _check(all(isinstance(p, str) and p for p in parts), f"part names must be non-empty strings, got {parts}")
+        _check(parts[0] == "background", f"the first part must be 'background', got {parts[0]!r}")
+        _check(len(set(parts)) == len(parts), f"part names must be unique, got {parts}")
+        unknown = sorted(set(self.part_weights) - set(parts))
+        _check(not unknown, f"part_weights names unknown part(s) {unknown}; parts are {list(parts)}")
+        for name, w in self.part_weights.items():
+            _check(math.isfinite(w) and w > 0, f"part weight for {name!r} must be a positive number, got {w}")
+        _positive_int("num_classes", self.num_classes)
+        _check(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}; got {self.backbone!r}")
+        _check(isinstance(self.weights, str) and self.weights != "",
+               f"weights must be one of {', '.join(WEIGHT_CHOICES)} or a file path, got {self.weights!r}")
+        if self.weights == "coco":
+            _check(self.backbone in COCO_BACKBONES,
+                   f"torchvision has no COCO weights for {self.backbone}; use weights='imagenet' "
+                   f"or pick one of {', '.join(COCO_BACKBONES)}")
+        if self.trainable_backbone_layers is not None:
+            top = 6 if self.backbone.startswith("mobilenet") else 5
+            _check(isinstance(self.trainable_backbone_layers, int)
+                   and 0 <= self.trainable_backbone_layers <= top,
+                   f"trainable_backbone_layers for {self.backbone} must be 0..{top}, "
+                   f"got {self.trainable_backbone_layers!r}")
+        _positive_int("min_size", self.min_size)
+        _positive_int("max_size", self.max_size)
+        _check(self.max_size >= self.min_size,
+               f"max_size ({self.max_size}) must be at least min_size ({self.min_size})")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            _check(len(value) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value),
+                   f"{name} needs 3 numbers (one per RGB channel), got {value}")
+        _check(all(v > 0 for v in self.image_std), f"image_std must be positive, got {self.image_std}")
+        _check(isinstance(self.class_specific_parts, bool),
+               f"class_specific_parts must be true or false, got {self.class_specific_parts!r}")
+        _check(0.0 < self.mask_threshold < 1.0, f"mask_threshold must lie in (0, 1), got {self.mask_threshold}")
+        for name in ("rpn_batch_size_per_image", "box_batch_size_per_image", "box_detections_per_img"):
+            _positive_int(name, getattr(self, name))
+        _check(0.0 <= self.box_score_thresh < 1.0,
+               f"box_score_thresh must lie in [0, 1), got {self.box_score_thresh}")
+
+    @property
+    def num_parts(self) -> int:
+        """Number of part labels K, background included."""
+        return len(self.parts)
+
+    @property
+    def part_weight_vector(self) -> tuple[float, ...]:
+        """Loss weight of each part, in the order of :attr:`parts`."""
+        return tuple(self.part_weights.get(p, 1.0) for p in self.parts)
+
+    @property
+    def pretrained(self) -> bool:
+        """True when training starts from any pretrained weights."""
+        return self.weights != "none"
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """The whole configuration of a run; saved as ``config.json`` with every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.model, ModelConfig), f"model must be a ModelConfig, got {type(self.model).__name__}")
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write the config to ``path`` atomically (a partial file is never left behind)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Config":
+        """Read a config written by :meth:`to_json`."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read config {path}: {err}") from err
+        _check(isinstance(values, dict), f"{path} does not hold a config object")
+        return cls.from_dict(values)
+
+
+_SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig}

@@ -1,0 +1,295 @@
+"""Build the part-aware Mask R-CNN and load its starting weights.
+
+The model is torchvision's own ``MaskRCNN`` (``GeneralizedRCNN(backbone, rpn,
+roi_heads, transform)``) with two parts swapped by composition: the RoI heads
+(:class:`~cellrcnn.roi_heads.PartRoIHeads`) and the transform, whose
+``postprocess`` also pastes part labels into the image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import (
+    MobileNet_V3_Large_Weights,
+    ResNet18_Weights,
+    ResNet34_Weights,
+    ResNet50_Weights,
+    mobilenet_v3_large,
+    resnet18,
+    resnet34,
+    resnet50,
+)
+from torchvision.models.detection import (
+    FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+    MaskRCNN,
+    MaskRCNN_ResNet50_FPN_V2_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
+)
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .config import ModelConfig
+from .roi_heads import PartRoIHeads
+
+__all__ = ["build_model", "paste_part_labels", "PartRCNNTransform", "load_matching_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+_RESNETS = {
+    "resnet18_fpn": (resnet18, ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34_fpn": (resnet34, ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50_fpn": (resnet50, ResNet50_Weights.IMAGENET1K_V1),
+    "resnet50_fpn_v2": (resnet50, ResNet50_Weights.IMAGENET1K_V1),
+}
+_COCO = {
+    "resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+    "resnet50_fpn_v2": MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+    # torchvision has no Mask R-CNN on MobileNet: its Faster R-CNN gives backbone, RPN and box head.
+    "mobilenet_v3_fpn": FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
+}
+# Predictors are sized for COCO's 91 classes; they always start fresh from COCO weights.
+_FRESH_FROM_COCO = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
+
+
+def paste_part_labels(cell_probs: Tensor, part_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
+                      threshold: float = 0.5) -> Tensor:
+    """Paste per-RoI part probabilities into the image as part labels.
+
+    A pixel is part of a cell when its pasted whole-cell probability exceeds
+    ``threshold``; its label is then the most likely non-background part, so
+    ``part_masks > 0`` equals ``masks > threshold`` everywhere. Pasting is linear,
+    so the first foreground part is the cell probability minus the others: K-1
+    pastes in all, the cell's own included.
+
+    Parameters
+    ----------
+    cell_probs : Tensor
+        float ``[N, 1, H, W]`` whole-cell probability, already pasted.
+    part_probs : Tensor
+        float ``[N, K, M, M]`` part probabilities per RoI.
+    boxes : Tensor
+        float ``[N, 4]`` boxes in image coordinates.
+    image_size : tuple of int
+        ``(H, W)``.
+    threshold : float
+        Whole-cell probability above which a pixel belongs to the cell.
+
+    Returns
+    -------
+    Tensor
+        uint8 ``[N, H, W]`` part labels ``0..K-1``.
+    """
+    N, K = part_probs.shape[:2]
+    cell = cell_probs[:, 0]
+    inside = cell > threshold
+    if K == 2 or N == 0:
+        return inside.to(torch.uint8)
+    M = part_probs.shape[-1]
+    rest = paste_masks_in_image(part_probs[:, 2:].reshape(-1, 1, M, M), boxes.repeat_interleave(K - 2, dim=0),
+                                image_size).view(N, K - 2, *image_size)
+    first = cell - rest.sum(dim=1)
+    labels = torch.cat([first[:, None], rest], dim=1).argmax(dim=1).to(torch.uint8) + 1
+    return labels * inside
+
+
+class PartRCNNTransform(GeneralizedRCNNTransform):
+    """torchvision's transform whose ``postprocess`` also pastes ``part_masks``.
+
+    Follows torchvision 0.29: ``super().postprocess`` rescales the boxes and pastes
+    the whole-cell ``masks``; the part labels are pasted from the same boxes.
+    """
+
+    def __init__(self, *args: Any, mask_threshold: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mask_threshold = mask_threshold
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        if self.training:
+            return result
+        part_probs = [r.pop("part_probs") for r in result]
+        result = super().postprocess(result, image_shapes, original_image_sizes)
+        for r, probs, size in zip(result, part_probs, original_image_sizes):
+            r["part_masks"] = paste_part_labels(r["masks"], probs, r["boxes"], size, self.mask_threshold)
+        return result
+
+
+def _build_backbone(config: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """The FPN backbone and the MaskRCNN keyword arguments that go with it."""
+    pretrained = config.pretrained
+    is_mobilenet = config.backbone == "mobilenet_v3_fpn"
+    is_v2 = config.backbone == "resnet50_fpn_v2"
+    layers = config.trainable_backbone_layers
+    if layers is None:
+        layers = 3 if pretrained else (6 if is_mobilenet else 5)
+    # As torchvision: frozen batch norm under pretrained weights (batches are small), except v2.
+    norm = FrozenBatchNorm2d if pretrained and not is_v2 else nn.BatchNorm2d
+    if is_mobilenet:
+        imagenet = MobileNet_V3_Large_Weights.IMAGENET1K_V1 if config.weights == "imagenet" else None
+        body = _with_download_hint(mobilenet_v3_large, imagenet, weights=imagenet, norm_layer=norm)
+        backbone = _mobilenet_extractor(body, True, layers)
+        anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+        return backbone, {"rpn_anchor_generator": anchors, "rpn_score_thresh": 0.05}
+    fn, weights = _RESNETS[config.backbone]
+    imagenet = weights if config.weights == "imagenet" else None
+    body = _with_download_hint(fn, imagenet, weights=imagenet, norm_layer=norm)
+    backbone = _resnet_fpn_extractor(body, layers, norm_layer=nn.BatchNorm2d if is_v2 else None)
+    if not is_v2:
+        return backbone, {}
+    c = backbone.out_channels
+    anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    return backbone, {
+        "rpn_anchor_generator": anchors,
+        "rpn_head": RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2),
+        "box_head": FastRCNNConvFCHead((c, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nn.BatchNorm2d),
+        "mask_head": MaskRCNNHeads(c, [256, 256, 256, 256], 1, norm_layer=nn.BatchNorm2d),
+    }
+
+
+def build_model(config: ModelConfig) -> MaskRCNN:
+    """Build a part-aware Mask R-CNN from ``config``.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The model section of the run's config.
+
+    Returns
+    -------
+    torchvision.models.detection.MaskRCNN
+        With :class:`PartRoIHeads` and :class:`PartRCNNTransform`. In training
+        mode ``model(images, targets)`` returns torchvision's loss dict, with
+        ``loss_mask`` the weighted part loss. In eval mode each image's dict holds
+        ``boxes``, ``labels``, ``scores``, ``masks`` (float ``[N, 1, H, W]``
+        whole-cell probability) and ``part_masks`` (uint8 ``[N, H, W]``).
+    """
+    backbone, extra = _build_backbone(config)
+    mask_channels = config.num_parts * (config.num_classes if config.class_specific_parts else 1)
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,  # torchvision wants the class count in the predictors when they are given
+        min_size=config.min_size,
+        max_size=config.max_size,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+        rpn_batch_size_per_image=config.rpn_batch_size_per_image,
+        box_batch_size_per_image=config.box_batch_size_per_image,
+        box_detections_per_img=config.box_detections_per_img,
+        box_score_thresh=config.box_score_thresh,
+        box_predictor=FastRCNNPredictor(1024, config.num_classes + 1),  # 1024: the box heads' output size
+        mask_predictor=MaskRCNNPredictor(backbone.out_channels, 256, mask_channels),
+        **extra,
+    )
+    stock = model.roi_heads
+    model.roi_heads = PartRoIHeads(
+        num_parts=config.num_parts,
+        part_weights=config.part_weight_vector,
+        box_roi_pool=stock.box_roi_pool,
+        box_head=stock.box_head,
+        box_predictor=stock.box_predictor,
+        fg_iou_thresh=stock.proposal_matcher.high_threshold,
+        bg_iou_thresh=stock.proposal_matcher.low_threshold,
+        batch_size_per_image=stock.fg_bg_sampler.batch_size_per_image,
+        positive_fraction=stock.fg_bg_sampler.positive_fraction,
+        bbox_reg_weights=stock.box_coder.weights,
+        score_thresh=stock.score_thresh,
+        nms_thresh=stock.nms_thresh,
+        detections_per_img=stock.detections_per_img,
+        mask_roi_pool=stock.mask_roi_pool,
+        mask_head=stock.mask_head,
+        mask_predictor=stock.mask_predictor,
+    )
+    model.transform = PartRCNNTransform(
+        config.min_size, config.max_size, list(config.image_mean), list(config.image_std),
+        mask_threshold=config.mask_threshold,
+    )
+    if config.weights == "coco":
+        weights = _COCO[config.backbone]
+        state = _with_download_hint(weights.get_state_dict, weights, progress=True, check_hash=True)
+        load_matching_state_dict(model, state, skip_prefixes=_FRESH_FROM_COCO, source=f"COCO ({weights})")
+    elif config.weights not in ("imagenet", "none"):
+        load_matching_state_dict(model, read_state_dict(config.weights), source=config.weights)
+    return model
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state dict, or the ``"model"`` entry of a cellrcnn checkpoint, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist; pass weights='coco', 'imagenet', "
+                                f"'none' or the path of a saved state dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a corrupt file
+        raise ValueError(f"cannot read weights from {path}: {err}. Is it a PyTorch state dict (.pt/.pth)?") from err
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
+    return dict(state)
+
+
+def load_matching_state_dict(model: nn.Module, state: Mapping[str, Tensor], skip_prefixes: tuple[str, ...] = (),
+                             source: str = "state dict") -> dict[str, list[str]]:
+    """Load every entry of ``state`` whose name and shape match ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Model to load into, in place.
+    state : mapping
+        Parameter and buffer tensors by name.
+    skip_prefixes : tuple of str
+        Names starting with one of these are left as initialised.
+    source : str
+        Where ``state`` came from, for the log and errors.
+
+    Returns
+    -------
+    dict
+        ``loaded``, ``skipped`` (shape mismatch or skip prefix) and ``missing``
+        (in the model, absent from ``state``) lists of names.
+    """
+    own = model.state_dict()
+    report: dict[str, list[str]] = {"loaded": [], "skipped": [], "missing": []}
+    matched = {}
+    for name, value in state.items():
+        if name in own and own[name].shape == value.shape and not name.startswith(skip_prefixes):
+            matched[name] = value
+            report["loaded"].append(name)
+        elif name in own:
+            report["skipped"].append(name)
+    report["missing"] = [n for n in own if n not in state]
+    if not matched:
+        raise ValueError(f"no layer of {source} matches this model ({len(state)} entries, none with a name and "
+                         f"shape of the model); were the weights saved from another backbone?")
+    model.load_state_dict(matched, strict=False)
+    logger.info("loaded %d of %d tensors from %s; %d left as initialised (%d skipped, %d absent)",
+                len(report["loaded"]), len(own), source, len(own) - len(report["loaded"]),
+                len(report["skipped"]), len(report["missing"]))
+    return report
+
+
+def _with_download_hint(fn, weights, /, *args: Any, **kwargs: Any):
+    """Call ``fn``; if fetching ``weights`` fails, say where to put the file by hand."""
+    try:
+        return fn(*args, **kwargs)
+    except OSError as err:  # URLError and socket errors are OSErrors
+        if weights is None:
+            raise
+        target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        raise RuntimeError(
+            f"could not download {weights} ({err}). Without internet access, fetch {weights.url} "
+            f"on another machine and save it as {target}, or pass the path of a state dict as weights."
+        ) from err

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny models and synthetic targets that run in seconds on a CPU."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cellrcnn import ModelConfig
+from cellrcnn.synthetic import synthetic_sample
+from cellrcnn.targets import whole_cell_targets
+
+REPO = Path(__file__).resolve().parents[1]
+WBC_DIR = REPO.parent / "shared" / "datasets" / "wbc_jtsc"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_wbc = pytest.mark.skip(reason=f"WBC data not found at {WBC_DIR}")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "wbc" in item.keywords and not WBC_DIR.is_dir():
+            item.add_marker(skip_wbc)
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    """A resnet18-FPN at 64 px with small sampling: a training step takes well under a second."""
+    return ModelConfig(backbone="resnet18_fpn", weights="none", min_size=64, max_size=64,
+                       rpn_batch_size_per_image=32, box_batch_size_per_image=32)
+
+
+def to_torch_target(target: dict) -> dict:
+    return {k: torch.from_numpy(v) for k, v in target.items()}
+
+
+@pytest.fixture
+def synthetic_batch():
+    """Two synthetic images as float tensors [3, H, W] in [0, 1] with their whole-cell targets."""
+    images, targets = [], []
+    for seed, size in ((0, (64, 80)), (3, (64, 64))):
+        sample = synthetic_sample(seed, size=size)
+        images.append(torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 255)
+        targets.append(to_torch_target(whole_cell_targets(sample["parts"], min_area=10)))
+    assert all(len(t["boxes"]) > 0 for t in targets)
+    return images, targets
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,75 @@
+"""Config validation and JSON round trips."""
+
+import json
+
+import pytest
+
+from cellrcnn import Config, ModelConfig
+
+
+def test_defaults_are_valid_and_documented_values():
+    cfg = ModelConfig()
+    assert cfg.parts == ("background", "cytoplasm", "nucleus")
+    assert cfg.part_weight_vector == (1.0, 1.0, 1.0)
+    assert cfg.num_classes == 1 and cfg.class_specific_parts is False
+    assert cfg.min_size < 800  # torchvision's photo-sized default is wrong for cell crops
+
+
+def test_part_weights_fill_unspecified_parts_with_one():
+    cfg = ModelConfig(part_weights={"cytoplasm": 2.5})
+    assert cfg.part_weight_vector == (1.0, 2.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"parts": ("background",)}, "at least one cell part"),
+        ({"parts": ("cytoplasm", "background", "nucleus")}, "first part must be 'background'"),
+        ({"parts": ("background", "nucleus", "nucleus")}, "unique"),
+        ({"parts": "background,nucleus"}, "parts must be a sequence"),
+        ({"part_weights": {"membrane": 2.0}}, "unknown part"),
+        ({"part_weights": {"cytoplasm": 0.0}}, "positive number"),
+        ({"part_weights": {"cytoplasm": float("nan")}}, "positive number"),
+        ({"num_classes": 0}, "num_classes must be a positive integer"),
+        ({"num_classes": 1.5}, "num_classes must be a positive integer"),
+        ({"backbone": "vgg16"}, "backbone must be one of"),
+        ({"backbone": "resnet18_fpn", "weights": "coco"}, "no COCO weights for resnet18_fpn"),
+        ({"weights": ""}, "weights must be one of"),
+        ({"trainable_backbone_layers": 6}, r"must be 0\.\.5"),
+        ({"min_size": 0}, "min_size must be a positive integer"),
+        ({"min_size": 600, "max_size": 300}, "must be at least min_size"),
+        ({"image_mean": (0.5, 0.5)}, "needs 3 numbers"),
+        ({"image_std": (0.2, 0.0, 0.2)}, "image_std must be positive"),
+        ({"class_specific_parts": "yes"}, "true or false"),
+        ({"mask_threshold": 1.0}, r"mask_threshold must lie in \(0, 1\)"),
+        ({"box_batch_size_per_image": -4}, "box_batch_size_per_image must be a positive integer"),
+    ],
+)
+def test_bad_values_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_json_round_trip(tmp_path):
+    cfg = Config(model=ModelConfig(parts=("background", "cytoplasm", "nucleus", "granule"),
+                                   part_weights={"cytoplasm": 2.0}, num_classes=5, backbone="mobilenet_v3_fpn",
+                                   min_size=256, max_size=320, class_specific_parts=True))
+    path = tmp_path / "config.json"
+    cfg.to_json(path)
+    assert json.loads(path.read_text())["model"]["parts"] == ["background", "cytoplasm", "nucleus", "granule"]
+    assert Config.from_json(path) == cfg
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_unknown_json_field_is_an_error(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": {"backbone": "resnet18_fpn", "weights": "none", "lr": 0.1}}))
+    with pytest.raises(ValueError, match="unknown ModelConfig field.*lr"):
+        Config.from_json(path)
+
+
+def test_unreadable_json_names_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read config .*config.json"):
+        Config.from_json(path)

@@ -1,0 +1,130 @@
+"""The part loss and the part projection, tested as pure functions (no model)."""
+
+import numpy as np
+import pytest
+import torch
+from skimage.transform import downscale_local_mean
+from torchvision.models.detection.roi_heads import maskrcnn_loss, project_masks_on_boxes
+
+from cellrcnn import part_mask_loss, project_parts_on_boxes
+
+M = 28
+
+
+def random_case(seed: int, num_parts: int, inside: bool = True):
+    """Two images of random blob cells with random proposals matched to them."""
+    g = torch.Generator().manual_seed(seed)
+    masks, proposals, matched = [], [], []
+    for H, W, N, P in ((40, 50, 3, 7), (64, 48, 2, 5)):
+        labels = torch.randint(0, num_parts, (N, H // 4, W // 4), generator=g).to(torch.uint8)
+        masks.append(labels.repeat_interleave(4, 1).repeat_interleave(4, 2))  # blocky parts
+        lo = torch.rand(P, 2, generator=g) * torch.tensor([W, H]) * 0.5
+        size = torch.rand(P, 2, generator=g) * torch.tensor([W, H]) * 0.5 + 2
+        boxes = torch.cat([lo, lo + size], dim=1)
+        if not inside:
+            boxes = boxes * 1.5 - 10
+        proposals.append(boxes)
+        matched.append(torch.randint(0, N, (P,), generator=g))
+    return masks, proposals, matched
+
+
+def test_two_parts_equal_torchvision_maskrcnn_loss():
+    masks, proposals, matched = random_case(0, num_parts=2)
+    P = sum(len(p) for p in proposals)
+    x = torch.randn(P, M, M, generator=torch.Generator().manual_seed(1)) * 3
+    # torchvision picks the logit channel of each RoI's class; give every RoI class 1.
+    labels = [torch.ones(len(m), dtype=torch.int64) for m in masks]
+    expected = maskrcnn_loss(torch.stack([torch.zeros_like(x), x], 1), proposals, masks, labels, matched)
+    ours = part_mask_loss(torch.stack([torch.zeros_like(x), x], 1), proposals, masks, matched, torch.ones(2))
+    assert expected.item() > 0.1
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [2.0, 5.0])
+def test_cytoplasm_weight_scales_its_pixels_gradient(factor):
+    # One big cell: cytoplasm ring around a nucleus; proposals cover pure and mixed pixels.
+    mask = torch.zeros(1, 60, 60, dtype=torch.uint8)
+    mask[0, 5:55, 5:55] = 1
+    mask[0, 22:38, 22:38] = 2
+    proposals = [torch.tensor([[5.0, 5.0, 55.0, 55.0], [0.0, 0.0, 40.0, 40.0], [10.0, 8.0, 30.0, 50.0]])]
+    matched = [torch.zeros(3, dtype=torch.int64)]
+    target = project_parts_on_boxes(mask[0:1].expand(1, -1, -1), proposals[0], matched[0], 3, M)
+    logits = torch.randn(3, 3, M, M, generator=torch.Generator().manual_seed(0))
+
+    def grad(weights):
+        z = logits.clone().requires_grad_(True)
+        part_mask_loss(z, proposals, [mask], matched, torch.tensor(weights)).backward()
+        return z.grad
+
+    base, weighted = grad([1.0, 1.0, 1.0]), grad([1.0, factor, 1.0])
+    pure_cyto = target[:, 1] == 1.0
+    no_cyto = target[:, 1] == 0.0
+    assert pure_cyto.sum() > 100 and no_cyto.sum() > 100
+    pure_cyto, no_cyto = pure_cyto[:, None].expand_as(base), no_cyto[:, None].expand_as(base)
+    torch.testing.assert_close(weighted[pure_cyto], factor * base[pure_cyto], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(weighted[no_cyto], base[no_cyto], rtol=1e-5, atol=1e-9)
+
+
+def test_no_positive_proposals_gives_zero_loss_with_grad():
+    logits = torch.randn(0, 3, M, M, requires_grad=True)
+    masks = [torch.zeros(0, 30, 30, dtype=torch.uint8), torch.ones(2, 30, 30, dtype=torch.uint8)]
+    empty = [torch.zeros(0, 4), torch.zeros(0, 4)]
+    idxs = [torch.zeros(0, dtype=torch.int64)] * 2
+    loss = part_mask_loss(logits, empty, masks, idxs, torch.ones(3))
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert logits.grad is not None and logits.grad.shape == logits.shape
+
+
+def test_weights_of_the_wrong_length_are_rejected():
+    masks, proposals, matched = random_case(0, num_parts=3)
+    logits = torch.zeros(sum(len(p) for p in proposals), 3, M, M)
+    with pytest.raises(ValueError, match=r"part_weights must have shape \[3\]"):
+        part_mask_loss(logits, proposals, masks, matched, torch.ones(2))
+
+
+@pytest.mark.parametrize("num_parts", [2, 3, 4])
+def test_projection_matches_per_part_one_hot_projection(num_parts):
+    """Brute force: a full K x H x W one-hot per cell, each part projected by torchvision."""
+    masks, proposals, matched = random_case(2, num_parts)
+    for m, boxes, idxs in zip(masks, proposals, matched):
+        ours = project_parts_on_boxes(m, boxes, idxs, num_parts, M)
+        one_hot = torch.nn.functional.one_hot(m.long(), num_parts).permute(0, 3, 1, 2)
+        brute = torch.stack([project_masks_on_boxes(one_hot[:, k], boxes, idxs, M) for k in range(num_parts)], 1)
+        assert ours.shape == (len(boxes), num_parts, M, M)
+        torch.testing.assert_close(ours, brute, rtol=0, atol=1e-5)
+
+
+def test_projection_agrees_with_crop_and_resize():
+    """Boxes a multiple of M: fractions equal the one-hot crop block-averaged to M x M, up to
+    roi_align's half-pixel sampling offset."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (8, 8)).repeat(16, 0).repeat(16, 1).astype(np.uint8)
+    boxes = np.array([[0, 0, 112, 112], [8, 16, 64, 72], [20, 4, 104, 88]])
+    ours = project_parts_on_boxes(torch.from_numpy(labels)[None], torch.from_numpy(boxes).float(),
+                                  torch.zeros(3, dtype=torch.int64), 3, M).numpy()
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        step = (x1 - x0) // M
+        brute = downscale_local_mean(np.eye(3)[labels[y0:y1, x0:x1]], (step, step, 1)).transpose(2, 0, 1)
+        assert np.abs(ours[i] - brute).mean() < 0.05
+        assert (ours[i].argmax(0) == brute.argmax(0)).mean() > 0.9
+
+
+def test_projection_never_invents_a_part_between_two_others():
+    """Nucleus (2) touching background (0): interpolating label values would give 'cytoplasm' (1)."""
+    mask = torch.zeros(1, 40, 40, dtype=torch.uint8)
+    mask[0, 10:30, 10:30] = 2
+    boxes, idxs = torch.tensor([[3.3, 4.7, 37.1, 35.9]]), torch.zeros(1, dtype=torch.int64)
+    fractions = project_parts_on_boxes(mask, boxes, idxs, 3, M)
+    assert fractions[:, 1].max().item() == 0.0
+    torch.testing.assert_close(fractions.sum(1), torch.ones(1, M, M))
+    blurred_values = project_masks_on_boxes(mask, boxes, idxs, M)
+    assert ((blurred_values > 0.5) & (blurred_values < 1.5)).any()
+
+
+def test_projection_outside_the_image_is_background():
+    masks, proposals, matched = random_case(3, num_parts=3, inside=False)
+    for m, boxes, idxs in zip(masks, proposals, matched):
+        fractions = project_parts_on_boxes(m, boxes, idxs, 3, M)
+        assert fractions.min() >= 0 and fractions.max() <= 1 + 1e-6
+        torch.testing.assert_close(fractions.sum(1), torch.ones(len(boxes), M, M))
