@@ -43,7 +43,7 @@ $(VENV)/.ready-$(ENV_KEY):
 	if [ "$$target" != "$(VENV)" ]; then rm -rf "$(VENV)"; ln -s "$$target" "$(VENV)"; fi
 
 demo: setup
-	$(PY) -m cellrcnn.demo data/sample --out runs/demo --overwrite
+	$(PY) scripts/demo.py data/sample --out runs/demo --overwrite
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

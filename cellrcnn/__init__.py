@@ -4,8 +4,10 @@ import logging
 
 from .config import BACKBONES, Config, ModelConfig
 from .losses import part_mask_loss, project_parts_on_boxes
-from .model import build_model, load_matching_state_dict, paste_part_labels, read_state_dict
+from .model import build_model, load_matching_state_dict, paste_parts_in_image, read_state_dict
 from .roi_heads import PartRoIHeads
+from .synthetic import synthetic_sample
+from .targets import whole_cell_targets
 
 __version__ = "0.1.0"
 
@@ -17,9 +19,11 @@ __all__ = [
     "build_model",
     "load_matching_state_dict",
     "part_mask_loss",
-    "paste_part_labels",
+    "paste_parts_in_image",
     "project_parts_on_boxes",
     "read_state_dict",
+    "synthetic_sample",
+    "whole_cell_targets",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

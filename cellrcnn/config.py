@@ -128,7 +128,11 @@ class ModelConfig(_Section):
             object.__setattr__(self, name, tuple(value))
         _check(isinstance(self.part_weights, Mapping),
                f"part_weights must map part names to weights, got {self.part_weights!r}")
-        object.__setattr__(self, "part_weights", {str(k): float(v) for k, v in self.part_weights.items()})
+        try:
+            weights = {str(k): float(v) for k, v in self.part_weights.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"part_weights must map part names to numbers, got {self.part_weights!r}") from None
+        object.__setattr__(self, "part_weights", weights)
         self._validate()
 
     def _validate(self) -> None:

@@ -42,9 +42,12 @@ def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor
         float ``[P, K, M, M]`` part fractions in [0, 1].
     """
     rois = torch.cat([matched_idxs.to(boxes)[:, None], boxes], dim=1)
-    foreground = [
-        roi_align((gt_masks == k)[:, None].to(rois), rois, (M, M), 1.0)[:, 0] for k in range(1, num_parts)
-    ]
+    # One float map reused for every part: peak memory stays that of torchvision's projection.
+    binary = torch.empty((gt_masks.shape[0], 1, *gt_masks.shape[1:]), dtype=rois.dtype, device=rois.device)
+    foreground = []
+    for k in range(1, num_parts):
+        torch.eq(gt_masks[:, None], k, out=binary)
+        foreground.append(roi_align(binary, rois, (M, M), 1.0)[:, 0])
     fg = torch.stack(foreground, dim=1)
     background = (1.0 - fg.sum(dim=1, keepdim=True)).clamp_(min=0.0)
     return torch.cat([background, fg], dim=1)

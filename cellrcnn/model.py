@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import (
     MobileNet_V3_Large_Weights,
@@ -35,7 +36,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -43,7 +44,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from .config import ModelConfig
 from .roi_heads import PartRoIHeads
 
-__all__ = ["build_model", "paste_part_labels", "PartRCNNTransform", "load_matching_state_dict"]
+__all__ = ["build_model", "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +64,23 @@ _COCO = {
 _FRESH_FROM_COCO = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
 
 
-def paste_part_labels(cell_probs: Tensor, part_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
-                      threshold: float = 0.5) -> Tensor:
-    """Paste per-RoI part probabilities into the image as part labels.
+def paste_parts_in_image(part_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
+                         threshold: float = 0.5) -> dict[str, Tensor]:
+    """Paste per-RoI part probabilities into the image.
 
-    A pixel is part of a cell when its pasted whole-cell probability exceeds
+    Follows torchvision 0.29's ``paste_masks_in_image`` (same padding, box
+    expansion and bilinear resize), but pastes all foreground parts of a cell in
+    one resize and writes straight into the output instead of stacking copies.
+    The whole-cell probability is the sum of the foreground parts (the one-pixel
+    padding is background), so ``masks`` equals torchvision's paste of
+    ``1 - background``. A pixel belongs to a cell when that probability exceeds
     ``threshold``; its label is then the most likely non-background part, so
-    ``part_masks > 0`` equals ``masks > threshold`` everywhere. Pasting is linear,
-    so the first foreground part is the cell probability minus the others: K-1
-    pastes in all, the cell's own included.
+    ``part_masks > 0`` equals ``masks > threshold``.
 
     Parameters
     ----------
-    cell_probs : Tensor
-        float ``[N, 1, H, W]`` whole-cell probability, already pasted.
     part_probs : Tensor
-        float ``[N, K, M, M]`` part probabilities per RoI.
+        float ``[N, K, M, M]`` part probabilities per detection.
     boxes : Tensor
         float ``[N, 4]`` boxes in image coordinates.
     image_size : tuple of int
@@ -88,27 +90,35 @@ def paste_part_labels(cell_probs: Tensor, part_probs: Tensor, boxes: Tensor, ima
 
     Returns
     -------
-    Tensor
-        uint8 ``[N, H, W]`` part labels ``0..K-1``.
+    dict
+        ``masks`` float ``[N, 1, H, W]`` whole-cell probability and
+        ``part_masks`` uint8 ``[N, H, W]`` part labels ``0..K-1``.
     """
-    N, K = part_probs.shape[:2]
-    cell = cell_probs[:, 0]
-    inside = cell > threshold
-    if K == 2 or N == 0:
-        return inside.to(torch.uint8)
-    M = part_probs.shape[-1]
-    rest = paste_masks_in_image(part_probs[:, 2:].reshape(-1, 1, M, M), boxes.repeat_interleave(K - 2, dim=0),
-                                image_size).view(N, K - 2, *image_size)
-    first = cell - rest.sum(dim=1)
-    labels = torch.cat([first[:, None], rest], dim=1).argmax(dim=1).to(torch.uint8) + 1
-    return labels * inside
+    N, H, W = part_probs.shape[0], *image_size
+    masks = part_probs.new_zeros((N, 1, H, W))
+    part_masks = torch.zeros((N, H, W), dtype=torch.uint8, device=part_probs.device)
+    if N == 0:
+        return {"masks": masks, "part_masks": part_masks}
+    padded, scale = expand_masks(part_probs[:, 1:], padding=1)
+    for i, (x0, y0, x1, y1) in enumerate(expand_boxes(boxes, scale).to(torch.int64).tolist()):
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1 + 1, W), min(y1 + 1, H)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        size = (max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))
+        fg = F.interpolate(padded[i : i + 1], size=size, mode="bilinear", align_corners=False)[0]
+        fg = fg[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        cell = fg.sum(dim=0)
+        masks[i, 0, cy0:cy1, cx0:cx1] = cell
+        part_masks[i, cy0:cy1, cx0:cx1] = (fg.argmax(dim=0).to(torch.uint8) + 1) * (cell > threshold)
+    return {"masks": masks, "part_masks": part_masks}
 
 
 class PartRCNNTransform(GeneralizedRCNNTransform):
-    """torchvision's transform whose ``postprocess`` also pastes ``part_masks``.
+    """torchvision's transform whose ``postprocess`` pastes cell and part masks together.
 
-    Follows torchvision 0.29: ``super().postprocess`` rescales the boxes and pastes
-    the whole-cell ``masks``; the part labels are pasted from the same boxes.
+    Follows torchvision 0.29: ``super().postprocess`` rescales the boxes to the
+    original image; :func:`paste_parts_in_image` then pastes ``masks`` and
+    ``part_masks`` in one pass instead of torchvision's binary paste.
     """
 
     def __init__(self, *args: Any, mask_threshold: float = 0.5, **kwargs: Any) -> None:
@@ -119,9 +129,11 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
         if self.training:
             return result
         part_probs = [r.pop("part_probs") for r in result]
+        for r in result:
+            del r["masks"]  # pasted below, with the parts
         result = super().postprocess(result, image_shapes, original_image_sizes)
         for r, probs, size in zip(result, part_probs, original_image_sizes):
-            r["part_masks"] = paste_part_labels(r["masks"], probs, r["boxes"], size, self.mask_threshold)
+            r.update(paste_parts_in_image(probs, r["boxes"], size, self.mask_threshold))
         return result
 
 

@@ -30,6 +30,7 @@ def test_part_weights_fill_unspecified_parts_with_one():
         ({"part_weights": {"membrane": 2.0}}, "unknown part"),
         ({"part_weights": {"cytoplasm": 0.0}}, "positive number"),
         ({"part_weights": {"cytoplasm": float("nan")}}, "positive number"),
+        ({"part_weights": {"cytoplasm": "heavy"}}, "map part names to numbers"),
         ({"num_classes": 0}, "num_classes must be a positive integer"),
         ({"num_classes": 1.5}, "num_classes must be a positive integer"),
         ({"backbone": "vgg16"}, "backbone must be one of"),

@@ -9,7 +9,9 @@ from torchvision.models.detection import MaskRCNN, fasterrcnn_mobilenet_v3_large
 from torchvision.models.detection.faster_rcnn import FasterRCNN_MobileNet_V3_Large_FPN_Weights
 from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights
 
-from cellrcnn import ModelConfig, PartRoIHeads, build_model, paste_part_labels
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from cellrcnn import ModelConfig, PartRoIHeads, build_model, paste_parts_in_image
 
 STOCK_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 
@@ -85,24 +87,33 @@ def test_class_specific_parts_pick_the_logits_of_each_class(tiny_config, synthet
     assert out["part_masks"].shape[1:] == images[0].shape[1:]
 
 
-def test_paste_part_labels_with_two_parts_thresholds_the_cell():
-    cell = torch.tensor([[[[0.2, 0.7], [0.51, 0.5]]]])
-    probs = torch.rand(1, 2, 28, 28)
-    labels = paste_part_labels(cell, probs, torch.tensor([[0.0, 0.0, 2.0, 2.0]]), (2, 2))
-    assert labels.tolist() == [[[0, 1], [1, 0]]]
+def test_paste_matches_torchvision_for_the_whole_cell_and_labels_the_parts():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(4, 3, 28, 28, generator=g).softmax(dim=1)
+    boxes = torch.tensor([[10.0, 10.0, 66.0, 66.0], [-5.0, 3.0, 20.0, 40.0], [50.0, 60.0, 95.0, 79.5],
+                          [30.2, 12.7, 31.0, 13.1]])  # inside, over the edge, at the corner, tiny
+    out = paste_parts_in_image(probs, boxes, (80, 100))
+    expected = paste_masks_in_image(1 - probs[:, :1], boxes, (80, 100))
+    torch.testing.assert_close(out["masks"], expected, rtol=0, atol=1e-5)
+    assert out["part_masks"].dtype == torch.uint8 and out["part_masks"].max() <= 2
+    assert torch.equal(out["part_masks"] > 0, out["masks"][:, 0] > 0.5)
+    # torchvision fails on a box wholly outside the image; here it simply pastes nothing.
+    outside = paste_parts_in_image(probs[:1], torch.tensor([[90.0, 90.0, 120.0, 120.0]]), (80, 100))
+    assert outside["masks"].max() == 0 and outside["part_masks"].max() == 0
 
 
-def test_paste_part_labels_picks_the_most_likely_part():
-    # Left half nucleus-dominated, right half cytoplasm-dominated, everything inside the cell.
+def test_paste_picks_the_most_likely_part_inside_the_cell():
     probs = torch.zeros(1, 3, 28, 28)
-    probs[0, :, :, :14] = torch.tensor([0.1, 0.2, 0.7])[:, None, None]
-    probs[0, :, :, 14:] = torch.tensor([0.1, 0.7, 0.2])[:, None, None]
-    boxes = torch.tensor([[10.0, 10.0, 66.0, 66.0]])
-    from torchvision.models.detection.roi_heads import paste_masks_in_image
-    cell = paste_masks_in_image(1 - probs[:, :1], boxes, (80, 80))
-    labels = paste_part_labels(cell, probs, boxes, (80, 80))[0]
+    probs[0, :, :, :14] = torch.tensor([0.1, 0.2, 0.7])[:, None, None]  # nucleus-dominated half
+    probs[0, :, :, 14:] = torch.tensor([0.1, 0.7, 0.2])[:, None, None]  # cytoplasm-dominated half
+    labels = paste_parts_in_image(probs, torch.tensor([[10.0, 10.0, 66.0, 66.0]]), (80, 80))["part_masks"][0]
     assert labels[38, 15].item() == 2 and labels[38, 60].item() == 1
     assert labels[5, 5].item() == 0 and labels[75, 75].item() == 0
+
+
+def test_paste_with_no_detections_gives_empty_maps():
+    out = paste_parts_in_image(torch.zeros(0, 3, 28, 28), torch.zeros(0, 4), (30, 40))
+    assert out["masks"].shape == (0, 1, 30, 40) and out["part_masks"].shape == (0, 30, 40)
 
 
 def save(state, path):
