@@ -154,7 +154,8 @@ def child(args) -> None:
         return
     model = make_models(args)[which]
     images, targets = make_batch(args)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    # lr 0: weights stay as built, identical for both models, so both sample the same RoIs.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     fn = {"train": lambda: train_step(model, optimizer, images[which], targets[which], 0),
           "infer": lambda: infer(model, images[which])}[mode]
     fn()
@@ -224,6 +225,7 @@ def main():
     for mode, goal in (("train", 1.10), ("infer", 1.10)):
         if args.device.type == "cuda":
             peaks = {}
+            sync_weights(models)
             for name, model in models.items():
                 fn = {"train": lambda: train_step(model, optimizers[name], images[name], targets[name], 0),
                       "infer": lambda: infer(model, images[name])}[mode]

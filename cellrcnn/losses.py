@@ -46,7 +46,7 @@ def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor
     binary = torch.empty((gt_masks.shape[0], 1, *gt_masks.shape[1:]), dtype=rois.dtype, device=rois.device)
     foreground = []
     for k in range(1, num_parts):
-        torch.eq(gt_masks[:, None], k, out=binary)
+        binary.copy_(gt_masks[:, None]).eq_(k)  # in place: no uint8 or bool temporary of the image size
         foreground.append(roi_align(binary, rois, (M, M), 1.0)[:, 0])
     fg = torch.stack(foreground, dim=1)
     background = (1.0 - fg.sum(dim=1, keepdim=True)).clamp_(min=0.0)
