@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.ready-$(ENV_KEY)
 	@# The package itself is installed editable from this clone (cheap), the rest is cached.
-	@$(PY) -c "import importlib.util as u, pathlib, sys; s = u.find_spec('cellrcnn'); \
+	@$(PY) -I -c "import importlib.util as u, pathlib, sys; s = u.find_spec('cellrcnn'); \
 	sys.exit(0 if s and pathlib.Path(s.origin).resolve().parent == pathlib.Path('cellrcnn').resolve() else 1)" \
 	2>/dev/null || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
