@@ -1,8 +1,8 @@
 # make demo : set up .venv and run the demo on the bundled sample (results in runs/demo/)
 # make test : set up .venv and run the whole test suite
 #
-# The environment is cached outside the clone, keyed by a hash of setup.cfg and this
-# file, so a fresh clone reuses it instead of reinstalling torch (~5 GB). Set
+# The environment is cached outside the clone, keyed by a hash of setup.cfg and the
+# torch pair, so a fresh clone reuses it instead of reinstalling torch (~5 GB). Set
 # VENV_CACHE= (empty) to build .venv inside the clone instead.
 
 PYTHON     ?= python3
@@ -10,11 +10,11 @@ VENV       := .venv
 VENV_CACHE ?= $(HOME)/.cache/cellrcnn/venvs
 # torch and torchvision are installed together as a matching pair from the registry.
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.2
-ENV_KEY    := $(shell cat setup.cfg Makefile | sha256sum | cut -c1-16)
+ENV_KEY    := $(shell (cat setup.cfg; echo '$(TORCH_PAIR)') | sha256sum | cut -c1-16)
 PY         := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test sample bench-step clean
+.PHONY: setup demo test sample bench-step clean clean-cache
 
 setup: $(VENV)/.ready-$(ENV_KEY)
 	@# The package itself is installed editable from this clone (cheap), the rest is cached.
@@ -56,3 +56,6 @@ bench-step: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+clean-cache:
+	rm -rf $(VENV_CACHE)
