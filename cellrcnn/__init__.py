@@ -2,18 +2,22 @@
 
 import logging
 
-from .config import BACKBONES, Config, ModelConfig
+from .config import BACKBONES, Config, DataConfig, ModelConfig
 from .losses import part_mask_loss, project_parts_on_boxes
 from .model import build_model, load_matching_state_dict, paste_parts_in_image, read_state_dict
 from .roi_heads import PartRoIHeads
 from .synthetic import synthetic_sample
-from .targets import whole_cell_targets
+from .targets import instance_targets, select_largest, whole_cell_targets
+from .io import DataError, find_pairs, read_image, read_labels
+from .data import CellDataset, check_folder, collate, make_splits, write_split_csv
+from .augment import build_augmentation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKBONES",
     "Config",
+    "DataConfig",
     "ModelConfig",
     "PartRoIHeads",
     "build_model",
@@ -24,6 +28,18 @@ __all__ = [
     "read_state_dict",
     "synthetic_sample",
     "whole_cell_targets",
+    "instance_targets",
+    "select_largest",
+    "DataError",
+    "find_pairs",
+    "read_image",
+    "read_labels",
+    "CellDataset",
+    "check_folder",
+    "collate",
+    "make_splits",
+    "write_split_csv",
+    "build_augmentation",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

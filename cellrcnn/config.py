@@ -16,12 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["BACKBONES", "WEIGHT_CHOICES", "ModelConfig", "Config"]
+__all__ = ["BACKBONES", "WEIGHT_CHOICES", "ENCODINGS", "TARGETS", "AUGMENTATIONS", "DataConfig", "ModelConfig", "Config"]
 
 #: Backbones that :func:`cellrcnn.build_model` can build.
 BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "resnet34_fpn", "mobilenet_v3_fpn")
 #: Named weight choices; anything else is taken as the path of a state dict.
 WEIGHT_CHOICES = ("coco", "imagenet", "none")
+#: Mask encodings: part map; cell instances + part map; cell instances + nucleus instances.
+ENCODINGS = ("parts", "cells+parts", "cells+nuclei")
+#: Which cells of an image become targets.
+TARGETS = ("whole-cell", "largest")
+#: Augmentation presets.
+AUGMENTATIONS = ("none", "light", "strong")
 #: Backbones for which torchvision publishes COCO detection weights.
 COCO_BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "mobilenet_v3_fpn")
 
@@ -193,13 +199,118 @@ class ModelConfig(_Section):
 
 
 @dataclass(frozen=True)
+class DataConfig(_Section):
+    """How a folder of images and masks becomes training samples.
+
+    Parameters
+    ----------
+    image_glob, mask_glob
+        Patterns selecting image and mask files inside their folder. Both are
+        needed when image and mask share a stem and differ only by extension
+        (``"*.bmp"`` and ``"*.png"`` for the WBC data).
+    mask_suffix
+        Suffix of the part-label mask's stem (``cell_001_masks.tif``); a mask may
+        also carry the image's stem unchanged in a separate folder or extension.
+    encoding
+        ``"parts"``: one part-label map. ``"cells+parts"``: an instance label image
+        of whole cells (``<stem><cells_suffix>``) with the part map.
+        ``"cells+nuclei"``: cell instances with nucleus instances
+        (``<stem><nuclei_suffix>``); cytoplasm is cell minus nucleus.
+    cells_suffix, nuclei_suffix
+        Stem suffixes of the instance images of the last two encodings.
+    part_values
+        Pixel value of each part in the part map, in the order of the parts.
+    snap_values
+        Map undeclared values to the nearest declared one instead of failing.
+    classes_csv
+        CSV of ``image ID, class label`` (labels 1..C) giving every cell of an
+        image a class; without it every cell is class 1.
+    class_names
+        Name of each cell class, class 1 first.
+    targets
+        ``"whole-cell"``: every cell; ``"largest"``: only the largest cell not
+        touching the border (the largest cell when all touch it).
+    min_area
+        Cells of fewer pixels are ignored.
+    percentiles
+        Low and high percentile mapped to 0 and 1 for 16-bit and float images.
+    skip_unpaired
+        Skip (with a warning) images without a mask instead of failing.
+    val_fraction, val_dir, split_seed
+        Validation split: a seeded random fraction of the images, or all images
+        of a separate folder.
+    augment
+        ``"none"``, ``"light"`` or ``"strong"`` augmentation of training images.
+    """
+
+    image_glob: str = "*"
+    mask_glob: str = "*"
+    mask_suffix: str = "_masks"
+    encoding: str = "parts"
+    cells_suffix: str = "_cells"
+    nuclei_suffix: str = "_nuclei"
+    part_values: tuple[int, ...] = (0, 1, 2)
+    snap_values: bool = False
+    classes_csv: str | None = None
+    class_names: tuple[str, ...] = ("cell",)
+    targets: str = "whole-cell"
+    min_area: int = 20
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    skip_unpaired: bool = False
+    val_fraction: float = 0.2
+    val_dir: str | None = None
+    split_seed: int = 0
+    augment: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("part_values", "class_names", "percentiles"):
+            value = getattr(self, name)
+            _check(isinstance(value, Sequence) and not isinstance(value, str),
+                   f"{name} must be a sequence, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("image_glob", "mask_glob"):
+            _check(isinstance(getattr(self, name), str) and getattr(self, name),
+                   f"{name} must be a non-empty pattern such as '*.tif'")
+        _check(self.encoding in ENCODINGS, f"encoding must be one of {', '.join(ENCODINGS)}; got {self.encoding!r}")
+        suffixes = [self.mask_suffix, self.cells_suffix, self.nuclei_suffix]
+        _check(len(set(suffixes)) == 3 and all(suffixes),
+               f"mask, cells and nuclei suffixes must be different and non-empty, got {suffixes}")
+        values = self.part_values
+        _check(len(values) >= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values),
+               f"part_values must be two or more non-negative integers (one per part), got {values}")
+        _check(len(set(values)) == len(values), f"part_values must be distinct, got {values}")
+        _check(len(self.class_names) >= 1 and len(set(self.class_names)) == len(self.class_names)
+               and all(isinstance(n, str) and n for n in self.class_names),
+               f"class_names must be distinct non-empty names, got {self.class_names}")
+        _check(self.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}; got {self.targets!r}")
+        _positive_int("min_area", self.min_area)
+        lo_hi = self.percentiles
+        _check(len(lo_hi) == 2 and all(isinstance(p, (int, float)) for p in lo_hi) and 0 <= lo_hi[0] < lo_hi[1] <= 100,
+               f"percentiles must be two numbers 0 <= low < high <= 100, got {lo_hi}")
+        _check(isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1,
+               f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
+        _check(isinstance(self.split_seed, int), f"split_seed must be an integer, got {self.split_seed!r}")
+        _check(self.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
+
+
+@dataclass(frozen=True)
 class Config(_Section):
     """The whole configuration of a run; saved as ``config.json`` with every checkpoint."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, ModelConfig), f"model must be a ModelConfig, got {type(self.model).__name__}")
+        _check(isinstance(self.data, DataConfig), f"data must be a DataConfig, got {type(self.data).__name__}")
+        _check(len(self.data.part_values) == self.model.num_parts,
+               f"part_values {list(self.data.part_values)} must give one value per part {list(self.model.parts)}")
+        _check(len(self.data.class_names) == self.model.num_classes,
+               f"class_names {list(self.data.class_names)} must name each of the model's "
+               f"{self.model.num_classes} cell classes")
+        _check(self.data.encoding != "cells+nuclei" or self.model.num_parts == 3,
+               f"encoding 'cells+nuclei' gives three parts (background, cytoplasm, nucleus); "
+               f"the model has {list(self.model.parts)}")
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write the config to ``path`` atomically (a partial file is never left behind)."""
@@ -220,4 +331,4 @@ class Config(_Section):
         return cls.from_dict(values)
 
 
-_SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig}
+_SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig, "data": DataConfig}

@@ -12,18 +12,21 @@ import numpy as np
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
-__all__ = ["whole_cell_targets"]
+__all__ = ["whole_cell_targets", "instance_targets", "parts_from_instances", "select_largest"]
 
 
-def whole_cell_targets(parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:
-    """One target per whole cell: a connected region of non-background parts.
+def instance_targets(cells: np.ndarray, parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:
+    """One target per labelled cell of an instance image.
 
     Parameters
     ----------
+    cells : np.ndarray
+        Integer ``[H, W]`` instance labels, 0 background, one id per whole cell.
     parts : np.ndarray
-        Integer ``[H, W]`` part labels, 0 background.
+        Integer ``[H, W]`` part labels. Pixels of a cell that ``parts`` calls
+        background count as part 1 (cytoplasm: the cell minus its other parts).
     min_area : int
-        Cells of fewer pixels are dropped (specks, cut-off fragments).
+        Cells of fewer pixels are dropped.
     label : int
         Class label given to every cell.
 
@@ -33,14 +36,56 @@ def whole_cell_targets(parts: np.ndarray, min_area: int = 1, label: int = 1) -> 
         ``boxes`` float32 ``[N, 4]``, ``labels`` int64 ``[N]``, ``masks`` uint8
         ``[N, H, W]``; ``N = 0`` for an image without cells.
     """
+    if cells.ndim != 2 or cells.shape != parts.shape:
+        raise ValueError(f"cells and parts must be 2-D maps of one shape, got {cells.shape} and {parts.shape}")
+    regions = [r for r in regionprops(np.asarray(cells, dtype=np.int64)) if r.area >= min_area]
+    masks = np.zeros((len(regions), *cells.shape), dtype=np.uint8)
+    boxes = np.zeros((len(regions), 4), dtype=np.float32)
+    for i, region in enumerate(regions):
+        r0, c0, r1, c1 = region.bbox
+        boxes[i] = (c0, r0, c1, r1)
+        inside = region.image
+        masks[i, r0:r1, c0:c1][inside] = np.maximum(parts[r0:r1, c0:c1][inside], 1)
+    return {"boxes": boxes, "labels": np.full(len(regions), label, dtype=np.int64), "masks": masks}
+
+
+def whole_cell_targets(parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:
+    """One target per whole cell of a part map: a 4-connected region of non-background parts.
+
+    Touching cells in a part map merge into one; give an instance image of cells
+    (:func:`instance_targets`) when cells touch. Parameters and return value as in
+    :func:`instance_targets`.
+    """
     if parts.ndim != 2:
         raise ValueError(f"parts must be a 2-D label map, got shape {parts.shape}")
-    cells = [r for r in regionprops(connected_components(parts > 0, connectivity=1)) if r.area >= min_area]
-    masks = np.zeros((len(cells), *parts.shape), dtype=np.uint8)
-    boxes = np.zeros((len(cells), 4), dtype=np.float32)
-    for i, cell in enumerate(cells):
-        r0, c0, r1, c1 = cell.bbox
-        boxes[i] = (c0, r0, c1, r1)
-        region = masks[i, r0:r1, c0:c1]
-        region[cell.image] = parts[r0:r1, c0:c1][cell.image]
-    return {"boxes": boxes, "labels": np.full(len(cells), label, dtype=np.int64), "masks": masks}
+    return instance_targets(connected_components(parts > 0, connectivity=1), parts, min_area, label)
+
+
+def parts_from_instances(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
+    """Part map from cell and nucleus instance images: 1 cytoplasm (cell minus nucleus), 2 nucleus.
+
+    Nucleus pixels outside every cell are ignored.
+    """
+    if cells.shape != nuclei.shape:
+        raise ValueError(f"cells and nuclei must have one shape, got {cells.shape} and {nuclei.shape}")
+    parts = (cells > 0).astype(np.uint8)
+    parts[(cells > 0) & (nuclei > 0)] = 2
+    return parts
+
+
+def select_largest(target: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep only the largest complete cell: the largest one not touching the image border.
+
+    When every cell touches the border, the largest cell is kept; an image without
+    cells stays without. Works on targets from :func:`instance_targets`.
+    """
+    masks = target["masks"]
+    if len(masks) <= 1:
+        return target
+    H, W = masks.shape[1:]
+    areas = (masks > 0).reshape(len(masks), -1).sum(axis=1)
+    x0, y0, x1, y1 = target["boxes"].T
+    complete = (x0 > 0) & (y0 > 0) & (x1 < W) & (y1 < H)
+    candidates = np.flatnonzero(complete) if complete.any() else np.arange(len(masks))
+    keep = candidates[np.argmax(areas[candidates])]
+    return {k: v[keep : keep + 1] for k, v in target.items()}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cellrcnn import Config, ModelConfig
+from cellrcnn import Config, DataConfig, ModelConfig
 
 
 def test_defaults_are_valid_and_documented_values():
@@ -54,12 +54,49 @@ def test_bad_values_fail_at_construction(kwargs, message):
 def test_json_round_trip(tmp_path):
     cfg = Config(model=ModelConfig(parts=("background", "cytoplasm", "nucleus", "granule"),
                                    part_weights={"cytoplasm": 2.0}, num_classes=5, backbone="mobilenet_v3_fpn",
-                                   min_size=256, max_size=320, class_specific_parts=True))
+                                   min_size=256, max_size=320, class_specific_parts=True),
+                 data=DataConfig(part_values=(0, 64, 128, 255), class_names=("a", "b", "c", "d", "e"),
+                                 image_glob="*.bmp", mask_glob="*.png", percentiles=(0.5, 99.5)))
     path = tmp_path / "config.json"
     cfg.to_json(path)
     assert json.loads(path.read_text())["model"]["parts"] == ["background", "cytoplasm", "nucleus", "granule"]
     assert Config.from_json(path) == cfg
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"encoding": "rgb"}, "encoding must be one of"),
+        ({"mask_suffix": "_cells"}, "suffixes must be different"),
+        ({"part_values": (0, 128, 128)}, "distinct"),
+        ({"part_values": (0, -1, 2)}, "non-negative integers"),
+        ({"part_values": "0,1,2"}, "part_values must be a sequence"),
+        ({"class_names": ()}, "class_names must be distinct"),
+        ({"targets": "biggest"}, "targets must be one of"),
+        ({"min_area": 0}, "min_area must be a positive integer"),
+        ({"percentiles": (99.8, 1.0)}, "low < high"),
+        ({"val_fraction": 1.0}, r"val_fraction must lie in \[0, 1\)"),
+        ({"augment": "heavy"}, "augment must be one of"),
+        ({"image_glob": ""}, "non-empty pattern"),
+    ],
+)
+def test_bad_data_values_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "model, data, message",
+    [
+        ({}, {"part_values": (0, 255)}, "one value per part"),
+        ({"num_classes": 5}, {}, "must name each of the model's 5 cell classes"),
+        ({"parts": ("background", "cell")}, {"encoding": "cells+nuclei", "part_values": (0, 1)}, "gives three parts"),
+    ],
+)
+def test_sections_must_agree(model, data, message):
+    with pytest.raises(ValueError, match=message):
+        Config(model=ModelConfig(**model), data=DataConfig(**data))
 
 
 def test_unknown_json_field_is_an_error(tmp_path):

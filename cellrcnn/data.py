@@ -1,0 +1,192 @@
+"""Training samples from a folder of images and masks: dataset, collate and split."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from .augment import apply_augmentation, build_augmentation
+from .config import DataConfig
+from .io import (DataError, Pair, _read_array, atomic_write, class_of, find_pairs, map_part_values,
+                 match_files, normalize_image, read_classes_csv, read_labels)
+from .targets import instance_targets, parts_from_instances, select_largest, whole_cell_targets
+
+__all__ = ["load_sample", "build_target", "CellDataset", "collate", "split_pairs", "make_splits",
+           "write_split_csv", "check_folder"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None = None) -> dict[str, Any]:
+    """Read one image and its masks as training would, before augmentation.
+
+    Returns
+    -------
+    dict
+        ``image`` float32 ``[H, W, 3]`` in [0, 1], ``parts`` uint8 ``[H, W]`` part
+        indices, ``cells`` int64 ``[H, W]`` instance ids or None, ``label`` (the
+        image's cell class), ``dtype`` (of the image file, as a string).
+    """
+    raw = _read_array(pair.image)
+    image = normalize_image(raw, config.percentiles, name=str(pair.image))
+    maps = {kind: read_labels(path) for kind, path in
+            (("parts", pair.parts), ("cells", pair.cells), ("nuclei", pair.nuclei)) if path is not None}
+    for kind, labels in maps.items():
+        if labels.shape != image.shape[:2]:
+            path = getattr(pair, kind)
+            raise DataError(f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} pixels but its image "
+                            f"{pair.image.name} is {image.shape[1]}x{image.shape[0]}; masks must match their "
+                            f"image pixel for pixel")
+    if "nuclei" in maps:
+        parts = parts_from_instances(maps["cells"], maps["nuclei"])
+    else:
+        parts = map_part_values(maps["parts"], config.part_values, config.snap_values, name=str(pair.parts))
+    label = class_of(classes, pair.name, config.classes_csv) if classes is not None else 1
+    return {"image": image, "parts": parts, "cells": maps.get("cells"), "label": label, "dtype": str(raw.dtype)}
+
+
+def build_target(parts: np.ndarray, cells: np.ndarray | None, label: int, config: DataConfig) -> dict[str, np.ndarray]:
+    """Whole-cell targets of one image: from the instance map when there is one, else from the part map."""
+    if cells is not None:
+        target = instance_targets(cells, parts, config.min_area, label)
+    else:
+        target = whole_cell_targets(parts, config.min_area, label)
+    return select_largest(target) if config.targets == "largest" else target
+
+
+class CellDataset(Dataset):
+    """Images and whole-cell targets of a list of pairs, for torchvision detection models.
+
+    Item ``i`` is ``(image, target)``: image float32 ``[3, H, W]`` in [0, 1], and
+    the target dict of :mod:`cellrcnn.targets` as tensors, plus ``image_id``
+    (int64, ``i``; the file is ``dataset.pairs[i]``).
+
+    Parameters
+    ----------
+    pairs : list of Pair
+        From :func:`cellrcnn.io.find_pairs`.
+    config : DataConfig
+        The data section of the run's config.
+    augment : str or albumentations Compose
+        ``"none"`` (the default; use it for validation), ``"light"``, ``"strong"``
+        or your own pipeline.
+    """
+
+    def __init__(self, pairs: list[Pair], config: DataConfig, augment: Any = "none") -> None:
+        if not pairs:
+            raise DataError("no image/mask pairs to make a dataset of")
+        self.pairs = list(pairs)
+        self.config = config
+        self.augmentation = build_augmentation(augment)
+        self.classes = (read_classes_csv(config.classes_csv, len(config.class_names))
+                        if config.classes_csv else None)
+        if self.classes is not None:
+            for pair in self.pairs:  # fail now, not in a worker in the middle of an epoch
+                class_of(self.classes, pair.name, config.classes_csv)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sample = load_sample(self.pairs[index], self.config, self.classes)
+        maps = [sample["parts"]] + ([sample["cells"]] if sample["cells"] is not None else [])
+        image, maps = apply_augmentation(self.augmentation, sample["image"], maps)
+        cells = maps[1] if len(maps) > 1 else None
+        target = build_target(maps[0], cells, sample["label"], self.config)
+        tensors = {k: torch.from_numpy(v) for k, v in target.items()}
+        tensors["image_id"] = torch.tensor(index, dtype=torch.int64)
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), tensors
+
+
+def collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Batch for torchvision detection models: a list of images and a list of targets."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> dict[str, list[Pair]]:
+    """A reproducible random split into ``train`` and ``val``.
+
+    At least one image goes to validation when ``val_fraction > 0`` and there are
+    two or more images; the order inside each split follows the input.
+    """
+    n_val = int(round(len(pairs) * val_fraction))
+    if val_fraction > 0 and len(pairs) > 1:
+        n_val = min(max(n_val, 1), len(pairs) - 1)
+    chosen = set(np.random.default_rng(seed).permutation(len(pairs))[:n_val].tolist())
+    return {"train": [p for i, p in enumerate(pairs) if i not in chosen],
+            "val": [p for i, p in enumerate(pairs) if i in chosen]}
+
+
+def make_splits(folder: str | os.PathLike, config: DataConfig) -> dict[str, list[Pair]]:
+    """Training and validation pairs: from ``config.val_dir`` when given, else a seeded split of ``folder``."""
+    pairs = find_pairs(folder, config)
+    if config.val_dir:
+        return {"train": pairs, "val": find_pairs(config.val_dir, config)}
+    return split_pairs(pairs, config.val_fraction, config.split_seed)
+
+
+def write_split_csv(path: str | os.PathLike, splits: dict[str, list[Pair]], overwrite: bool = False) -> Path:
+    """Write ``split.csv`` (image, masks, split) atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "masks", "split"])
+            for split, pairs in splits.items():
+                for pair in pairs:
+                    writer.writerow([str(pair.image), ";".join(map(str, pair.masks)), split])
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+def check_folder(folder: str | os.PathLike, config: DataConfig, part_names: tuple[str, ...] | None = None) -> dict:
+    """Read every pair of ``folder`` as training would and report what is found.
+
+    Parameters
+    ----------
+    folder : path
+        The data folder.
+    config : DataConfig
+        How to read it.
+    part_names : tuple of str, optional
+        Names for the part columns (default ``part0``, ``part1``, ...).
+
+    Returns
+    -------
+    dict
+        ``table``: a DataFrame with one row per readable image (image, mask,
+        width, height, dtype, cells, and the pixel fraction of each part);
+        ``problems``: a list of one-line messages, each naming a file.
+    """
+    names = part_names or tuple(f"part{k}" for k in range(len(config.part_values)))
+    matching = match_files(folder, config)
+    problems = [f"{image}: {problem}" for image, problem in matching.unpaired]
+    classes = None
+    if config.classes_csv:
+        try:
+            classes = read_classes_csv(config.classes_csv, len(config.class_names))
+        except DataError as err:
+            problems.append(str(err))
+    rows = []
+    for pair in matching.pairs:
+        try:
+            sample = load_sample(pair, config, classes)
+            target = build_target(sample["parts"], sample["cells"], sample["label"], config)
+        except DataError as err:
+            problems.append(str(err))
+            continue
+        H, W = sample["parts"].shape
+        fractions = np.bincount(sample["parts"].ravel(), minlength=len(names)) / (H * W)
+        if len(target["boxes"]) == 0:
+            logger.info("%s has no cell of at least %d pixels (a negative sample)", pair.image, config.min_area)
+        rows.append({"image": pair.image.name, "mask": ";".join(p.name for p in pair.masks), "width": W,
+                     "height": H, "dtype": sample["dtype"], "class": sample["label"], "cells": len(target["boxes"]),
+                     **{f"{n}_fraction": f for n, f in zip(names, fractions)}})
+    return {"table": pd.DataFrame(rows), "problems": problems}
