@@ -53,13 +53,20 @@ class Pair:
 def _read_array(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return tifffile.imread(path)
-        return np.asarray(imread(path))
+            array = tifffile.imread(path)
+        else:
+            array = np.asarray(imread(path))
+        if array.size == 0:
+            raise ValueError("no image data in the file")
+        return array
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as err:  # readers raise many types for corrupt or truncated files
-        raise DataError(f"{path}: cannot read the file ({type(err).__name__}: {err}); it may be corrupt or "
-                        f"truncated: export it again or remove it from the folder") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "backend" in reason:  # imageio's way of saying that no reader recognises the content
+            reason = "no image reader recognises its content"
+        raise DataError(f"{path}: cannot read the file ({reason}); it may be corrupt or truncated: "
+                        f"export it again or remove it from the folder") from None
 
 
 def normalize_image(array: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8), name: str = "image") -> np.ndarray:
@@ -175,7 +182,7 @@ def _is_image_file(path: Path) -> bool:
 
 def _find_mask(stem: str, suffix: str, folder: Path, glob: str, exclude: Path | None, required_suffix: bool) -> Path | None:
     """The mask of ``stem``: ``<stem><suffix>.*`` or, unless suffix is required, ``<stem>.*``."""
-    candidates = [p for p in folder.iterdir() if _is_image_file(p) and fnmatch.fnmatch(p.name, glob) and p != exclude]
+    candidates = [p for p in sorted(folder.iterdir()) if _is_image_file(p) and fnmatch.fnmatch(p.name, glob) and p != exclude]
     with_suffix = [p for p in candidates if p.stem == stem + suffix]
     plain = [] if required_suffix else [p for p in candidates if p.stem == stem]
     found = with_suffix or plain

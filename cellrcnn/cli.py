@@ -1,0 +1,154 @@
+"""Command-line front ends: shared argument groups and the installed commands.
+
+Each command turns its arguments into one config, reports a bad argument as one
+line with exit code 2, and a data problem as one line naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import AUGMENTATIONS, ENCODINGS, TARGETS, DataConfig
+from .data import check_folder
+from .io import DataError
+
+__all__ = ["add_data_arguments", "data_config_from_args", "check_data_main"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_SHOWN = 20  # problems listed one by one; the rest are counted
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,128,255, got {text!r}") from None
+
+
+def _float_pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers such as 1,99.8, got {text!r}") from None
+    return low, high
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(","))
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the data options shared by every command that reads a data folder."""
+    d = DataConfig()
+    files = parser.add_argument_group("finding images and masks")
+    files.add_argument("--image-glob", default=d.image_glob, help="pattern of image files (default: %(default)s)")
+    files.add_argument("--mask-glob", default=d.mask_glob,
+                       help="pattern of mask files; set both globs when image and mask differ only by "
+                            "extension, e.g. --image-glob '*.bmp' --mask-glob '*.png' (default: %(default)s)")
+    files.add_argument("--mask-suffix", default=d.mask_suffix,
+                       help="stem suffix of part masks, as in cell_001_masks.tif (default: %(default)s)")
+    files.add_argument("--skip-unpaired", action="store_true",
+                       help="skip images without a mask, with a warning, instead of stopping")
+    masks = parser.add_argument_group("reading masks")
+    masks.add_argument("--encoding", choices=ENCODINGS, default=d.encoding,
+                       help="parts: one part-label map; cells+parts: cell instances plus part map; "
+                            "cells+nuclei: cell and nucleus instances (default: %(default)s)")
+    masks.add_argument("--part-values", type=_int_list, default=d.part_values, metavar="V0,V1,...",
+                       help="mask value of each part, background first (default: 0,1,2; WBC data: 0,128,255)")
+    masks.add_argument("--snap-values", action="store_true",
+                       help="map undeclared mask values to the nearest declared one instead of failing")
+    masks.add_argument("--cells-suffix", default=d.cells_suffix, help="stem suffix of cell instance masks "
+                       "(default: %(default)s)")
+    masks.add_argument("--nuclei-suffix", default=d.nuclei_suffix, help="stem suffix of nucleus instance masks "
+                       "(default: %(default)s)")
+    masks.add_argument("--classes-csv", type=str, default=None,
+                       help="CSV of 'image ID,class label' (1..C) giving each image's cells a class")
+    masks.add_argument("--class-names", type=_names, default=d.class_names, metavar="NAME,...",
+                       help="name of each cell class, class 1 first (default: cell)")
+    masks.add_argument("--targets", choices=TARGETS, default=d.targets,
+                       help="whole-cell: every cell; largest: only the largest cell off the border (default: %(default)s)")
+    masks.add_argument("--min-area", type=int, default=d.min_area, help="ignore cells smaller than this many "
+                       "pixels (default: %(default)s)")
+    masks.add_argument("--percentiles", type=_float_pair, default=d.percentiles, metavar="LOW,HIGH",
+                       help="percentiles scaled to 0 and 1 for 16-bit and float images (default: 1,99.8)")
+    split = parser.add_argument_group("validation split and augmentation")
+    split.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                       help="fraction of images held out for validation (default: %(default)s)")
+    split.add_argument("--val-dir", type=str, default=None, help="a separate validation folder instead")
+    split.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the split (default: %(default)s)")
+    split.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment,
+                       help="augmentation of training images (default: %(default)s)")
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+    """The :class:`DataConfig` of parsed arguments (raises ValueError for bad values)."""
+    return DataConfig(
+        image_glob=args.image_glob, mask_glob=args.mask_glob, mask_suffix=args.mask_suffix,
+        encoding=args.encoding, cells_suffix=args.cells_suffix, nuclei_suffix=args.nuclei_suffix,
+        part_values=args.part_values, snap_values=args.snap_values, classes_csv=args.classes_csv,
+        class_names=args.class_names, targets=args.targets, min_area=args.min_area, percentiles=args.percentiles,
+        skip_unpaired=args.skip_unpaired, val_fraction=args.val_fraction, val_dir=args.val_dir,
+        split_seed=args.split_seed, augment=args.augment,
+    )
+
+
+def _setup_logging(quiet: bool = False) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stdout)
+    # tifffile logs its own error for a corrupt file; the DataError raised for it says it better, naming the file.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+
+def check_data_main(argv: list[str] | None = None) -> int:
+    """``cellrcnn-check-data DATA_DIR [data options]``: exit 0 usable, 1 problems found, 2 bad arguments."""
+    parser = argparse.ArgumentParser(
+        prog="cellrcnn-check-data",
+        description="Read every image and mask of a folder as training would, summarise it and list every problem.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("data_dir", type=Path, help="folder of images and masks")
+    parser.add_argument("--parts", type=_names, default=("background", "cytoplasm", "nucleus"), metavar="NAME,...",
+                        help="part names, background first, in the order of --part-values")
+    add_data_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = data_config_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    if len(args.parts) != len(config.part_values):
+        parser.error(f"--parts names {len(args.parts)} parts but --part-values gives {len(config.part_values)} values")
+    if not args.data_dir.is_dir():
+        parser.error(f"{args.data_dir}: folder not found")
+    _setup_logging()
+    try:
+        report = check_folder(args.data_dir, config, part_names=args.parts)
+    except DataError as err:
+        logger.error("problem: %s", err)
+        return 1
+    table, problems = report["table"], report["problems"]
+    if len(table):
+        fractions = table[[f"{p}_fraction" for p in args.parts]].mean()
+        logger.info("%s: %d usable images, %d cells (%.2f per image, %d images without a cell)",
+                    args.data_dir, len(table), table["cells"].sum(), table["cells"].mean(), (table["cells"] == 0).sum())
+        logger.info("mean part pixel fractions: %s",
+                    ", ".join(f"{p} {f:.3f}" for p, f in zip(args.parts, fractions)))
+        if config.classes_csv:
+            counts = table["class"].value_counts().sort_index()
+            logger.info("images per class: %s", ", ".join(f"{config.class_names[c - 1]} {n}" for c, n in counts.items()))
+        sizes = (table["width"].astype(str) + "x" + table["height"].astype(str)).value_counts()
+        shown = ", ".join(f"{n} of {size}" for size, n in sizes.head(5).items())
+        more = f" and {len(sizes) - 5} other sizes" if len(sizes) > 5 else ""
+        logger.info("image sizes (width x height): %s%s", shown, more)
+        logger.info("pixel types: %s", ", ".join(f"{n} {t}" for t, n in table["dtype"].value_counts().items()))
+    for problem in problems[:_MAX_SHOWN]:
+        logger.error("problem: %s", problem)
+    if len(problems) > _MAX_SHOWN:
+        logger.error("... and %d more problems of the same kinds", len(problems) - _MAX_SHOWN)
+    if problems:
+        logger.error("%d problem(s) found; fix them or leave those files out before training", len(problems))
+        return 1
+    logger.info("no problems found")
+    return 0
