@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 
 from .augment import apply_augmentation, build_augmentation
 from .config import DataConfig
-from .io import (DataError, Pair, _read_array, atomic_write, class_of, find_pairs, map_part_values,
-                 match_files, normalize_image, read_classes_csv, read_labels)
+from .io import (DataError, Pair, atomic_write, class_of, find_pairs, map_part_values,
+                 match_files, normalize_image, read_classes_csv, read_labels, read_raw)
 from .targets import instance_targets, parts_from_instances, select_largest, whole_cell_targets
 
 __all__ = ["load_sample", "build_target", "CellDataset", "collate", "split_pairs", "make_splits",
@@ -35,7 +35,7 @@ def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None =
         indices, ``cells`` int64 ``[H, W]`` instance ids or None, ``label`` (the
         image's cell class), ``dtype`` (of the image file, as a string).
     """
-    raw = _read_array(pair.image)
+    raw = read_raw(pair.image)
     image = normalize_image(raw, config.percentiles, name=str(pair.image))
     maps = {kind: read_labels(path) for kind, path in
             (("parts", pair.parts), ("cells", pair.cells), ("nuclei", pair.nuclei)) if path is not None}

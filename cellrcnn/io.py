@@ -19,7 +19,7 @@ from skimage.io import imread
 
 from .config import DataConfig
 
-__all__ = ["DataError", "Pair", "IMAGE_EXTENSIONS", "read_image", "read_labels", "normalize_image",
+__all__ = ["DataError", "Pair", "IMAGE_EXTENSIONS", "read_raw", "read_image", "read_labels", "normalize_image",
            "map_part_values", "Matching", "match_files", "find_pairs", "read_classes_csv", "class_of", "atomic_write"]
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ class Pair:
         return tuple(p for p in (self.parts, self.cells, self.nuclei) if p is not None)
 
 
-def _read_array(path: Path) -> np.ndarray:
+def read_raw(path: Path) -> np.ndarray:
+    """Read an image or mask file as stored (dtype and shape untouched); DataError if unreadable."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             array = tifffile.imread(path)
@@ -121,7 +122,7 @@ def read_image(path: str | os.PathLike, percentiles: tuple[float, float] = (1.0,
     See :func:`normalize_image` for the scaling.
     """
     path = Path(path)
-    return normalize_image(_read_array(path), percentiles, name=str(path))
+    return normalize_image(read_raw(path), percentiles, name=str(path))
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
@@ -130,7 +131,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     A mask saved as RGB(A) with equal colour channels is accepted (channel 0 is used).
     """
     path = Path(path)
-    array = _read_array(path)
+    array = read_raw(path)
     if array.ndim == 3 and array.shape[-1] in (3, 4) and all(np.array_equal(array[..., 0], array[..., c]) for c in (1, 2)):
         array = array[..., 0]
     if array.ndim != 2:
