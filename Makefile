@@ -29,6 +29,7 @@ $(VENV)/.ready-$(ENV_KEY):
 	else \
 	  target="$(VENV)"; \
 	fi; \
+	if command -v flock >/dev/null; then exec 9>"$$target.lock"; flock 9; fi; \
 	if [ ! -f "$$target/.ready-$(ENV_KEY)" ]; then \
 	  echo "Creating the Python environment in $$target (torch is large: a few minutes the first time)"; \
 	  rm -rf "$$target"; \
