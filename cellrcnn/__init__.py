@@ -2,15 +2,17 @@
 
 import logging
 
-from .config import BACKBONES, Config, DataConfig, ModelConfig
+from .config import BACKBONES, Config, DataConfig, ModelConfig, TrainConfig
 from .losses import part_mask_loss, project_parts_on_boxes
-from .model import build_model, load_matching_state_dict, paste_parts_in_image, read_state_dict
+from .model import build_model, load_matching_state_dict, paste_parts_in_image, read_state_dict, to_label_images
 from .roi_heads import PartRoIHeads
 from .synthetic import synthetic_sample
 from .targets import instance_targets, select_largest, whole_cell_targets
 from .io import DataError, find_pairs, read_image, read_labels
 from .data import CellDataset, check_folder, collate, make_splits, write_split_csv
 from .augment import build_augmentation
+from .metrics import dice, part_dice
+from .train import fit, load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -18,6 +20,7 @@ __all__ = [
     "BACKBONES",
     "Config",
     "DataConfig",
+    "TrainConfig",
     "ModelConfig",
     "PartRoIHeads",
     "build_model",
@@ -26,6 +29,7 @@ __all__ = [
     "paste_parts_in_image",
     "project_parts_on_boxes",
     "read_state_dict",
+    "to_label_images",
     "synthetic_sample",
     "whole_cell_targets",
     "instance_targets",
@@ -40,6 +44,10 @@ __all__ = [
     "make_splits",
     "write_split_csv",
     "build_augmentation",
+    "dice",
+    "part_dice",
+    "fit",
+    "load_checkpoint",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

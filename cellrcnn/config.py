@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["BACKBONES", "WEIGHT_CHOICES", "ENCODINGS", "TARGETS", "AUGMENTATIONS", "DataConfig", "ModelConfig", "Config"]
+__all__ = ["BACKBONES", "WEIGHT_CHOICES", "ENCODINGS", "TARGETS", "AUGMENTATIONS", "BEST_METRICS", "DataConfig", "ModelConfig", "TrainConfig", "Config"]
 
 #: Backbones that :func:`cellrcnn.build_model` can build.
 BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "resnet34_fpn", "mobilenet_v3_fpn")
@@ -293,16 +293,118 @@ class DataConfig(_Section):
         _check(self.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
 
 
+#: Validation metrics that can choose the best checkpoint.
+BEST_METRICS = ("part_dice", "cell_dice", "nucleus_dice", "cytoplasm_dice", "val_loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """The training protocol. The defaults are the protocol cellrcnn is made for.
+
+    Parameters
+    ----------
+    epochs
+        Passes over the training images.
+    batch_size
+        Images per forward pass (per process under torchrun).
+    accumulate
+        Images per optimizer step; gradients of ``accumulate / batch_size``
+        batches (over all processes) are summed, each loss divided by that count.
+    lr, momentum, weight_decay
+        SGD settings.
+    lr_step, lr_gamma
+        The lr is multiplied by ``lr_gamma`` every ``lr_step`` epochs (StepLR).
+    lr_floor
+        The lr never drops below this (0: no floor). The default schedule leaves
+        about 1e-6 by epoch 50.
+    warmup_epochs
+        Epochs of linear warm-up from ``lr / (warmup_epochs + 1)`` (0: none).
+    clip_grad_norm
+        Clip the gradient norm to this (after unscaling under AMP); None: no clipping.
+    device
+        ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    amp
+        Mixed precision; None means on for CUDA, off on a CPU.
+    seed
+        Seed of every random number generator; with it a run is reproducible.
+    workers
+        Data-loading processes.
+    val_every
+        Validate every this many epochs (and after the last one).
+    best_metric
+        Validation metric choosing ``best.pt``: ``part_dice`` (mean of cytoplasm
+        and nucleus Dice, higher is better), one Dice, or ``val_loss`` (lower).
+    patience
+        Stop when the best metric has not improved for this many validations (0: never).
+    max_nonfinite
+        Abort after this many non-finite losses in a row (single ones are skipped).
+    val_score_threshold
+        Detections scoring below this are left out of the validation Dice.
+    """
+
+    epochs: int = 100
+    batch_size: int = 2
+    accumulate: int = 4
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int = 5
+    lr_gamma: float = 0.5
+    lr_floor: float = 0.0
+    warmup_epochs: int = 0
+    clip_grad_norm: float | None = None
+    device: str = "auto"
+    amp: bool | None = None
+    seed: int = 0
+    workers: int = 2
+    val_every: int = 1
+    best_metric: str = "part_dice"
+    patience: int = 0
+    max_nonfinite: int = 5
+    val_score_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "accumulate", "lr_step", "val_every", "max_nonfinite"):
+            _positive_int(name, getattr(self, name))
+        _check(self.accumulate % self.batch_size == 0,
+               f"accumulate ({self.accumulate} images) must be a multiple of batch_size ({self.batch_size})")
+        for name in ("lr", "lr_gamma"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                   f"{name} must be a positive number, got {value!r}")
+        _check(self.lr_gamma <= 1, f"lr_gamma must be at most 1 (a decay), got {self.lr_gamma}")
+        for name in ("momentum", "weight_decay", "lr_floor"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                   f"{name} must be a number >= 0, got {value!r}")
+        _check(self.lr_floor <= self.lr, f"lr_floor ({self.lr_floor}) must not exceed lr ({self.lr})")
+        for name in ("warmup_epochs", "patience", "seed", "workers"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                   f"{name} must be an integer >= 0, got {value!r}")
+        _check(self.clip_grad_norm is None or (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0),
+               f"clip_grad_norm must be a positive number or None, got {self.clip_grad_norm!r}")
+        _check(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")),
+               f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _check(self.amp is None or isinstance(self.amp, bool), f"amp must be true, false or null, got {self.amp!r}")
+        _check(self.best_metric in BEST_METRICS,
+               f"best_metric must be one of {', '.join(BEST_METRICS)}; got {self.best_metric!r}")
+        _check(0.0 <= self.val_score_threshold < 1.0,
+               f"val_score_threshold must lie in [0, 1), got {self.val_score_threshold}")
+
+
 @dataclass(frozen=True)
 class Config(_Section):
     """The whole configuration of a run; saved as ``config.json`` with every checkpoint."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, ModelConfig), f"model must be a ModelConfig, got {type(self.model).__name__}")
         _check(isinstance(self.data, DataConfig), f"data must be a DataConfig, got {type(self.data).__name__}")
+        _check(isinstance(self.train, TrainConfig), f"train must be a TrainConfig, got {type(self.train).__name__}")
         _check(len(self.data.part_values) == self.model.num_parts,
                f"part_values {list(self.data.part_values)} must give one value per part {list(self.model.parts)}")
         _check(len(self.data.class_names) == self.model.num_classes,
@@ -331,4 +433,4 @@ class Config(_Section):
         return cls.from_dict(values)
 
 
-_SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig, "data": DataConfig}
+_SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

@@ -44,7 +44,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from .config import ModelConfig
 from .roi_heads import PartRoIHeads
 
-__all__ = ["build_model", "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict"]
+__all__ = ["build_model", "to_label_images", "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,41 @@ def paste_parts_in_image(part_probs: Tensor, boxes: Tensor, image_size: tuple[in
         masks[i, 0, cy0:cy1, cx0:cx1] = cell
         part_masks[i, cy0:cy1, cx0:cx1] = (fg.argmax(dim=0).to(torch.uint8) + 1) * (cell > threshold)
     return {"masks": masks, "part_masks": part_masks}
+
+
+def to_label_images(output: dict[str, Tensor], score_threshold: float = 0.5) -> dict[str, Tensor]:
+    """One instance image and one part image from a model output.
+
+    Detections scoring at least ``score_threshold`` are laid down by descending
+    score; a pixel claimed by several goes to the best-scoring one.
+
+    Parameters
+    ----------
+    output : dict
+        One image's output of the model in eval mode (``scores``, ``part_masks``).
+    score_threshold : float
+        Minimum score of a kept detection.
+
+    Returns
+    -------
+    dict
+        ``cells`` int64 ``[H, W]`` (0 background, 1..N by descending score),
+        ``parts`` uint8 ``[H, W]`` part labels and ``kept`` int64 ``[N]``, the
+        indices of the kept detections in ``output``, in label order.
+    """
+    order = torch.argsort(output["scores"], descending=True)
+    kept = order[output["scores"][order] >= score_threshold]
+    part_masks = output["part_masks"][kept]
+    H, W = output["part_masks"].shape[-2:]
+    if len(kept) == 0:
+        empty = torch.zeros((H, W), dtype=torch.int64, device=part_masks.device)
+        return {"cells": empty, "parts": empty.to(torch.uint8), "kept": kept}
+    claimed = part_masks > 0
+    first = claimed.to(torch.uint8).argmax(dim=0)  # the best-scoring detection claiming each pixel
+    any_claim = claimed.any(dim=0)
+    cells = (first + 1) * any_claim
+    parts = part_masks.gather(0, first[None])[0] * any_claim
+    return {"cells": cells.to(torch.int64), "parts": parts.to(torch.uint8), "kept": kept}
 
 
 class PartRCNNTransform(GeneralizedRCNNTransform):
