@@ -4,7 +4,7 @@ import logging
 
 from .config import BACKBONES, Config, DataConfig, ModelConfig, TrainConfig
 from .losses import part_mask_loss, project_parts_on_boxes
-from .model import build_model, load_matching_state_dict, paste_parts_in_image, read_state_dict, to_label_images
+from .model import build_model, load_checkpoint, load_matching_state_dict, model_from_checkpoint, paste_parts_in_image, read_state_dict, to_label_images
 from .roi_heads import PartRoIHeads
 from .synthetic import synthetic_sample
 from .targets import instance_targets, select_largest, whole_cell_targets
@@ -12,7 +12,7 @@ from .io import DataError, find_pairs, read_image, read_labels
 from .data import CellDataset, check_folder, collate, make_splits, write_split_csv
 from .augment import build_augmentation
 from .metrics import dice, part_dice
-from .train import fit, load_checkpoint
+from .train import fit
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,7 @@ __all__ = [
     "part_dice",
     "fit",
     "load_checkpoint",
+    "model_from_checkpoint",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

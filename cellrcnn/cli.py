@@ -11,15 +11,22 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import AUGMENTATIONS, ENCODINGS, TARGETS, DataConfig
+from .config import AUGMENTATIONS, BACKBONES, BEST_METRICS, ENCODINGS, TARGETS, Config, DataConfig, ModelConfig, TrainConfig
 from .data import check_folder
 from .io import DataError
 
-__all__ = ["add_data_arguments", "data_config_from_args", "check_data_main"]
+__all__ = ["add_data_arguments", "data_config_from_args", "check_data_main", "finetune_main"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_SHOWN = 20  # problems listed one by one; the rest are counted
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage dump), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -104,7 +111,7 @@ def _setup_logging(quiet: bool = False) -> None:
 
 def check_data_main(argv: list[str] | None = None) -> int:
     """``cellrcnn-check-data DATA_DIR [data options]``: exit 0 usable, 1 problems found, 2 bad arguments."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cellrcnn-check-data",
         description="Read every image and mask of a folder as training would, summarise it and list every problem.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -151,4 +158,110 @@ def check_data_main(argv: list[str] | None = None) -> int:
         logger.error("%d problem(s) found; fix them or leave those files out before training", len(problems))
         return 1
     logger.info("no problems found")
+    return 0
+
+
+def _part_weights(text: str) -> dict[str, float]:
+    try:
+        return {name.strip(): float(w) for name, w in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected part=weight pairs such as cytoplasm=2,nucleus=1, got {text!r}") from None
+
+
+def finetune_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cellrcnn-finetune",
+        description="Fine-tune a part-aware Mask R-CNN on a folder of microscopy images and masks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Example (the WBC data): cellrcnn-finetune ../shared/datasets/wbc_jtsc --out runs/wbc "
+               "--image-glob '*.bmp' --mask-glob '*.png' --part-values 0,128,255 --min-size 256 --max-size 256",
+    )
+    parser.add_argument("data_dir", type=Path, help="folder of images and masks (see data/README.md)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder to write (config, checkpoints, history)")
+    add_data_arguments(parser)
+    m, t = ModelConfig(), TrainConfig()
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", choices=BACKBONES, default=m.backbone)
+    model.add_argument("--weights", default=m.weights, help="coco, imagenet, none, or the path of a state dict")
+    model.add_argument("--min-size", type=int, default=m.min_size, help="short image side after resizing, in pixels")
+    model.add_argument("--max-size", type=int, default=m.max_size, help="longest image side after resizing")
+    model.add_argument("--parts", type=_names, default=m.parts, metavar="NAME,...",
+                       help="part names, background first, in the order of --part-values")
+    model.add_argument("--cytoplasm-weight", type=float, default=None,
+                       help="loss weight of cytoplasm pixels (shortcut for --part-weights cytoplasm=W); default 1")
+    model.add_argument("--part-weights", type=_part_weights, default={}, metavar="PART=W,...",
+                       help="loss weight of each part; unnamed parts weigh 1")
+    model.add_argument("--class-specific-parts", action="store_true", help="one set of part logits per cell class")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=t.epochs)
+    train.add_argument("--batch-size", type=int, default=t.batch_size, help="images per forward pass")
+    train.add_argument("--accumulate", type=int, default=t.accumulate, help="images per optimizer step")
+    train.add_argument("--lr", type=float, default=t.lr, help="learning rate (SGD, momentum 0.9)")
+    train.add_argument("--lr-step", type=int, default=t.lr_step, help="epochs between lr decays")
+    train.add_argument("--lr-gamma", type=float, default=t.lr_gamma, help="lr factor at each decay")
+    train.add_argument("--lr-floor", type=float, default=t.lr_floor, help="lowest lr (0: none)")
+    train.add_argument("--warmup-epochs", type=int, default=t.warmup_epochs, help="linear lr warm-up (0: none)")
+    train.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    train.add_argument("--clip-grad-norm", type=float, default=None, help="clip the gradient norm (default: off)")
+    train.add_argument("--device", default=t.device, help="auto (CUDA when present), cpu, cuda or cuda:N")
+    train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                       help="mixed precision (default: on with CUDA, off on a CPU)")
+    train.add_argument("--val-every", type=int, default=t.val_every, help="validate every N epochs")
+    train.add_argument("--best-metric", choices=BEST_METRICS, default=t.best_metric,
+                       help="metric choosing best.pt (part_dice: mean of cytoplasm and nucleus Dice)")
+    train.add_argument("--patience", type=int, default=t.patience, help="stop after N validations without "
+                       "improvement (0: never)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt, with its config")
+    run.add_argument("--seed", type=int, default=t.seed)
+    run.add_argument("--workers", type=int, default=t.workers, help="data-loading processes")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def config_from_finetune_args(args: argparse.Namespace) -> Config:
+    """The whole :class:`Config` of parsed ``finetune`` arguments (raises ValueError)."""
+    weights = dict(args.part_weights)
+    if args.cytoplasm_weight is not None:
+        if "cytoplasm" not in args.parts:
+            raise ValueError(f"--cytoplasm-weight needs a part named 'cytoplasm'; parts are {list(args.parts)}")
+        weights["cytoplasm"] = args.cytoplasm_weight
+    data = data_config_from_args(args)
+    model = ModelConfig(parts=args.parts, part_weights=weights, num_classes=len(data.class_names),
+                        backbone=args.backbone, weights=args.weights, min_size=args.min_size,
+                        max_size=args.max_size, class_specific_parts=args.class_specific_parts)
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+                        lr_step=args.lr_step, lr_gamma=args.lr_gamma, lr_floor=args.lr_floor,
+                        warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
+                        clip_grad_norm=args.clip_grad_norm, device=args.device, amp=args.amp,
+                        val_every=args.val_every, best_metric=args.best_metric, patience=args.patience,
+                        seed=args.seed, workers=args.workers)
+    return Config(model=model, data=data, train=train)
+
+
+def finetune_main(argv: list[str] | None = None) -> int:
+    """``cellrcnn-finetune DATA_DIR --out RUN_DIR [options]``: exit 0 done, 1 failed, 2 bad arguments."""
+    from .train import fit  # the trainer pulls in the model; --help stays fast without it
+
+    parser = finetune_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_finetune_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    if not args.data_dir.is_dir():
+        parser.error(f"{args.data_dir}: folder not found")
+    if args.resume and not (args.out / "last.pt").is_file():
+        parser.error(f"--resume: {args.out} holds no last.pt to continue from")
+    if not args.resume and (args.out / "last.pt").exists():
+        parser.error(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+    _setup_logging()
+    try:
+        history = fit(config, args.data_dir, args.out, resume=args.resume, quiet=args.quiet)
+    except (DataError, ValueError, RuntimeError, FloatingPointError, FileNotFoundError) as err:
+        logger.error("error: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return 1
+    last = history.iloc[-1]
+    logger.info("done: %d epochs, results in %s (best.pt, last.pt, history.csv, curves.png)", int(last["epoch"]),
+                args.out)
     return 0

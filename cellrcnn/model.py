@@ -8,6 +8,7 @@ roi_heads, transform)``) with two parts swapped by composition: the RoI heads
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -41,10 +42,10 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .config import ModelConfig
+from .config import Config, ModelConfig
 from .roi_heads import PartRoIHeads
 
-__all__ = ["build_model", "to_label_images", "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict"]
+__all__ = ["build_model", "load_checkpoint", "model_from_checkpoint", "to_label_images", "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +269,30 @@ def build_model(config: ModelConfig) -> MaskRCNN:
     elif config.weights not in ("imagenet", "none"):
         load_matching_state_dict(model, read_state_dict(config.weights), source=config.weights)
     return model
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`cellrcnn.fit` (``model``, ``config``, ``epoch``, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        # Checkpoints hold optimizer and RNG states besides tensors; only load files you trust.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises several types for a corrupt file
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a cellrcnn checkpoint (no model and config inside)")
+    return state
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[MaskRCNN, Config]:
+    """The trained model of a checkpoint, in eval mode, with the run's whole config."""
+    state = load_checkpoint(path, map_location)
+    config = Config.from_dict(state["config"])
+    model = build_model(dataclasses.replace(config.model, weights="none"))
+    model.load_state_dict(state["model"])
+    return model.to(map_location).eval(), config
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -31,9 +31,9 @@ from .config import Config, TrainConfig
 from .data import CellDataset, collate, make_splits, write_split_csv
 from .io import atomic_write
 from .metrics import part_dice
-from .model import build_model, to_label_images
+from .model import build_model, load_checkpoint, to_label_images
 
-__all__ = ["fit", "Runtime", "train_one_epoch", "validate", "lr_factor", "load_checkpoint", "save_checkpoint"]
+__all__ = ["fit", "Runtime", "train_one_epoch", "validate", "lr_factor", "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -230,20 +230,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`fit` (``model``, ``config``, ``epoch``, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a cellrcnn checkpoint (no model and config inside)")
-    return state
-
-
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -319,38 +305,25 @@ def fit(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if runtime.device.type == "cpu" and main:
         logger.warning("training on the CPU: expect minutes per epoch even for small data; a CUDA GPU is "
                        "10-50x faster (--device auto picks it when present)")
-    group = cfg.accumulate // (cfg.batch_size * runtime.world_size)
-    if group < 1 or cfg.accumulate % (cfg.batch_size * runtime.world_size):
+    if cfg.accumulate % (cfg.batch_size * runtime.world_size):
         raise ValueError(f"accumulate ({cfg.accumulate} images) must be a multiple of batch_size x processes "
                          f"({cfg.batch_size} x {runtime.world_size})")
-    handler = None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("cellrcnn").addHandler(handler)
     try:
-        return _fit(config, data_dir, out, checkpoint, runtime, group, callback, quiet)
+        return _fit(config, data_dir, out, checkpoint, runtime, callback, quiet)
     finally:
-        if handler is not None:
-            logging.getLogger("cellrcnn").removeHandler(handler)
-            handler.close()
         if runtime.distributed and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
 
 
-def _fit(config, data_dir, out, checkpoint, runtime, group, callback, quiet) -> pd.DataFrame:
+def _fit(config, data_dir, out, checkpoint, runtime, callback, quiet) -> pd.DataFrame:
+    """Everything that can fail on bad input (data, weights) happens before the first file is written."""
     cfg, main = config.train, runtime.is_main
     seed_everything(cfg.seed)
     splits = make_splits(data_dir, config.data)
-    if main:
-        config.to_json(out / "config.json")
-        write_split_csv(out / "split.csv", splits, overwrite=True)
     train_set = CellDataset(splits["train"], config.data, augment=config.data.augment)
     val_set = CellDataset(splits["val"], config.data) if splits["val"] else None
     if val_set is None and main:
         logger.warning("no validation images (val_fraction 0 and no val_dir): best.pt follows the last epoch")
-    names = [str(p.image) for p in train_set.pairs]
 
     # On resume the weights come from the checkpoint: do not fetch pretrained ones again.
     model_config = dataclasses.replace(config.model, weights="none") if checkpoint else config.model
@@ -370,6 +343,33 @@ def _fit(config, data_dir, out, checkpoint, runtime, group, callback, quiet) -> 
                                             checkpoint["epoch"])
         if main:
             logger.info("resuming %s after epoch %d of %d", out, start, cfg.epochs)
+    handler = None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.to_json(out / "config.json")
+        write_split_csv(out / "split.csv", splits, overwrite=True)
+        handler = logging.FileHandler(out / "train.log")
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package = logging.getLogger("cellrcnn")
+        package.addHandler(handler)
+        level = package.level
+        if package.getEffectiveLevel() > logging.INFO:
+            package.setLevel(logging.INFO)  # the log file gets the epoch lines even when the console does not
+    try:
+        return _loop(config, out, runtime, model, optimizer, scheduler, scaler, train_set, val_set,
+                     (history, best, since_best, start), callback, quiet)
+    finally:
+        if handler is not None:
+            package.removeHandler(handler)
+            package.setLevel(level)
+            handler.close()
+
+
+def _loop(config, out, runtime, model, optimizer, scheduler, scaler, train_set, val_set, state, callback, quiet):
+    cfg, main = config.train, runtime.is_main
+    history, best, since_best, start = state
+    names = [str(p.image) for p in train_set.pairs]
     raw = model
     if runtime.distributed:
         model = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)

@@ -35,29 +35,38 @@ def test_sample_generator_refuses_to_overwrite(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
-def test_demo_trains_predicts_and_writes_its_results(tmp_path):
+def test_demo_finetunes_predicts_and_writes_its_results(tmp_path):
     out = tmp_path / "demo"
-    result = run("demo.py", SAMPLE, "--out", out, "--steps", "1")
-    assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "losses.csv", "sample_00_parts.tif"]
-    with tifffile.TiffFile(out / "sample_00_parts.tif") as tif:
-        parts = tif.asarray()
-        assert tif.imagej_metadata["Labels"] == ["background", "cytoplasm", "nucleus"]
-    assert parts.dtype == np.uint8 and parts.shape == (128, 128) and parts.max() <= 2
-    assert "loss_mask" in (out / "losses.csv").read_text()
+    result = run("demo.py", SAMPLE, "--out", out, "--epochs", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"best.pt", "last.pt", "config.json", "history.csv", "curves.png", "split.csv"} <= {
+        p.name for p in (out / "run").iterdir()}
+    cells = sorted((out / "predictions").glob("*_cells.tif"))
+    assert len(cells) == 3  # a quarter of the 12 sample images is held out for validation
+    for path in cells:
+        labels = tifffile.imread(path)
+        with tifffile.TiffFile(path.with_name(path.name.replace("_cells", "_parts"))) as tif:
+            parts = tif.asarray()
+            assert tif.imagej_metadata["Labels"] == ["background", "cytoplasm", "nucleus"]
+        assert labels.dtype == np.uint16 and parts.dtype == np.uint8 and labels.shape == parts.shape == (128, 128)
+        np.testing.assert_array_equal(labels > 0, parts > 0)
 
 
-@pytest.mark.parametrize("setup, message", [("nonempty", "--overwrite"), ("nomask", "no mask in")])
-def test_demo_bad_input_gives_one_clear_line(tmp_path, setup, message):
+@pytest.mark.parametrize("setup, message", [("nonempty", "--overwrite"), ("nomask", "a.png: no parts mask")])
+def test_demo_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, setup, message):
     out, data = tmp_path / "out", tmp_path / "data"
-    out.mkdir()
-    (out / "earlier.txt").write_text("keep me")
     (data / "images").mkdir(parents=True)
     (data / "masks").mkdir()
     (data / "images" / "a.png").write_bytes((SAMPLE / "images" / "sample_00.png").read_bytes())
     if setup == "nonempty":
+        out.mkdir()
+        (out / "earlier.txt").write_text("keep me")
         (data / "masks" / "a.png").write_bytes((SAMPLE / "masks" / "sample_00.png").read_bytes())
     result = run("demo.py", data, "--out", out)
+    output = result.stdout + result.stderr
     assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert (out / "earlier.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+    assert message in output and "Traceback" not in output
+    if setup == "nonempty":
+        assert (out / "earlier.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+    else:
+        assert not out.exists() or not any(out.rglob("*"))

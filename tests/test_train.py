@@ -1,0 +1,246 @@
+"""The trainer: schedule, accumulation arithmetic, non-finite steps, run folder, resume, DDP, CLI."""
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import cellrcnn
+from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
+from cellrcnn.train import Runtime, lr_factor, make_loader, train_one_epoch
+from conftest import REPO
+
+SAMPLE = REPO / "data" / "sample"
+CPU = Runtime(device=torch.device("cpu"))
+
+
+def tiny_config(**train) -> Config:
+    return Config(
+        model=ModelConfig(backbone="resnet18_fpn", weights="none", min_size=64, max_size=64,
+                          rpn_batch_size_per_image=32, box_batch_size_per_image=32),
+        data=DataConfig(val_fraction=0.34),
+        train=TrainConfig(**{"epochs": 2, "workers": 0, "device": "cpu", **train}),
+    )
+
+
+@pytest.fixture
+def small_sample(tmp_path):
+    """Six sample pairs in a fresh folder."""
+    root = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+        for i in range(6):
+            shutil.copy(SAMPLE / sub / f"sample_{i:02d}.png", root / sub)
+    return root
+
+
+def test_default_schedule_is_steplr_halving_every_5_epochs():
+    cfg = TrainConfig()
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    reference = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    for epoch in range(60):
+        assert cfg.lr * lr_factor(cfg)(epoch) == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
+        opt.step()
+        reference.step()
+    assert cfg.lr * lr_factor(cfg)(50) < 1.0e-6
+
+
+def test_lr_floor_and_warmup():
+    cfg = TrainConfig(lr_floor=1e-4, warmup_epochs=3)
+    lrs = [cfg.lr * lr_factor(cfg)(e) for e in range(40)]
+    assert lrs[:4] == pytest.approx([0.00025, 0.0005, 0.00075, 0.001])
+    assert min(lrs) == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-4)
+
+
+class LinearLoss(torch.nn.Module):
+    """loss = w * mean(image) per image, summed; NaN for images listed in `poison`."""
+
+    def __init__(self, poison=()):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.poison = set(poison)
+
+    def forward(self, images, targets):
+        loss = sum(self.w * img.mean() for img in images)
+        if any(int(t["image_id"]) in self.poison for t in targets):
+            loss = loss * float("nan")
+        return {"loss": loss[0]}
+
+
+class MeanImages(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.full((1, 2, 2), float(i + 1)), {"image_id": torch.tensor(i)}
+
+
+def run_epoch(model, n_images, cfg):
+    loader = torch.utils.data.DataLoader(MeanImages(n_images), batch_size=cfg.batch_size, collate_fn=cellrcnn.collate)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    names = [f"img{i}" for i in range(n_images)]
+    losses = train_one_epoch(model, loader, opt, scaler, cfg, CPU, names, quiet=True)
+    return losses
+
+
+def test_accumulation_divides_by_the_group_and_steps_a_partial_group():
+    # 5 images, batches of 2 -> batches [1,2], [3,4], [5]; accumulate 4 -> groups {b0,b1} and {b2}.
+    model = LinearLoss()
+    run_epoch(model, 5, TrainConfig(batch_size=2, accumulate=4))
+    # grad of a batch is the sum of its image means; group 1: ((1+2)+(3+4))/2 = 5, partial group: 5/1 = 5.
+    assert model.w.item() == pytest.approx(-10.0)
+
+
+def test_a_non_finite_loss_skips_its_step_and_names_the_images(caplog):
+    model = LinearLoss(poison={0})
+    with caplog.at_level(logging.WARNING, logger="cellrcnn"):
+        run_epoch(model, 5, TrainConfig(batch_size=2, accumulate=4))
+    assert model.w.item() == pytest.approx(-5.0)  # only the last (clean) group stepped
+    assert "non-finite loss" in caplog.text and "img0, img1" in caplog.text
+
+
+def test_non_finite_losses_in_a_row_abort():
+    with pytest.raises(FloatingPointError, match="2 non-finite losses in a row .*lower --lr"):
+        run_epoch(LinearLoss(poison={0, 1, 2, 3}), 4, TrainConfig(batch_size=1, accumulate=2, max_nonfinite=2))
+
+
+def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, tmp_path):
+    out = tmp_path / "run"
+    seen = []
+    history = cellrcnn.fit(tiny_config(), small_sample, out, callback=lambda row, frame: seen.append(len(frame)),
+                           quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "history.csv",
+                                                      "last.pt", "split.csv", "train.log"]
+    assert seen == [1, 2] and list(history["epoch"]) == [1, 2]
+    for column in ("lr", "train_loss", "train_loss_mask", "val_loss", "cytoplasm_dice", "nucleus_dice",
+                   "cell_dice", "part_dice", "seconds"):
+        assert column in history and history[column].notna().all(), column
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), history, check_dtype=False)
+    split = pd.read_csv(out / "split.csv")
+    assert (split["split"] == "val").sum() == 2 and len(split) == 6
+    model, config = cellrcnn.model_from_checkpoint(out / "best.pt")
+    assert config == tiny_config() and not model.training
+    assert "epoch 2/2" in (out / "train.log").read_text()
+
+
+def test_fit_refuses_to_overwrite_a_run(small_sample, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        cellrcnn.fit(tiny_config(), small_sample, out, quiet=True)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_matches_an_uninterrupted_run(small_sample, tmp_path):
+    config = tiny_config(epochs=3, lr_step=1)
+    whole = cellrcnn.fit(config, small_sample, tmp_path / "whole", quiet=True)
+
+    def stop_after_first(row, frame):
+        if row["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        cellrcnn.fit(config, small_sample, tmp_path / "cut", callback=stop_after_first, quiet=True)
+    resumed = cellrcnn.fit(config, small_sample, tmp_path / "cut", resume=True, quiet=True)
+    columns = [c for c in whole.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(resumed[columns], whole[columns], rtol=1e-6)
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, data_dir, result_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    from cellrcnn.train import setup_runtime
+
+    config = tiny_config(batch_size=1, accumulate=2)
+    runtime = setup_runtime(config.train)
+    torch.manual_seed(0)  # the same initial weights on both ranks
+    model = cellrcnn.build_model(config.model)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    pairs = cellrcnn.find_pairs(data_dir, config.data)[:2]
+    dataset = cellrcnn.CellDataset(pairs, config.data)
+    loader = make_loader(dataset, config.train, runtime, epoch=0, shuffle=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    torch.manual_seed(rank)  # different RoI sampling per rank, as in a real run
+    train_one_epoch(ddp, loader, optimizer, scaler, config.train, runtime, [str(p.image) for p in pairs], quiet=True)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(after) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, after)
+    ids = [int(i) for i in loader.sampler]
+    all_ids = [None] * world_size
+    torch.distributed.all_gather_object(all_ids, ids)
+    if rank == 0:
+        torch.save({"weights": gathered, "before": before, "ids": all_ids}, result_path)
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_with_gloo_keeps_weights_identical_on_both_ranks(small_sample, tmp_path):
+    result = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(small_sample), str(result)), nprocs=2, join=True)
+    out = torch.load(result, weights_only=False)
+    w0, w1 = out["weights"]
+    assert torch.equal(w0, w1)
+    assert not torch.equal(w0, out["before"])  # one optimizer step (2 ranks x 1 image = accumulate 2) happened
+    assert sorted(out["ids"][0] + out["ids"][1]) == [0, 1]  # each rank saw its own image
+
+
+def finetune(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "finetune.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_finetune_cli_smoke(small_sample, tmp_path):
+    out = tmp_path / "run"
+    (small_sample / "images" / "sample_05.png").unlink()
+    (small_sample / "images" / "sample_04.png").unlink()
+    result = finetune(small_sample, "--out", out, "--backbone", "resnet18_fpn", "--weights", "none", "--min-size", "64",
+                      "--max-size", "64", "--epochs", "2", "--workers", "0", "--val-fraction", "0.25",
+                      "--cytoplasm-weight", "2", "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "best.pt").is_file() and len(pd.read_csv(out / "history.csv")) == 2
+    config = Config.from_json(out / "config.json")
+    assert config.model.part_weight_vector == (1.0, 2.0, 1.0) and config.train.accumulate == 4
+    again = finetune(small_sample, "--out", out, "--weights", "none")
+    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--accumulate", "3"], "must be a multiple of batch_size"),
+        (["--cytoplasm-weight", "2", "--parts", "background,cell", "--part-values", "0,1"], "needs a part named"),
+        (["--part-weights", "cytoplasm:2"], "part=weight pairs"),
+        (["--device", "tpu"], "device must be auto"),
+        (["--resume"], "holds no last.pt"),
+    ],
+)
+def test_finetune_bad_flags_exit_2_with_one_line(small_sample, tmp_path, args, message):
+    result = finetune(small_sample, "--out", tmp_path / "run", *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
