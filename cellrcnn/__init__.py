@@ -11,7 +11,11 @@ from .targets import instance_targets, select_largest, whole_cell_targets
 from .io import DataError, find_pairs, read_image, read_labels
 from .data import CellDataset, check_folder, collate, make_splits, write_split_csv
 from .augment import build_augmentation
-from .metrics import dice, part_dice
+from .metrics import coco_mask_ap, dice, matching, part_dice
+from .predict import Prediction, Predictor, measure_cells
+from .export import export_prediction
+from .report import Scored, evaluate
+from .style import PART_COLOURS, part_colour
 from .train import fit
 
 __version__ = "0.1.0"
@@ -49,6 +53,16 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "model_from_checkpoint",
+    "matching",
+    "coco_mask_ap",
+    "Prediction",
+    "Predictor",
+    "measure_cells",
+    "export_prediction",
+    "Scored",
+    "evaluate",
+    "PART_COLOURS",
+    "part_colour",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -15,7 +15,7 @@ from .config import AUGMENTATIONS, BACKBONES, BEST_METRICS, ENCODINGS, TARGETS, 
 from .data import check_folder
 from .io import DataError
 
-__all__ = ["add_data_arguments", "data_config_from_args", "check_data_main", "finetune_main"]
+__all__ = ["add_data_arguments", "data_config_from_args", "check_data_main", "finetune_main", "predict_main", "evaluate_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -264,4 +264,223 @@ def finetune_main(argv: list[str] | None = None) -> int:
     last = history.iloc[-1]
     logger.info("done: %d epochs, results in %s (best.pt, last.pt, history.csv, curves.png)", int(last["epoch"]),
                 args.out)
+    return 0
+
+
+def _input_images(path: Path, image_glob: str, skip_suffixes: tuple[str, ...]) -> list[Path]:
+    """One image file, or the image files of a folder (masks and our own outputs left out)."""
+    import fnmatch
+
+    from .io import IMAGE_EXTENSIONS
+
+    if path.is_file():
+        return [path]
+    found = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+             and fnmatch.fnmatch(p.name, image_glob) and not p.stem.endswith(skip_suffixes)]
+    if not found:
+        raise DataError(f"{path}: no images matching {image_glob!r}; check the folder and --image-glob")
+    return found
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """``cellrcnn-predict MODEL.pt INPUT --out OUT_DIR``: exit 0 done, 1 some images failed, 2 bad arguments."""
+    import pandas as pd
+
+    from .export import export_prediction, output_paths
+    from .io import atomic_write
+    from .predict import Predictor
+
+    parser = _Parser(prog="cellrcnn-predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                     description="Segment cells with a trained model and write label TIFFs, a per-cell table "
+                                 "and, on request, ImageJ ROI sets and overlay PNGs.")
+    parser.add_argument("model", type=Path, help="checkpoint of a run (best.pt)")
+    parser.add_argument("input", type=Path, help="an image file or a folder of images")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the results")
+    sel = parser.add_argument_group("which cells")
+    sel.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score")
+    sel.add_argument("--largest", action="store_true", help="keep only the largest complete cell per image")
+    sel.add_argument("--max-cells", type=int, default=None, help="keep at most this many cells per image")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel (areas in um^2)")
+    out.add_argument("--rois", action="store_true", help="also write <image>_rois.zip (ImageJ ROI set)")
+    out.add_argument("--overlays", action="store_true", help="also write <image>_overlay.png")
+    out.add_argument("--overwrite", action="store_true", help="replace existing results")
+    run = parser.add_argument_group("run")
+    run.add_argument("--image-glob", default="*", help="pattern of image files in a folder")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if not 0 <= args.score_threshold < 1:
+        parser.error(f"--score-threshold must lie in [0, 1), got {args.score_threshold}")
+    for name in ("max_cells", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.pixel_size is not None and not args.pixel_size > 0:
+        parser.error(f"--pixel-size must be positive, got {args.pixel_size}")
+    if not args.model.is_file():
+        parser.error(f"{args.model}: checkpoint not found")
+    if not args.input.exists():
+        parser.error(f"{args.input}: no such file or folder")
+    _setup_logging(args.quiet)
+    try:
+        predictor = Predictor.from_checkpoint(args.model, device=args.device)
+        images = _input_images(args.input, args.image_glob, ("_cells", "_parts", "_overlay", "_masks"))
+    except (DataError, ValueError, FileNotFoundError) as err:
+        logger.error("error: %s", err)
+        return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
+    table_path = args.out / "cells.csv"
+    if not args.overwrite:
+        clashes = [p for img in images for p in output_paths(args.out, img.stem, args.rois, args.overlays).values()
+                   if p.exists()] + ([table_path] if table_path.exists() else [])
+        if clashes:
+            logger.error("error: %s already holds results (%s%s); pass --overwrite to replace them or choose "
+                         "another --out", args.out, clashes[0].name,
+                         f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
+            return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    tables, failed = [], []
+    batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+    for batch in tqdm(batches, desc="predict", unit="batch", disable=args.quiet):
+        try:
+            results = predictor.predict_batch(batch, score_threshold=args.score_threshold, largest=args.largest,
+                                              max_cells=args.max_cells, pixel_size=args.pixel_size)
+        except DataError as err:  # one unreadable file: predict the rest of the batch one by one
+            results = []
+            for path in batch:
+                try:
+                    results += predictor.predict_batch([path], score_threshold=args.score_threshold,
+                                                       largest=args.largest, max_cells=args.max_cells,
+                                                       pixel_size=args.pixel_size)
+                except DataError as err:
+                    failed.append(str(err))
+                    logger.error("failed: %s", err)
+        for result in results:
+            export_prediction(result, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
+                              overwrite=args.overwrite)
+            tables.append(result.table)
+            logger.info("%s: %d cells", result.name, len(result.table))
+    if tables:
+        table = pd.concat(tables, ignore_index=True)
+        atomic_write(table_path, lambda tmp: table.to_csv(tmp, index=False), overwrite=args.overwrite)
+    done = len(images) - len(failed)
+    logger.info("%d of %d images done, %d cells; results in %s", done, len(images),
+                sum(len(t) for t in tables), args.out)
+    if failed:
+        logger.error("%d image(s) failed:\n%s", len(failed), "\n".join(failed))
+        return 1
+    return 0
+
+
+_DATA_FIELDS = ("image_glob", "mask_glob", "mask_suffix", "encoding", "cells_suffix", "nuclei_suffix", "part_values",
+                "snap_values", "classes_csv", "class_names", "targets", "min_area", "percentiles")
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """``cellrcnn-evaluate (MODEL.pt | --pred-dir DIR) DATA_DIR --out OUT_DIR``: exit 0, 1 failed, 2 bad arguments."""
+    import numpy as np
+    import tifffile
+
+    from .data import CellDataset
+    from .io import atomic_write, find_pairs, read_labels
+    from .model import load_checkpoint
+    from .report import Scored, evaluate, worst_images_figure
+
+    parser = _Parser(prog="cellrcnn-evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                     description="Score a model, or label TIFFs already written (by cellrcnn or another tool), "
+                                 "against the ground truth of a data folder.",
+                     epilog="With a model, the data options default to those the model was trained with.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="[MODEL.pt] DATA_DIR",
+                        help="a checkpoint and the data folder, or only the data folder with --pred-dir")
+    parser.add_argument("--out", type=Path, required=True, help="folder for per_image.csv, summary.csv, worst_images.png")
+    parser.add_argument("--pred-dir", type=Path, default=None, help="score label TIFFs in this folder instead of a model")
+    parser.add_argument("--pred-cells-suffix", default="_cells", help="with --pred-dir: <image><suffix>.tif holds cells")
+    parser.add_argument("--pred-parts-suffix", default="_parts", help="with --pred-dir: <image><suffix>.tif holds parts "
+                        "(optional: without it only cells are scored)")
+    parser.add_argument("--parts", type=_names, default=("background", "cytoplasm", "nucleus"), metavar="NAME,...",
+                        help="part names (with a model: the model's)")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score")
+    parser.add_argument("--largest", action="store_true", help="keep only the largest complete predicted cell")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    add_data_arguments(parser)
+    args = parser.parse_args(argv)
+    model_path = None
+    if args.pred_dir is None:
+        if len(args.paths) != 2:
+            parser.error("give MODEL.pt and DATA_DIR, or DATA_DIR with --pred-dir")
+        model_path, data_dir = args.paths
+        if not model_path.is_file():
+            parser.error(f"{model_path}: checkpoint not found")
+        try:
+            saved = load_checkpoint(model_path)["config"]
+        except ValueError as err:
+            parser.error(str(err))
+        parser.set_defaults(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved["data"].items()
+                               if k in _DATA_FIELDS}, parts=tuple(saved["model"]["parts"]))
+        args = parser.parse_args(argv)
+    else:
+        if len(args.paths) != 1:
+            parser.error("with --pred-dir give only DATA_DIR")
+        data_dir = args.paths[0]
+        if not args.pred_dir.is_dir():
+            parser.error(f"{args.pred_dir}: folder not found")
+    if not data_dir.is_dir():
+        parser.error(f"{data_dir}: folder not found")
+    try:
+        config = data_config_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    outputs = [args.out / n for n in ("per_image.csv", "summary.csv", "worst_images.png")]
+    if not args.overwrite and any(p.exists() for p in outputs):
+        parser.error(f"{args.out} already holds results; pass --overwrite to replace them or choose another --out")
+    _setup_logging()
+    try:
+        dataset = CellDataset(find_pairs(data_dir, config), config)
+        predictor = None
+        if model_path is not None:
+            from .predict import Predictor
+            predictor = Predictor.from_checkpoint(model_path, device=args.device)
+        items = []
+        for i, pair in enumerate(dataset.pairs):
+            image, target = dataset[i]
+            masks = target["masks"].numpy()
+            true_cells = np.zeros(image.shape[1:], dtype=np.int64)
+            for k, mask in enumerate(masks, start=1):
+                true_cells[mask > 0] = k
+            true_parts = masks.max(axis=0) if len(masks) else np.zeros(image.shape[1:], dtype=np.uint8)
+            if predictor is not None:
+                result = predictor.predict(pair.image, score_threshold=args.score_threshold, largest=args.largest)
+                scores = dict(zip(result.table["cell_id"].astype(int), result.table["score"]))
+                pred_cells, pred_parts = result.cells, result.parts
+            else:
+                cells_path = args.pred_dir / f"{pair.name}{args.pred_cells_suffix}.tif"
+                parts_path = args.pred_dir / f"{pair.name}{args.pred_parts_suffix}.tif"
+                if not cells_path.is_file():
+                    raise DataError(f"{cells_path}: no prediction for {pair.image.name}")
+                pred_cells, scores = read_labels(cells_path), None
+                pred_parts = read_labels(parts_path) if parts_path.is_file() else None
+                if pred_cells.shape != true_cells.shape:
+                    raise DataError(f"{cells_path}: size {pred_cells.shape} differs from {pair.image.name} "
+                                    f"{true_cells.shape}")
+            items.append(Scored(pair.name, true_cells, true_parts, pred_cells, pred_parts, scores,
+                                image.permute(1, 2, 0).numpy()))
+        result = evaluate(items, args.parts)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        logger.error("error: %s", err)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(outputs[0], lambda tmp: result["per_image"].to_csv(tmp, index=False), overwrite=args.overwrite)
+    atomic_write(outputs[1], lambda tmp: result["summary"].to_csv(tmp, index=False), overwrite=args.overwrite)
+    worst_images_figure(outputs[2], items, result["per_image"], args.parts, overwrite=args.overwrite)
+    summary = result["summary"].set_index("metric")
+    headline = [m for m in ("mean cytoplasm_dice", "mean nucleus_dice", "mean cell_dice", "COCO mask AP",
+                            "COCO mask AP50") if m in summary.index]
+    logger.info("%d images: %s", len(items), ", ".join(f"{m.replace('mean ', '')} {summary.loc[m, 'value']:.3f}"
+                                                         for m in headline))
+    at50 = result["summary"].query("threshold == 0.5").set_index("metric")["value"]
+    logger.info("at IoU 0.5: precision %.3f, recall %.3f, F1 %.3f, PQ %.3f; results in %s",
+                at50["precision"], at50["recall"], at50["f1"], at50["pq"], args.out)
     return 0

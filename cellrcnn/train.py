@@ -290,7 +290,7 @@ def fit(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     -------
     pandas.DataFrame
         One row per epoch: epoch, lr, each training loss, each validation
-        loss and Dice, seconds.
+        loss and Dice, train_seconds (training alone) and seconds (the epoch).
     """
     out = Path(out_dir)
     checkpoint = None
@@ -389,7 +389,7 @@ def _loop(config, out, runtime, model, optimizer, scheduler, scaler, train_set, 
                                  scaler, cfg, runtime, names, quiet)
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": sum(losses.values()),
-               **{f"train_{k}": v for k, v in losses.items()}}
+               **{f"train_{k}": v for k, v in losses.items()}, "train_seconds": time.perf_counter() - started}
         due = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
         if val_set is not None and due and main:
             val_loader = make_loader(val_set, cfg, dataclasses.replace(runtime, rank=0, world_size=1), epoch, False)

@@ -1,0 +1,98 @@
+"""Writing predictions for Fiji and analysis: label TIFFs, ImageJ ROI sets, overlay PNGs.
+
+Every file is written atomically (to a temporary name, then renamed) and an
+existing file is only replaced with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import roifile
+import tifffile
+from skimage.io import imsave
+from skimage.measure import find_contours
+from skimage.segmentation import find_boundaries
+
+from .io import atomic_write
+from .predict import Prediction
+from .style import part_colour
+
+__all__ = ["output_paths", "write_label_tiff", "write_rois", "write_overlay", "export_prediction"]
+
+logger = logging.getLogger(__name__)
+
+
+def output_paths(out_dir: str | os.PathLike, name: str, rois: bool = False, overlays: bool = False) -> dict[str, Path]:
+    """The files written for image ``name``: ``cells``, ``parts`` and optionally ``rois``, ``overlay``."""
+    out = Path(out_dir)
+    paths = {"cells": out / f"{name}_cells.tif", "parts": out / f"{name}_parts.tif"}
+    if rois:
+        paths["rois"] = out / f"{name}_rois.zip"
+    if overlays:
+        paths["overlay"] = out / f"{name}_overlay.png"
+    return paths
+
+
+def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = "", pixel_size: float | None = None,
+                     overwrite: bool = False) -> Path:
+    """A zlib-compressed ImageJ TIFF of a label image (uint8 or uint16), with ``info`` in its metadata.
+
+    With ``pixel_size`` (micrometres) the resolution is set so Fiji measures in microns.
+    """
+    if labels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"label images are written as uint8 or uint16, got {labels.dtype}")
+    metadata = {"Info": info} if info else {}
+    extra = {}
+    if pixel_size:
+        metadata["unit"] = "micron"
+        extra["resolution"] = (1.0 / pixel_size, 1.0 / pixel_size)
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels, imagej=True, metadata=metadata,
+                                                           compression="zlib", **extra), overwrite=overwrite)
+
+
+def write_rois(path: str | os.PathLike, cells: np.ndarray, overwrite: bool = False) -> Path:
+    """An ImageJ ROI set (zip) with the outline of each cell, named ``cell_<id>``."""
+    rois = []
+    for label in np.unique(cells[cells > 0]):
+        mask = np.pad(cells == label, 1)  # closed contours for cells at the border
+        contours = find_contours(mask.astype(np.uint8), 0.5)
+        if not contours:
+            continue
+        yx = max(contours, key=len) - 1
+        roi = roifile.ImagejRoi.frompoints(yx[:, ::-1])
+        roi.name = f"cell_{int(label)}"
+        rois.append(roi)
+    return atomic_write(path, lambda tmp: roifile.roiwrite(tmp, rois, mode="w"), overwrite=overwrite)
+
+
+def write_overlay(path: str | os.PathLike, image: np.ndarray, cells: np.ndarray, parts: np.ndarray,
+                  part_names: tuple[str, ...], overwrite: bool = False) -> Path:
+    """The image with cell outlines and the outline of each part, in the part colours."""
+    rgb = (np.clip(image[..., :3], 0, 1) * 255).astype(np.uint8).copy()
+    for k, name in enumerate(part_names):
+        if k == 0 or name == "cytoplasm":  # the cytoplasm's outer edge is the cell outline
+            continue
+        rgb[find_boundaries(np.where(parts == k, cells, 0), mode="inner")] = part_colour(name, k)
+    rgb[find_boundaries(cells, mode="inner")] = part_colour("cell")
+    return atomic_write(path, lambda tmp: imsave(tmp, rgb, check_contrast=False),
+                        overwrite=overwrite)
+
+
+def export_prediction(prediction: Prediction, out_dir: str | os.PathLike, part_names: tuple[str, ...],
+                      pixel_size: float | None = None, rois: bool = False, overlays: bool = False,
+                      overwrite: bool = False) -> dict[str, Path]:
+    """Write every file of one prediction; returns their paths (see :func:`output_paths`)."""
+    paths = output_paths(out_dir, prediction.name, rois, overlays)
+    parts_info = "parts: " + ", ".join(f"{k}={n}" for k, n in enumerate(part_names))
+    write_label_tiff(paths["cells"], prediction.cells.astype(np.uint16),
+                     "cell labels: 0 background, 1..N one cell each (by descending score)", pixel_size, overwrite)
+    write_label_tiff(paths["parts"], prediction.parts.astype(np.uint8), parts_info, pixel_size, overwrite)
+    if rois:
+        write_rois(paths["rois"], prediction.cells, overwrite)
+    if overlays:
+        write_overlay(paths["overlay"], prediction.image, prediction.cells, prediction.parts, part_names, overwrite)
+    return paths

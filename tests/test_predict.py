@@ -1,0 +1,167 @@
+"""Prediction, measurements, export files and the predict/evaluate commands."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import roifile
+import tifffile
+from skimage.io import imread
+
+import cellrcnn
+from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
+from cellrcnn.export import export_prediction, write_label_tiff
+from cellrcnn.predict import Prediction, Predictor, largest_complete_label, measure_cells
+from cellrcnn.report import Scored, evaluate
+from conftest import REPO
+
+SAMPLE = REPO / "data" / "sample"
+PARTS = ("background", "cytoplasm", "nucleus")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A model trained for eight epochs on the sample: weak, but it finds cells."""
+    out = tmp_path_factory.mktemp("run")
+    config = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
+                                      rpn_batch_size_per_image=64, box_batch_size_per_image=64),
+                    data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=8, workers=0, device="cpu"))
+    cellrcnn.fit(config, SAMPLE, out / "run", quiet=True)
+    return out / "run" / "best.pt"
+
+
+def test_measurements_on_a_hand_made_cell():
+    cells = np.zeros((10, 10), int)
+    cells[1:7, 1:7] = 1   # 36 pixels
+    cells[8:10, 8:10] = 2  # 4 pixels, no nucleus
+    parts = np.where(cells > 0, 1, 0)
+    parts[2:4, 2:5] = 2   # 6 nucleus pixels
+    image = np.zeros((10, 10, 3))
+    image[..., 0] = 0.2
+    image[2:4, 2:5, 0] = 0.8
+    table = measure_cells(cells, parts, image, PARTS, scores={1: 0.9, 2: 0.6}, classes={1: "a", 2: "b"},
+                          pixel_size=0.5, name="x")
+    first, second = table.iloc[0], table.iloc[1]
+    assert (first.cell_id, first["class"], first.score) == (1, "a", 0.9)
+    assert (first.area_px, first.cytoplasm_area_px, first.nucleus_area_px) == (36, 30, 6)
+    assert first.nc_ratio == pytest.approx(6 / 30) and first.area_um2 == pytest.approx(9.0)
+    assert (first.bbox_x0, first.bbox_y0, first.bbox_x1, first.bbox_y1) == (1, 1, 7, 7)
+    assert (first.centroid_x, first.centroid_y) == (3.5, 3.5)
+    assert first.mean_nucleus_c0 == pytest.approx(0.8) and first.mean_cytoplasm_c0 == pytest.approx(0.2)
+    assert second.nc_ratio == 0 and np.isnan(second.mean_nucleus_c0)
+    empty = measure_cells(np.zeros((3, 3), int), np.zeros((3, 3), int), np.zeros((3, 3, 3)), PARTS, pixel_size=1.0)
+    assert empty.empty and list(empty.columns) == list(table.columns)  # the same columns, cells or not
+
+
+def test_largest_complete_label():
+    cells = np.zeros((20, 20), int)
+    cells[0:10, 0:10] = 1   # largest, but on the border
+    cells[12:18, 12:18] = 2
+    cells[12:14, 2:4] = 3
+    assert largest_complete_label(cells) == 2
+    assert largest_complete_label(np.where(cells == 1, 1, 0)) == 1
+    assert largest_complete_label(np.zeros((4, 4), int)) == 0
+
+
+def test_predictor_gives_documented_types_and_a_table_per_cell(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    path = SAMPLE / "images" / "sample_02.png"
+    result = predictor.predict(path, pixel_size=0.25)
+    assert result.name == "sample_02"
+    assert result.cells.dtype == np.uint16 and result.parts.dtype == np.uint8 and result.cells.shape == (128, 128)
+    assert result.parts.max() <= 2 and np.array_equal(result.cells > 0, result.parts > 0)
+    n = int(result.cells.max())
+    assert n >= 1 and sorted(result.table["cell_id"]) == list(range(1, n + 1))
+    assert result.table["score"].is_monotonic_decreasing and (result.table["score"] >= 0.5).all()
+    assert "area_um2" in result.table and "nc_ratio" in result.table
+    again = predictor.predict(imread(path), name="sample_02")  # an array is read the same way
+    np.testing.assert_array_equal(again.cells, result.cells)
+    one = predictor.predict(path, max_cells=1)
+    assert one.cells.max() <= 1
+    largest = predictor.predict(path, largest=True)
+    assert largest.cells.max() == 1 and len(largest.table) == 1
+
+
+def test_exported_tiffs_read_back_with_documented_types(tmp_path):
+    cells = np.zeros((20, 30), np.uint16)
+    cells[2:8, 2:9], cells[10:18, 0:6] = 1, 2  # the second touches the border
+    parts = np.where(cells > 0, 1, 0).astype(np.uint8)
+    parts[4:6, 4:6] = 2
+    prediction = Prediction("img", np.full((20, 30, 3), 0.5, np.float32), cells, parts,
+                            measure_cells(cells, parts, np.zeros((20, 30, 3)), PARTS))
+    paths = export_prediction(prediction, tmp_path, PARTS, pixel_size=0.5, rois=True, overlays=True)
+    with tifffile.TiffFile(paths["cells"]) as tif:
+        assert tif.is_imagej and tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        np.testing.assert_array_equal(tif.asarray(), cells)
+        assert tif.asarray().dtype == np.uint16
+        assert tif.pages[0].tags["XResolution"].value == (2, 1) and tif.imagej_metadata["unit"] == "micron"
+    with tifffile.TiffFile(paths["parts"]) as tif:
+        np.testing.assert_array_equal(tif.asarray(), parts)
+        assert tif.asarray().dtype == np.uint8
+        assert tif.imagej_metadata["Info"] == "parts: 0=background, 1=cytoplasm, 2=nucleus"
+    rois = roifile.roiread(paths["rois"])
+    assert [r.name for r in rois] == ["cell_1", "cell_2"]
+    coords = rois[1].coordinates()
+    assert coords[:, 0].min() >= -0.5 and coords[:, 1].max() <= 18
+    overlay = imread(paths["overlay"])
+    assert overlay.shape == (20, 30, 3) and tuple(overlay[2, 2]) == (255, 215, 0)  # gold cell outline
+    with pytest.raises(FileExistsError):
+        write_label_tiff(paths["cells"], cells)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
+
+
+def test_evaluate_perfect_and_partial_predictions():
+    truth = np.zeros((30, 30), int)
+    truth[2:12, 2:12], truth[15:25, 15:25] = 1, 2
+    parts = np.where(truth > 0, 1, 0)
+    parts[5:8, 5:8] = 2
+    perfect = evaluate([Scored("a", truth, parts, truth * 2, parts)], PARTS)
+    summary = perfect["summary"].set_index("metric")["value"]
+    assert perfect["per_image"].iloc[0][["cytoplasm_dice", "nucleus_dice", "cell_dice", "f1@0.5", "pq@0.75"]].tolist() \
+        == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert summary["COCO mask AP"] == pytest.approx(1.0)
+    half = evaluate([Scored("a", truth, parts, np.where(truth == 1, 1, 0), None)], PARTS)
+    row = half["per_image"].iloc[0]
+    assert row["recall@0.5"] == 0.5 and np.isnan(row["nucleus_dice"]) and row["cell_dice"] == pytest.approx(2 / 3)
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_predict_and_evaluate_commands(checkpoint, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        shutil.copy(SAMPLE / "images" / f"sample_{i:02d}.png", images)
+    (images / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "pred"
+    result = run("predict.py", checkpoint, images, "--out", out, "--rois", "--overlays", "--pixel-size", "0.5")
+    assert result.returncode == 1, result.stdout + result.stderr  # one image failed, the others are done
+    assert "broken.png: cannot read the file" in result.stdout and "3 of 4 images done" in result.stdout
+    for i in range(3):
+        for suffix in ("_cells.tif", "_parts.tif", "_rois.zip", "_overlay.png"):
+            assert (out / f"sample_{i:02d}{suffix}").is_file()
+    table = pd.read_csv(out / "cells.csv")
+    assert {"image", "cell_id", "class", "score", "area_px", "nucleus_area_um2", "nc_ratio"} <= set(table.columns)
+    assert set(table["image"]) <= {"sample_00", "sample_01", "sample_02"}
+    before = (out / "cells.csv").read_bytes()
+    again = run("predict.py", checkpoint, images / "sample_00.png", "--out", out)
+    assert again.returncode == 2 and "--overwrite" in again.stdout + again.stderr
+    assert (out / "cells.csv").read_bytes() == before
+
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    scored = run("evaluate.py", checkpoint, data, "--out", tmp_path / "ev")
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    per_image = pd.read_csv(tmp_path / "ev" / "per_image.csv")
+    assert len(per_image) == 12 and {"cytoplasm_dice", "nucleus_iou", "f1@0.5", "pq@0.75"} <= set(per_image.columns)
+    summary = pd.read_csv(tmp_path / "ev" / "summary.csv")
+    assert {"COCO mask AP", "COCO mask AP50", "COCO mask AP75", "pq", "mean cell_dice"} <= set(summary["metric"])
+    assert (tmp_path / "ev" / "worst_images.png").is_file()
+    bad = run("evaluate.py", data, "--out", tmp_path / "ev2")
+    assert bad.returncode == 2 and "--pred-dir" in bad.stderr
