@@ -16,7 +16,8 @@ from .predict import Prediction, Predictor, measure_cells
 from .export import export_prediction
 from .report import Scored, evaluate
 from .style import PART_COLOURS, part_colour
-from .train import fit
+from .train import fit, latest_run, new_run_dir, sweep
+from . import plots
 
 __version__ = "0.1.0"
 
@@ -63,6 +64,10 @@ __all__ = [
     "evaluate",
     "PART_COLOURS",
     "part_colour",
+    "sweep",
+    "new_run_dir",
+    "latest_run",
+    "plots",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

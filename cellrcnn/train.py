@@ -33,7 +33,7 @@ from .io import atomic_write
 from .metrics import part_dice
 from .model import build_model, load_checkpoint, to_label_images
 
-__all__ = ["fit", "Runtime", "train_one_epoch", "validate", "lr_factor", "save_checkpoint"]
+__all__ = ["fit", "sweep", "new_run_dir", "latest_run", "Runtime", "train_one_epoch", "validate", "lr_factor", "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -430,3 +430,43 @@ def _loop(config, out, runtime, model, optimizer, scheduler, scaler, train_set, 
         if stop:
             break
     return pd.DataFrame(history)
+
+
+def new_run_dir(base: str | os.PathLike) -> Path:
+    """A fresh run folder under ``base`` named by the time (``base/20261121-1912``), for runs started from notebooks."""
+    base = Path(base)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = base / stamp, 1
+    while path.exists():
+        n += 1
+        path = base / f"{stamp}-{n}"
+    return path
+
+
+def latest_run(base: str | os.PathLike) -> Path:
+    """The newest run folder under ``base`` that holds a ``best.pt``."""
+    runs = sorted(p.parent for p in Path(base).glob("*/best.pt"))
+    if not runs:
+        raise FileNotFoundError(f"no finished run under {base}; train one first (notebook 02 or cellrcnn-finetune)")
+    return runs[-1]
+
+
+def sweep(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+          cytoplasm_weights: tuple[float, ...] = (1.0, 2.0, 4.0), quiet: bool = True) -> pd.DataFrame:
+    """Train once per cytoplasm weight (same seed and data) and tabulate each run's best validation scores.
+
+    Returns
+    -------
+    pandas.DataFrame
+        cytoplasm_weight, best_epoch and the Dice columns at that epoch, one row per weight.
+    """
+    rows = []
+    metric = config.train.best_metric
+    for weight in cytoplasm_weights:
+        model = dataclasses.replace(config.model, part_weights={**config.model.part_weights, "cytoplasm": weight})
+        history = fit(dataclasses.replace(config, model=model), data_dir,
+                      Path(out_dir) / f"cytoplasm_weight_{weight:g}", quiet=quiet)
+        best = history.loc[history[metric].idxmin() if metric == "val_loss" else history[metric].idxmax()]
+        rows.append({"cytoplasm_weight": weight, "best_epoch": int(best["epoch"]),
+                     **{k: best[k] for k in ("cytoplasm_dice", "nucleus_dice", "cell_dice", "part_dice")}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,159 @@
+"""Figures for the notebooks: one call each, one colour per part everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .style import part_colour
+
+__all__ = ["show_samples", "plot_part_fractions", "plot_history", "LivePlot", "plot_sweep", "show_predictions",
+           "plot_nc_ratio"]
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _parts_rgba(parts: np.ndarray, part_names: tuple[str, ...], alpha: float = 0.45) -> np.ndarray:
+    rgba = np.zeros((*parts.shape, 4))
+    for k, name in enumerate(part_names[1:], start=1):
+        rgba[parts == k] = (*part_colour(name, k, 1.0), alpha)
+    return rgba
+
+
+def _legend(fig, part_names, cell_label="whole-cell box"):
+    from matplotlib.patches import Patch
+    handles = [Patch(color=part_colour(n, k, 1.0), label=n) for k, n in enumerate(part_names) if k > 0]
+    handles.append(Patch(facecolor="none", edgecolor=part_colour("cell", 0, 1.0), label=cell_label))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+
+
+def show_samples(dataset, part_names: tuple[str, ...] = ("background", "cytoplasm", "nucleus"), count: int = 6):
+    """Images of a dataset with their parts overlaid and the whole-cell boxes the model learns."""
+    from matplotlib.patches import Rectangle
+    plt = _plt()
+    count = min(count, len(dataset))
+    cols = min(count, 3)
+    rows = int(np.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows + 0.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, ax in zip(range(count), axes.ravel()):
+        image, target = dataset[i]
+        masks = target["masks"].numpy()
+        parts = masks.max(axis=0) if len(masks) else np.zeros(image.shape[1:], np.uint8)
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.imshow(_parts_rgba(parts, part_names))
+        for x0, y0, x1, y1 in target["boxes"].tolist():
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5,
+                                   edgecolor=part_colour("cell", 0, 1.0)))
+        ax.set_title(f"{dataset.pairs[i].image.name}: {len(masks)} cell(s)", fontsize=10)
+    _legend(fig, part_names)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_part_fractions(table: pd.DataFrame, part_names: tuple[str, ...]):
+    """Histogram of each part's share of the image, from :func:`cellrcnn.check_folder`'s table."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k, name in enumerate(part_names[1:], start=1):
+        ax.hist(table[f"{name}_fraction"] * 100, bins=20, alpha=0.6, color=part_colour(name, k, 1.0), label=name)
+    ax.set(xlabel="share of the image's pixels (%)", ylabel="images", title="Part areas per image")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: pd.DataFrame, axes=None):
+    """Losses and validation Dice by epoch (the same as a run's curves.png)."""
+    plt = _plt()
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    else:
+        fig = axes[0].figure
+        for ax in axes:
+            ax.clear()
+    left, right = axes
+    left.plot(history["epoch"], history["train_loss"], "-o", ms=3, label="training loss")
+    if "val_loss" in history:
+        left.plot(history["epoch"], history["val_loss"], "--o", ms=3, label="validation loss")
+    left.set(xlabel="epoch", ylabel="loss", title="Losses")
+    left.legend()
+    for name, column in (("cytoplasm", "cytoplasm_dice"), ("nucleus", "nucleus_dice"), ("cell", "cell_dice")):
+        if column in history:
+            right.plot(history["epoch"], history[column], "-o", ms=3, color=part_colour(name, 0, 1.0),
+                       label=name.replace("cell", "whole cell"))
+    right.set(xlabel="epoch", ylabel="Dice (1 = perfect)", ylim=(0, 1), title="Validation Dice")
+    right.legend()
+    fig.tight_layout()
+    return fig
+
+
+class LivePlot:
+    """A ``fit`` callback that redraws the losses and Dice after every epoch in a notebook."""
+
+    def __init__(self) -> None:
+        self.fig = None
+
+    def __call__(self, row: dict, history: pd.DataFrame) -> None:
+        from IPython.display import clear_output, display
+        plt = _plt()
+        if self.fig is None:
+            self.fig, self.axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        plot_history(history, self.axes)
+        clear_output(wait=True)
+        display(self.fig)
+        plt.close(self.fig)
+
+
+def plot_sweep(results: pd.DataFrame):
+    """Cytoplasm, nucleus and whole-cell Dice against the cytoplasm weight (from ``cellrcnn.sweep``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, column in (("cytoplasm", "cytoplasm_dice"), ("nucleus", "nucleus_dice"), ("cell", "cell_dice")):
+        ax.plot(results["cytoplasm_weight"], results[column], "-o", color=part_colour(name, 0, 1.0),
+                label=name.replace("cell", "whole cell"))
+    ax.set(xlabel="cytoplasm weight in the loss", ylabel="best validation Dice", ylim=(0, 1),
+           title="What the cytoplasm weight does")
+    ax.set_xticks(results["cytoplasm_weight"])
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def show_predictions(predictions: list, part_names: tuple[str, ...] = ("background", "cytoplasm", "nucleus"),
+                     count: int = 6):
+    """Predicted parts over the images, with cell outlines."""
+    from skimage.segmentation import find_boundaries
+    plt = _plt()
+    count = min(count, len(predictions))
+    cols = min(count, 3)
+    rows = int(np.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows + 0.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for p, ax in zip(predictions[:count], axes.ravel()):
+        ax.imshow(p.image)
+        ax.imshow(_parts_rgba(p.parts, part_names))
+        outline = np.zeros((*p.cells.shape, 4))
+        outline[find_boundaries(p.cells, mode="inner")] = (*part_colour("cell", 0, 1.0), 1.0)
+        ax.imshow(outline)
+        ax.set_title(f"{p.name}: {int(p.cells.max())} cell(s)", fontsize=10)
+    _legend(fig, part_names, cell_label="cell outline")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_nc_ratio(table: pd.DataFrame):
+    """Histogram of the nucleus-to-cytoplasm area ratio, one colour per cell class."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, group in table.dropna(subset=["nc_ratio"]).groupby("class"):
+        ax.hist(group["nc_ratio"], bins=15, alpha=0.6, label=f"{name} ({len(group)} cells)")
+    ax.set(xlabel="nucleus area / cytoplasm area", ylabel="cells", title="Nucleus-to-cytoplasm ratio by class")
+    ax.legend()
+    fig.tight_layout()
+    return fig
