@@ -45,7 +45,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from .config import Config, ModelConfig
 from .roi_heads import PartRoIHeads
 
-__all__ = ["build_model", "load_checkpoint", "model_from_checkpoint", "to_label_images", "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict"]
+__all__ = ["build_model", "resolve_device", "load_checkpoint", "model_from_checkpoint", "to_label_images", "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +269,16 @@ def build_model(config: ModelConfig) -> MaskRCNN:
     elif config.weights not in ("imagenet", "none"):
         load_matching_state_dict(model, read_state_dict(config.weights), source=config.weights)
     return model
+
+
+def resolve_device(name: str) -> str:
+    """``"auto"`` becomes ``"cuda"`` when a CUDA device is present, else ``"cpu"``; asking for CUDA
+    without one is a ValueError."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use --device auto or cpu")
+    return str(name)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

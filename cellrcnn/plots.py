@@ -30,16 +30,21 @@ def _legend(fig, part_names, cell_label="whole-cell box"):
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
 
 
+def _image_grid(count: int):
+    """A figure of ``count`` image panels, three per row, without axes."""
+    cols = min(count, 3)
+    rows = int(np.ceil(count / cols))
+    fig, axes = _plt().subplots(rows, cols, figsize=(4 * cols, 4 * rows + 0.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return fig, axes
+
+
 def show_samples(dataset, part_names: tuple[str, ...] = ("background", "cytoplasm", "nucleus"), count: int = 6):
     """Images of a dataset with their parts overlaid and the whole-cell boxes the model learns."""
     from matplotlib.patches import Rectangle
-    plt = _plt()
     count = min(count, len(dataset))
-    cols = min(count, 3)
-    rows = int(np.ceil(count / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows + 0.5), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    fig, axes = _image_grid(count)
     for i, ax in zip(range(count), axes.ravel()):
         image, target = dataset[i]
         masks = target["masks"].numpy()
@@ -128,13 +133,8 @@ def show_predictions(predictions: list, part_names: tuple[str, ...] = ("backgrou
                      count: int = 6):
     """Predicted parts over the images, with cell outlines."""
     from skimage.segmentation import find_boundaries
-    plt = _plt()
     count = min(count, len(predictions))
-    cols = min(count, 3)
-    rows = int(np.ceil(count / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows + 0.5), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    fig, axes = _image_grid(count)
     for p, ax in zip(predictions[:count], axes.ravel()):
         ax.imshow(p.image)
         ax.imshow(_parts_rgba(p.parts, part_names))

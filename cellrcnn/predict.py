@@ -14,7 +14,7 @@ from skimage.measure import regionprops_table
 
 from .config import Config
 from .io import normalize_image, read_image
-from .model import model_from_checkpoint, to_label_images
+from .model import model_from_checkpoint, resolve_device, to_label_images
 
 __all__ = ["Prediction", "Predictor", "measure_cells", "largest_complete_label"]
 
@@ -136,12 +136,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "Predictor":
         """Load ``best.pt`` or ``last.pt`` of a run; ``device="auto"`` picks CUDA when present."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but no CUDA device is available; use auto or cpu")
         model, config = model_from_checkpoint(path, map_location="cpu")
-        return cls(model, config, device)
+        return cls(model, config, resolve_device(device))
 
     @property
     def parts(self) -> tuple[str, ...]:

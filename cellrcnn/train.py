@@ -31,7 +31,7 @@ from .config import Config, TrainConfig
 from .data import CellDataset, collate, make_splits, write_split_csv
 from .io import atomic_write
 from .metrics import part_dice
-from .model import build_model, load_checkpoint, to_label_images
+from .model import build_model, load_checkpoint, resolve_device, to_label_images
 
 __all__ = ["fit", "sweep", "new_run_dir", "latest_run", "Runtime", "train_one_epoch", "validate", "lr_factor", "save_checkpoint"]
 
@@ -62,11 +62,7 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     """Resolve the device and join the process group when started by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    want = config.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {config.device!r} asked for, but no CUDA device is available; use --device auto or cpu")
+    want = resolve_device(config.device)
     device = torch.device(f"cuda:{local_rank}" if want == "cuda" and world_size > 1 else want)
     if world_size > 1 and not torch_dist.is_initialized():
         if device.type == "cuda":
