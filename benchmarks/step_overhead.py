@@ -12,11 +12,18 @@ process per measurement, with large blocks returned to the OS on free.
 
 A third measurement compares the target projection alone
 (``project_parts_on_boxes`` against torchvision's ``project_masks_on_boxes``) on
-a large image with many cells.
+a large image with many cells, and a fourth the paste of predicted masks into a
+large image with many cells (``paste_parts_in_image``, exact geometry, against
+torchvision's ``paste_masks_in_image``).
+
+The cellrcnn model is built with the defaults (exact mask geometry, chance
+predictor initialisation, group norm for ``weights="none"``); stock torchvision
+shares its backbone, RPN and heads, so the ratios measure the RoI heads, the
+targets and the paste.
 
     python benchmarks/step_overhead.py                  # resnet50_fpn, 256 px, 2 images
     python benchmarks/step_overhead.py --size 512 --repeats 20
-Goals: training step <= 1.05x, inference <= 1.10x, peak memory <= 1.10x.
+Goals: training step <= 1.05x, inference <= 1.10x, peak memory <= 1.10x, paste <= 1.10x.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import time
 import torch
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import project_masks_on_boxes
+from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 
 import cellrcnn
 
@@ -141,6 +148,30 @@ def projection_case(size=2048, cells=40, proposals=128, parts=3):
     return masks, boxes, idxs
 
 
+def paste_case(size=2048, cells=400, M=28):
+    """Many predicted cells of 30-90 px on a large field, as a whole-slide crop gives."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(cells, 3, M, M, generator=g).softmax(dim=1)
+    lo = torch.rand(cells, 2, generator=g) * (size - 100)
+    boxes = torch.cat([lo, lo + 30 + torch.rand(cells, 2, generator=g) * 60], 1)
+    return probs, boxes, (size, size)
+
+
+def paste_times(repeats: int) -> dict[str, float]:
+    """Median ms to paste the cells of :func:`paste_case`: ours (both geometries) and torchvision's binary paste."""
+    probs, boxes, size = paste_case()
+    fns = {"cellrcnn": lambda: cellrcnn.paste_parts_in_image(probs, boxes, size),
+           "cellrcnn (torchvision geometry)": lambda: cellrcnn.paste_parts_in_image(probs, boxes, size, aligned=False),
+           "torchvision": lambda: paste_masks_in_image(1 - probs[:, :1], boxes, size)}
+    times = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for name, fn in fns.items():
+            t, _ = timed(fn, torch.device("cpu"))
+            if r:
+                times[name].append(t * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def child(args) -> None:
     """One memory measurement in a fresh process; prints MiB as JSON."""
     which, mode = args.child.split(":")
@@ -236,6 +267,10 @@ def main():
     if args.device.type == "cpu":
         peaks = cpu_peaks(args, "projection")
         report("projection memory", peaks["cellrcnn"], peaks["torchvision"], "MiB", 1.10)
+    paste = paste_times(args.repeats)
+    print(f"paste of 400 cells into 2048 x 2048 (CPU): torchvision geometry "
+          f"{paste['cellrcnn (torchvision geometry)']:.1f} ms")
+    report("paste, 400 cells", paste["cellrcnn"], paste["torchvision"], "ms", 1.10)
 
 
 if __name__ == "__main__":

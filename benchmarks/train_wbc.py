@@ -1,28 +1,38 @@
 #!/usr/bin/env python
-"""Fine-tune on the real WBC images and compare with stock torchvision Mask R-CNN.
+"""Training from scratch on the real WBC images, under one fixed CPU budget.
 
-Images 001-200 train, 201-240 validate (through temporary symlink folders, so the
-data stay in ../shared). Three runs with the same seed, backbone, input size,
-sampling and training protocol (cellrcnn's trainer: batch 2, a step every 4 images,
-SGD lr 0.001 halved every 5 epochs):
+Images 001-200 train, 201-240 validate (folders of symlinks under ``--out``, so the
+data stay in ../shared). Every run uses cellrcnn's trainer and the same setting:
+resnet18-FPN without pretrained weights (none can be downloaded here), images
+resized to 128 px, 32 anchors and 32 RoIs sampled per image, batch 2, an optimizer
+step every 4 images, no augmentation, ``--epochs`` epochs.
 
-1. cellrcnn, cytoplasm weight 1
-2. cellrcnn, cytoplasm weight 2
-3. stock torchvision Mask R-CNN trained the usual way: nucleus and cytoplasm as two
-   binary instance classes with their own boxes, BCE mask loss. Its prediction is
-   turned into a part image (cytoplasm detections painted first, nuclei on top)
-   and scored with the same Dice.
+Experiments (each run is a cellrcnn run folder ``OUT/<experiment>/<row>-seed<k>``;
+a finished run is not run again, an unfinished one resumes):
 
-    python benchmarks/train_wbc.py                      # CPU settings below, 10 epochs each
-    python benchmarks/train_wbc.py --epochs 30 --size 256 --backbone resnet50_fpn --weights coco   # on a GPU
+- ``ablation``: the before/after table of issue 9, one row per change:
+  torchvision geometry with torchvision's predictor initialisation, exact geometry,
+  + chance initialisation, + group norm (all with the fine-tuning protocol's lr 0.001
+  halved every 5 epochs), + the from-scratch lr recipe (lr 0.02 after a warm-up epoch,
+  halved every 10 epochs) at M = 28 and at M = 56.
+- ``sweep``: cytoplasm weights 1, 2 and 4 x seeds, with the from-scratch recipe, and
+  stock torchvision Mask R-CNN trained the usual way under the same budget: nucleus
+  and cytoplasm as two binary instance classes (each its own box, BCE mask loss),
+  painted into a part image (cytoplasm first, nuclei on top) and scored with the same Dice.
+- ``table``: print the tables of every run found under ``--out``.
+
+    python benchmarks/train_wbc.py ablation --out runs/bench --epochs 10
+    python benchmarks/train_wbc.py sweep --out runs/bench --epochs 4 --seeds 0,1,2
+    python benchmarks/train_wbc.py ablation --out runs/bench --epochs 30 --rows recipe --tag long
+    python benchmarks/train_wbc.py table --out runs/bench
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,23 +41,65 @@ import torch
 from torchvision.models.detection import MaskRCNN
 
 import cellrcnn
-from cellrcnn.train import Runtime, make_loader, setup_runtime, train_one_epoch
 from cellrcnn.model import _build_backbone  # the same backbone for the stock model
+from cellrcnn.train import make_loader, setup_runtime, train_one_epoch
 
 WBC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wbc_jtsc"
 PARTS = ("background", "cytoplasm", "nucleus")
+DATA = cellrcnn.DataConfig(image_glob="*.bmp", mask_glob="*.png", part_values=(0, 128, 255))
+
+#: The training protocol (lr 0.001 halved every 5 epochs) and the from-scratch recipe (docs/model.md).
+PROTOCOL = dict(cellrcnn.config.SCHEDULES["pretrained"])  # lr 0.001, no warm-up, halved every 5 epochs
+RECIPE = dict(cellrcnn.config.SCHEDULES["scratch"])  # lr 0.02 after a warm-up epoch, halved every 10 epochs
+OLD = {"mask_alignment": "torchvision", "predictor_init": "torchvision", "norm": "batch"}
+#: Ablation rows: name -> (description, model fields, train fields). Each adds one change to the row above.
+ABLATION = {
+    "torchvision": ("torchvision geometry, torchvision predictor init (before)", OLD, PROTOCOL),
+    "exact": ("exact geometry", {**OLD, "mask_alignment": "exact"}, PROTOCOL),
+    "init": ("exact geometry + chance init", {"norm": "batch"}, PROTOCOL),
+    "gn": ("+ group norm (protocol lr)", {"norm": "group"}, PROTOCOL),
+    "recipe": ("+ from-scratch lr recipe (group norm, M = 28)", {"norm": "group"}, RECIPE),
+    "recipe56": ("+ from-scratch lr recipe (group norm), M = 56", {"norm": "group", "mask_size": 56}, RECIPE),
+}
 
 
 def link_split(root: Path, data: Path) -> tuple[Path, Path]:
-    """train/ and val/ folders of symlinks: images 1-200 and 201-240."""
+    """train/ (images 1-200) and val/ (201-240) folders of symlinks, made once."""
     folders = (root / "train", root / "val")
     for folder in folders:
-        folder.mkdir()
+        folder.mkdir(parents=True, exist_ok=True)
     for i in range(1, 241):
         folder = folders[0] if i <= 200 else folders[1]
         for ext in (".bmp", ".png"):
-            (folder / f"{i:03d}{ext}").symlink_to(data / f"{i:03d}{ext}")
+            link = folder / f"{i:03d}{ext}"
+            if not link.is_symlink():
+                link.symlink_to(data.resolve() / f"{i:03d}{ext}")
     return folders
+
+
+def base_config(args, seed: int, model: dict, train: dict, val_dir: Path) -> cellrcnn.Config:
+    return cellrcnn.Config(
+        model=cellrcnn.ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
+                                   rpn_batch_size_per_image=32, box_batch_size_per_image=32, **model),
+        data=dataclasses.replace(DATA, val_dir=str(val_dir)),
+        train=cellrcnn.TrainConfig(**{"epochs": args.epochs, "workers": 0, "device": args.device, "seed": seed,
+                                      **train}))
+
+
+def finished(run: Path, epochs: int) -> bool:
+    history = run / "history.csv"
+    return history.is_file() and len(pd.read_csv(history)) >= epochs
+
+
+def run_cellrcnn(config: cellrcnn.Config, train_dir: Path, run: Path, name: str) -> None:
+    if finished(run, config.train.epochs):
+        print(f"{name}: done already ({run})", flush=True)
+        return
+    resume = (run / "last.pt").is_file()
+    print(f"{name}:{' resuming' if resume else ''}", flush=True)
+    cellrcnn.fit(config, train_dir, run, resume=resume, quiet=True, callback=lambda row, _: print(
+        f"  epoch {row['epoch']}: {row['train_seconds']:.0f} s train, cytoplasm {row['cytoplasm_dice']:.3f}, "
+        f"nucleus {row['nucleus_dice']:.3f}, cell {row['cell_dice']:.3f}", flush=True))
 
 
 class StockTargets(torch.utils.data.Dataset):
@@ -79,24 +131,29 @@ class StockTargets(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def stock_dice(model, dataset, threshold=0.5) -> dict[str, float]:
+def stock_dice(model, dataset, device, threshold=0.5) -> dict[str, float]:
     model.eval()
     scores = []
     for i in range(len(dataset)):
         image, target = dataset[i]
-        out = model([image])[0]
+        out = model([image.to(device)])[0]
         parts = torch.zeros(image.shape[1:], dtype=torch.uint8)
         for label in (1, 2):  # cytoplasm first, the nucleus painted over it
             keep = (out["labels"] == label) & (out["scores"] >= threshold)
             if keep.any():
-                parts[(out["masks"][keep, 0] > 0.5).any(dim=0)] = label
+                parts[(out["masks"][keep, 0] > 0.5).any(dim=0).cpu()] = label
         truth = target["part_masks"].max(dim=0).values
         scores.append(cellrcnn.part_dice(parts.numpy(), truth.numpy(), PARTS))
     return pd.DataFrame(scores).mean().to_dict()
 
 
-def train_stock(config: cellrcnn.Config, train_dir: Path, val_dir: Path) -> list[dict]:
+def run_stock(config: cellrcnn.Config, train_dir: Path, val_dir: Path, run: Path, name: str) -> None:
+    """Stock torchvision MaskRCNN (its own heads, geometry and initialisation) on cellrcnn's backbone and loop."""
     cfg = config.train
+    if finished(run, cfg.epochs):
+        print(f"{name}: done already ({run})", flush=True)
+        return
+    print(f"{name}:", flush=True)
     runtime = setup_runtime(cfg)
     cellrcnn.train.seed_everything(cfg.seed)
     pairs = cellrcnn.find_pairs(train_dir, config.data)
@@ -120,75 +177,84 @@ def train_stock(config: cellrcnn.Config, train_dir: Path, val_dir: Path) -> list
                         names, quiet=True)
         scheduler.step()
         row = {"epoch": epoch + 1, "train_seconds": time.perf_counter() - start}
-        row.update(stock_dice(model, val))
+        row.update(stock_dice(model, val, runtime.device))
         row["seconds"] = time.perf_counter() - start
         history.append(row)
-        print(f"  stock epoch {epoch + 1}: {row['train_seconds']:.0f} s, cytoplasm {row['cytoplasm_dice']:.3f}, "
-              f"nucleus {row['nucleus_dice']:.3f}", flush=True)
-    return history
+        print(f"  epoch {epoch + 1}: {row['train_seconds']:.0f} s train, cytoplasm {row['cytoplasm_dice']:.3f}, "
+              f"nucleus {row['nucleus_dice']:.3f}, cell {row['cell_dice']:.3f}", flush=True)
+    run.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(history).to_csv(run / "history.csv", index=False)
+
+
+def summarise(run: Path) -> dict:
+    frame = pd.read_csv(run / "history.csv")
+    last, best = frame.iloc[-1], frame.loc[frame["part_dice"].idxmax()]
+    return {"epochs": len(frame), "train minutes": frame["train_seconds"].sum() / 60,
+            "s/epoch (train)": frame["train_seconds"].median(),
+            "cytoplasm": last["cytoplasm_dice"], "nucleus": last["nucleus_dice"], "cell": last["cell_dice"],
+            "best part Dice (epoch)": f"{best['part_dice']:.3f} ({int(best['epoch'])})"}
+
+
+def tables(out: Path) -> None:
+    rows = []
+    for history in sorted(out.glob("*/*/history.csv")):
+        run = history.parent
+        experiment, (row, _, seed) = run.parent.name, run.name.rpartition("-seed")
+        rows.append({"experiment": experiment, "row": row, "seed": int(seed), **summarise(run)})
+    if not rows:
+        print(f"no runs under {out}")
+        return
+    frame = pd.DataFrame(rows)
+    pd.set_option("display.width", 200)
+    for experiment, group in frame.groupby("experiment", sort=False):
+        print(f"\n## {experiment}: last epoch, per run")
+        print(group.drop(columns="experiment").round(3).to_string(index=False))
+        if group["seed"].nunique() > 1:
+            stats = group.groupby(["row", "epochs"])[["cytoplasm", "nucleus", "cell", "train minutes"]]
+            summary = stats.agg(["mean", "std"]).round(3)
+            print(f"\n## {experiment}: mean and standard deviation over seeds")
+            print(summary.to_string())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=("ablation", "sweep", "table"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for the split links and every run")
     parser.add_argument("--data", type=Path, default=WBC)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--size", type=int, default=128, help="input size (min and max side)")
-    parser.add_argument("--backbone", default="resnet18_fpn", choices=cellrcnn.BACKBONES)
-    parser.add_argument("--weights", default="none")
-    parser.add_argument("--sampling", type=int, default=32, help="RPN anchors and RoIs sampled per image")
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=10, help="the budget: epochs over the 200 training images")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--rows", default=None, help=f"ablation rows to run (default: all of {', '.join(ABLATION)})")
+    parser.add_argument("--weights", default="1,2,4", help="sweep: cytoplasm weights (default: %(default)s)")
+    parser.add_argument("--tag", default="", help="suffix of the experiment folder, e.g. for a longer budget")
+    parser.add_argument("--no-stock", action="store_true", help="sweep: leave out stock torchvision")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    if args.experiment == "table":
+        tables(args.out)
+        return
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
-    print(f"setting: {args.backbone} weights={args.weights}, {args.size} px, sampling {args.sampling}, "
-          f"{args.epochs} epochs, seed 0, batch 2, accumulate 4, lr 0.001 halved every 5 epochs")
-    data = cellrcnn.DataConfig(image_glob="*.bmp", mask_glob="*.png", part_values=(0, 128, 255))
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        train_dir, val_dir = link_split(Path(tmp), args.data)
-        data = cellrcnn.DataConfig(**{**data.__dict__, "val_dir": str(val_dir)})
-        train = cellrcnn.TrainConfig(epochs=args.epochs, workers=args.workers, device=args.device)
-        for name, weight in (("cellrcnn, cytoplasm weight 1", 1.0), ("cellrcnn, cytoplasm weight 2", 2.0)):
-            model = cellrcnn.ModelConfig(backbone=args.backbone, weights=args.weights, min_size=args.size,
-                                         max_size=args.size, part_weights={"cytoplasm": weight},
-                                         rpn_batch_size_per_image=args.sampling,
-                                         box_batch_size_per_image=args.sampling)
-            config = cellrcnn.Config(model=model, data=data, train=train)
-            print(f"{name}:", flush=True)
-            history = cellrcnn.fit(config, train_dir, Path(tmp) / f"run{weight}", quiet=True,
-                                   callback=lambda row, _: print(
-                                       f"  epoch {row['epoch']}: {row['seconds']:.0f} s, cytoplasm "
-                                       f"{row['cytoplasm_dice']:.3f}, nucleus {row['nucleus_dice']:.3f}", flush=True))
-            results[name] = history.to_dict("records")
-        model = cellrcnn.ModelConfig(backbone=args.backbone, weights=args.weights, min_size=args.size,
-                                     max_size=args.size, rpn_batch_size_per_image=args.sampling,
-                                     box_batch_size_per_image=args.sampling)
-        print("stock torchvision (nucleus and cytoplasm as binary instance classes):", flush=True)
-        results["torchvision, two binary classes"] = train_stock(
-            cellrcnn.Config(model=model, data=data, train=train), train_dir, val_dir)
-
-    rows = []
-    for name, history in results.items():
-        frame = pd.DataFrame(history)
-        last = frame.iloc[-1]
-        best = frame.loc[frame["part_dice"].idxmax()]
-        rows.append({"run": name, "s/epoch (train+val)": frame["seconds"].mean(),
-                     "train images/s": 200 / (frame["train_seconds"] if "train_seconds" in frame else
-                                              frame["seconds"]).mean(),
-                     "cytoplasm Dice (last)": last["cytoplasm_dice"], "nucleus Dice (last)": last["nucleus_dice"],
-                     "cell Dice (last)": last["cell_dice"], "best part Dice (epoch)":
-                         f"{best['part_dice']:.3f} ({int(best['epoch'])})"})
-    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else
-          pd.DataFrame(rows).round(3).to_string(index=False))
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
+          f"cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}", flush=True)
+    train_dir, val_dir = link_split(args.out / "split", args.data)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    folder = args.out / f"{args.experiment}{'-' + args.tag if args.tag else ''}"
+    if args.experiment == "ablation":
+        names = args.rows.split(",") if args.rows else list(ABLATION)
+        for name in names:
+            description, model, train = ABLATION[name]
+            for seed in seeds:
+                config = base_config(args, seed, model, train, val_dir)
+                run_cellrcnn(config, train_dir, folder / f"{name}-seed{seed}", f"{description}, seed {seed}")
+    else:
+        _, model, train = ABLATION["recipe"]
+        for seed in seeds:
+            for weight in (float(w) for w in args.weights.split(",")):
+                config = base_config(args, seed, {**model, "part_weights": {"cytoplasm": weight}}, train, val_dir)
+                run_cellrcnn(config, train_dir, folder / f"w{weight:g}-seed{seed}",
+                             f"cytoplasm weight {weight:g}, seed {seed}")
+            if not args.no_stock:
+                run_stock(base_config(args, seed, model, train, val_dir), train_dir, val_dir,
+                          folder / f"stock-seed{seed}", f"stock torchvision, seed {seed}")
+    tables(args.out)
 
 
 if __name__ == "__main__":

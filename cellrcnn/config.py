@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["BACKBONES", "WEIGHT_CHOICES", "ENCODINGS", "TARGETS", "AUGMENTATIONS", "BEST_METRICS", "DataConfig", "ModelConfig", "TrainConfig", "Config"]
+__all__ = ["BACKBONES", "WEIGHT_CHOICES", "MASK_SIZES", "MASK_ALIGNMENTS", "NORMS", "PREDICTOR_INITS", "ENCODINGS",
+           "TARGETS", "AUGMENTATIONS", "BEST_METRICS", "SCHEDULES", "DataConfig", "ModelConfig", "TrainConfig",
+           "Config"]
 
 #: Backbones that :func:`cellrcnn.build_model` can build.
 BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "resnet34_fpn", "mobilenet_v3_fpn")
@@ -30,6 +32,17 @@ TARGETS = ("whole-cell", "largest")
 AUGMENTATIONS = ("none", "light", "strong")
 #: Backbones for which torchvision publishes COCO detection weights.
 COCO_BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "mobilenet_v3_fpn")
+#: Resolutions of the predicted part masks (the mask head pools at half of it, then upsamples 2x).
+MASK_SIZES = (28, 56)
+#: Mask geometry: pixel-exact (aligned RoIAlign, centre-sampled paste) or torchvision's, bit for bit.
+MASK_ALIGNMENTS = ("exact", "torchvision")
+#: Normalisation layers: chosen from the weights, batch norm, group norm, frozen batch norm.
+NORMS = ("auto", "batch", "group", "frozen")
+#: Initialisation of freshly created predictors.
+PREDICTOR_INITS = ("chance", "torchvision")
+#: Values of model fields added after the first release, for checkpoints saved without them:
+#: the values that rebuild the model those checkpoints were trained as.
+_LEGACY_MODEL_FIELDS = {"mask_size": 28, "mask_alignment": "torchvision", "predictor_init": "torchvision"}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -106,6 +119,29 @@ class ModelConfig(_Section):
         Anchors and proposals sampled per image for the RPN and box losses.
     box_detections_per_img, box_score_thresh
         At most this many detections per image, with at least this score.
+    mask_size
+        Resolution M of the predicted part masks, 28 or 56. The mask head pools
+        RoI features at M/2 and upsamples 2x; 56 costs about 4x the mask head's
+        compute and follows thin cytoplasm more closely on large cells.
+    mask_alignment
+        ``"exact"``: pixel-exact mask geometry (aligned RoIAlign for the RoI
+        features and the target projection, a paste that samples the mask at
+        each pixel centre, centre-aligned resizing of target masks).
+        ``"torchvision"``: torchvision's geometry, bit for bit, which shifts
+        masks by up to half a pixel and costs about 0.04 cytoplasm Dice on
+        100-pixel cells. Checkpoints saved before this option load in this mode.
+    norm
+        Normalisation layers. ``"auto"``: group norm without pretrained weights
+        (``weights="none"``: batch statistics of 2 images are too noisy to train
+        from scratch), otherwise torchvision's choice for pretrained weights
+        (frozen batch norm; trainable batch norm for ``resnet50_fpn_v2``).
+        ``"group"`` puts GroupNorm(32) in the backbone, the FPN and the mask head.
+    predictor_init
+        ``"chance"``: the freshly created box and mask predictors start with
+        small weights (normal, std 0.01 for class scores, 0.001 for box deltas
+        and part logits, zero bias), as detectron2 does, so each loss starts
+        near its chance value (ln 3 for three parts). ``"torchvision"``:
+        torchvision's initialisation, whose first part loss is about 10x higher.
     """
 
     parts: tuple[str, ...] = ("background", "cytoplasm", "nucleus")
@@ -124,6 +160,10 @@ class ModelConfig(_Section):
     box_batch_size_per_image: int = 512
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
+    mask_size: int = 28
+    mask_alignment: str = "exact"
+    norm: str = "auto"
+    predictor_init: str = "chance"
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON or a notebook) but store tuples: the config is frozen.
@@ -181,6 +221,19 @@ class ModelConfig(_Section):
             _positive_int(name, getattr(self, name))
         _check(0.0 <= self.box_score_thresh < 1.0,
                f"box_score_thresh must lie in [0, 1), got {self.box_score_thresh}")
+        _check(type(self.mask_size) is int and self.mask_size in MASK_SIZES,
+               f"mask_size must be one of {', '.join(map(str, MASK_SIZES))}; got {self.mask_size!r}")
+        _check(self.mask_alignment in MASK_ALIGNMENTS,
+               f"mask_alignment must be one of {', '.join(MASK_ALIGNMENTS)}; got {self.mask_alignment!r}")
+        _check(self.predictor_init in PREDICTOR_INITS,
+               f"predictor_init must be one of {', '.join(PREDICTOR_INITS)}; got {self.predictor_init!r}")
+        _check(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        _check(not (self.norm == "frozen" and self.weights == "none"),
+               "norm='frozen' keeps the batch-norm statistics of pretrained weights, and weights='none' has "
+               "none; use norm='group' (or 'auto') to train from scratch")
+        _check(not (self.norm == "group" and self.weights in ("coco", "imagenet")),
+               f"torchvision's {self.weights} weights were trained with batch norm, which norm='group' would "
+               f"replace; use norm='auto' (frozen batch norm) with them, or weights='none' to train with group norm")
 
     @property
     def num_parts(self) -> int:
@@ -196,6 +249,28 @@ class ModelConfig(_Section):
     def pretrained(self) -> bool:
         """True when training starts from any pretrained weights."""
         return self.weights != "none"
+
+    @property
+    def norm_kind(self) -> str:
+        """The normalisation actually built: ``norm`` with ``"auto"`` resolved from the weights."""
+        if self.norm != "auto":
+            return self.norm
+        if not self.pretrained:
+            return "group"
+        return "batch" if self.backbone == "resnet50_fpn_v2" else "frozen"
+
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any]) -> "ModelConfig":
+        """The model section of a checkpoint, rebuilt as it was trained.
+
+        Fields added after a checkpoint was saved take the value that rebuilds
+        the model it holds (torchvision geometry and initialisation, batch norm
+        from scratch), not today's defaults.
+        """
+        legacy = dict(_LEGACY_MODEL_FIELDS)
+        if values.get("weights", cls.weights) == "none":
+            legacy["norm"] = "batch"  # before group norm existed, scratch models used batch norm
+        return cls.from_dict({**legacy, **values})
 
 
 @dataclass(frozen=True)
@@ -295,11 +370,24 @@ class DataConfig(_Section):
 
 #: Validation metrics that can choose the best checkpoint.
 BEST_METRICS = ("part_dice", "cell_dice", "nucleus_dice", "cytoplasm_dice", "val_loss")
+#: Training settings left as None ("auto") follow the starting weights: the fine-tuning protocol for
+#: pretrained weights, the from-scratch recipe for ``weights="none"`` (docs/model.md says why).
+SCHEDULES = {
+    "pretrained": {"lr": 0.001, "warmup_epochs": 0, "lr_step": 5},
+    "scratch": {"lr": 0.02, "warmup_epochs": 1, "lr_step": 10},
+}
 
 
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     """The training protocol. The defaults are the protocol cellrcnn is made for.
+
+    ``lr``, ``warmup_epochs`` and ``lr_step`` left at None are set by the
+    :class:`Config` they belong to, from the model's starting weights
+    (:data:`SCHEDULES`): with pretrained weights the fine-tuning protocol (lr
+    0.001, no warm-up, halved every 5 epochs); from scratch (``weights="none"``)
+    lr 0.02 after one warm-up epoch, halved every 10 epochs, because randomly
+    initialised networks need many more large steps (docs/model.md).
 
     Parameters
     ----------
@@ -311,14 +399,16 @@ class TrainConfig(_Section):
         Images per optimizer step; gradients of ``accumulate / batch_size``
         batches (over all processes) are summed, each loss divided by that count.
     lr, momentum, weight_decay
-        SGD settings.
+        SGD settings (lr None: from the weights, see above).
     lr_step, lr_gamma
-        The lr is multiplied by ``lr_gamma`` every ``lr_step`` epochs (StepLR).
+        The lr is multiplied by ``lr_gamma`` every ``lr_step`` epochs (StepLR;
+        lr_step None: from the weights).
     lr_floor
         The lr never drops below this (0: no floor). The default schedule leaves
         about 1e-6 by epoch 50.
     warmup_epochs
-        Epochs of linear warm-up from ``lr / (warmup_epochs + 1)`` (0: none).
+        Epochs of linear warm-up from ``lr / (warmup_epochs + 1)`` (0: none;
+        None: from the weights).
     clip_grad_norm
         Clip the gradient norm to this (after unscaling under AMP); None: no clipping.
     device
@@ -345,13 +435,13 @@ class TrainConfig(_Section):
     epochs: int = 100
     batch_size: int = 2
     accumulate: int = 4
-    lr: float = 0.001
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    lr_step: int = 5
+    lr_step: int | None = None
     lr_gamma: float = 0.5
     lr_floor: float = 0.0
-    warmup_epochs: int = 0
+    warmup_epochs: int | None = None
     clip_grad_norm: float | None = None
     device: str = "auto"
     amp: bool | None = None
@@ -364,22 +454,28 @@ class TrainConfig(_Section):
     val_score_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "accumulate", "lr_step", "val_every", "max_nonfinite"):
+        for name in ("epochs", "batch_size", "accumulate", "val_every", "max_nonfinite"):
             _positive_int(name, getattr(self, name))
+        if self.lr_step is not None:
+            _positive_int("lr_step", self.lr_step)
         _check(self.accumulate % self.batch_size == 0,
                f"accumulate ({self.accumulate} images) must be a multiple of batch_size ({self.batch_size})")
         for name in ("lr", "lr_gamma"):
             value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+            _check((value is None and name == "lr") or
+                   (isinstance(value, (int, float)) and math.isfinite(value) and value > 0),
                    f"{name} must be a positive number, got {value!r}")
         _check(self.lr_gamma <= 1, f"lr_gamma must be at most 1 (a decay), got {self.lr_gamma}")
         for name in ("momentum", "weight_decay", "lr_floor"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                    f"{name} must be a number >= 0, got {value!r}")
-        _check(self.lr_floor <= self.lr, f"lr_floor ({self.lr_floor}) must not exceed lr ({self.lr})")
+        _check(self.lr is None or self.lr_floor <= self.lr,
+               f"lr_floor ({self.lr_floor}) must not exceed lr ({self.lr})")
         for name in ("warmup_epochs", "patience", "seed", "workers"):
             value = getattr(self, name)
+            if value is None and name == "warmup_epochs":
+                continue
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                    f"{name} must be an integer >= 0, got {value!r}")
         _check(self.clip_grad_norm is None or (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0),
@@ -405,6 +501,10 @@ class Config(_Section):
         _check(isinstance(self.model, ModelConfig), f"model must be a ModelConfig, got {type(self.model).__name__}")
         _check(isinstance(self.data, DataConfig), f"data must be a DataConfig, got {type(self.data).__name__}")
         _check(isinstance(self.train, TrainConfig), f"train must be a TrainConfig, got {type(self.train).__name__}")
+        schedule = SCHEDULES["pretrained" if self.model.pretrained else "scratch"]
+        auto = {name: value for name, value in schedule.items() if getattr(self.train, name) is None}
+        if auto:  # resolved once, here: the saved config.json says what was used
+            object.__setattr__(self, "train", dataclasses.replace(self.train, **auto))
         _check(len(self.data.part_values) == self.model.num_parts,
                f"part_values {list(self.data.part_values)} must give one value per part {list(self.model.parts)}")
         _check(len(self.data.class_names) == self.model.num_classes,
@@ -420,6 +520,14 @@ class Config(_Section):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         os.replace(tmp, path)
+
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any]) -> "Config":
+        """The config of a checkpoint: as :meth:`from_dict`, with the model section read by
+        :meth:`ModelConfig.from_saved` so the model is rebuilt as it was trained."""
+        _check(isinstance(values, Mapping) and isinstance(values.get("model", {}), Mapping),
+               "a checkpoint's config must be a mapping with a 'model' section")
+        return cls.from_dict({**values, "model": ModelConfig.from_saved(values.get("model", {}))})
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Config":

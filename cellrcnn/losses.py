@@ -1,7 +1,13 @@
 """The weighted part loss of the mask head, as pure functions.
 
 Shapes follow torchvision's ``roi_heads.maskrcnn_loss``: ``P`` positive proposals
-over the batch, ``K`` parts (background first), ``M`` the mask resolution (28).
+over the batch, ``K`` parts (background first), ``M`` the mask resolution (28 or 56).
+
+Boxes are pixel edges: a cell covering columns 10..29 has ``x1 = 10, x2 = 30``, and
+pixel ``i`` has its centre at ``i + 0.5``. With ``aligned=True`` the projection
+follows that convention exactly (mask pixel ``j`` of a box covers
+``[x1 + j w / M, x1 + (j + 1) w / M]``); ``aligned=False`` is torchvision's
+``project_masks_on_boxes``, which samples half a pixel off.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from torchvision.ops import roi_align
 __all__ = ["project_parts_on_boxes", "part_mask_loss"]
 
 
-def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, num_parts: int, M: int) -> Tensor:
+def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, num_parts: int, M: int,
+                           aligned: bool = True) -> Tensor:
     """Soft part fractions of each proposal's matched cell, resampled to ``M x M``.
 
     Each foreground part is projected as its own binary map with ``roi_align``,
@@ -35,6 +42,9 @@ def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor
         K, background included.
     M : int
         Output resolution.
+    aligned : bool
+        Pixel-exact sampling (``roi_align(..., aligned=True)``); False reproduces
+        torchvision's ``project_masks_on_boxes`` bit for bit.
 
     Returns
     -------
@@ -47,7 +57,7 @@ def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor
     foreground = []
     for k in range(1, num_parts):
         binary.copy_(gt_masks[:, None]).eq_(k)  # in place: no uint8 or bool temporary of the image size
-        foreground.append(roi_align(binary, rois, (M, M), 1.0)[:, 0])
+        foreground.append(roi_align(binary, rois, (M, M), 1.0, aligned=aligned)[:, 0])
     fg = torch.stack(foreground, dim=1)
     background = (1.0 - fg.sum(dim=1, keepdim=True)).clamp_(min=0.0)
     return torch.cat([background, fg], dim=1)
@@ -59,6 +69,7 @@ def part_mask_loss(
     gt_masks: list[Tensor],
     mask_matched_idxs: list[Tensor],
     part_weights: Tensor,
+    aligned: bool = True,
 ) -> Tensor:
     """Weighted soft cross-entropy between part logits and projected part labels.
 
@@ -81,6 +92,8 @@ def part_mask_loss(
         int64 ``[P_i]`` matched cell of each positive proposal.
     part_weights : Tensor
         float ``[K]`` weight of each part.
+    aligned : bool
+        Geometry of the target projection (see :func:`project_parts_on_boxes`).
 
     Returns
     -------
@@ -92,7 +105,7 @@ def part_mask_loss(
     if part_weights.shape != (K,):
         raise ValueError(f"part_weights must have shape [{K}], got {list(part_weights.shape)}")
     targets = [
-        project_parts_on_boxes(m, p, i, K, M)
+        project_parts_on_boxes(m, p, i, K, M, aligned)
         for m, p, i in zip(gt_masks, proposals, mask_matched_idxs)
         if i.numel() > 0
     ]

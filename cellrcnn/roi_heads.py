@@ -7,10 +7,38 @@ from typing import Optional
 import torch
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops.poolers import _setup_scales
 
 from .losses import part_mask_loss
 
-__all__ = ["PartRoIHeads", "select_class_parts", "part_inference"]
+__all__ = ["PartRoIHeads", "AlignedMultiScaleRoIAlign", "select_class_parts", "part_inference"]
+
+
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` with pixel-exact sampling (``roi_align(..., aligned=True)``).
+
+    Same FPN level assignment and output as the parent (torchvision 0.29); only
+    the half-pixel convention differs: a box edge at image coordinate ``x`` is
+    feature coordinate ``x * scale``, with feature pixel ``i`` centred at
+    ``i + 0.5``, as in detectron2's ROIAlignV2.
+    """
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        features = [v for k, v in x.items() if k in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)])
+        if len(features) == 1:
+            return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, aligned=True)
+        levels = self.map_levels(boxes)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            index = torch.where(levels == level)[0]
+            pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=True)
+            result[index] = pooled.to(result.dtype)  # levels may differ in dtype under autocast
+        return result
 
 
 def select_class_parts(mask_logits: Tensor, labels: Tensor, num_parts: int) -> Tensor:
@@ -54,6 +82,7 @@ class PartRoIHeads(RoIHeads):
     At inference each detection gets ``masks`` ``[N, 1, M, M]``, the whole-cell
     probability (1 - background), as torchvision consumers expect, and
     ``part_probs`` ``[N, K, M, M]``; the transform pastes both into the image.
+    ``M`` is the mask predictor's output size (28 or 56).
 
     Parameters
     ----------
@@ -61,15 +90,23 @@ class PartRoIHeads(RoIHeads):
         K, background included.
     part_weights : sequence of float
         Loss weight of each part.
+    aligned : bool
+        Pixel-exact target projection (see :func:`cellrcnn.losses.project_parts_on_boxes`).
+        The targets' masks may then have any resolution covering the whole image
+        (:class:`~cellrcnn.model.PartRCNNTransform` leaves them at the image's
+        own): the proposals are scaled to them before projecting. Pair it with
+        :class:`AlignedMultiScaleRoIAlign` poolers (as :func:`~cellrcnn.build_model`
+        does); ``False`` with torchvision's poolers reproduces torchvision.
     **kwargs
         Everything ``RoIHeads`` takes, the three ``mask_*`` modules included.
     """
 
-    def __init__(self, *, num_parts: int, part_weights, **kwargs) -> None:
+    def __init__(self, *, num_parts: int, part_weights, aligned: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         if self.mask_roi_pool is None or self.mask_head is None or self.mask_predictor is None:
             raise ValueError("PartRoIHeads needs mask_roi_pool, mask_head and mask_predictor")
         self.num_parts = num_parts
+        self.aligned = aligned
         self.register_buffer("part_weights", torch.as_tensor(part_weights, dtype=torch.float32))
         self._sampled: Optional[tuple[list[Tensor], list[Tensor], list[Tensor]]] = None
 
@@ -110,13 +147,23 @@ class PartRoIHeads(RoIHeads):
 
         if self.training:
             gt_masks = [t["masks"] for t in targets]
-            losses["loss_mask"] = part_mask_loss(part_logits, mask_proposals, gt_masks, matched, self.part_weights)
+            if self.aligned:
+                mask_proposals = [p * _to_mask_scale(m, size) for p, m, size in
+                                  zip(mask_proposals, gt_masks, image_shapes)]
+            losses["loss_mask"] = part_mask_loss(part_logits, mask_proposals, gt_masks, matched, self.part_weights,
+                                                self.aligned)
         else:
             probs = part_inference(part_logits, [len(p) for p in mask_proposals])
             for r, p in zip(result, probs):
                 r["part_probs"] = p
                 r["masks"] = 1.0 - p[:, :1]
         return result, losses
+
+
+def _to_mask_scale(masks: Tensor, image_shape: tuple[int, int]) -> Tensor:
+    """``[4]`` factors taking xyxy boxes from the (resized) image to the masks' own pixel grid."""
+    sy, sx = masks.shape[-2] / image_shape[0], masks.shape[-1] / image_shape[1]
+    return masks.new_tensor([sx, sy, sx, sy], dtype=torch.float32)
 
 
 def _check_part_targets(targets: Optional[list[dict[str, Tensor]]]) -> None:

@@ -31,7 +31,7 @@ from .config import Config, TrainConfig
 from .data import CellDataset, collate, make_splits, write_split_csv
 from .io import atomic_write
 from .metrics import part_dice
-from .model import build_model, load_checkpoint, resolve_device, to_label_images
+from .model import build_model, load_checkpoint, resolve_device, resolve_norm, to_label_images
 
 __all__ = ["fit", "sweep", "new_run_dir", "latest_run", "Runtime", "train_one_epoch", "validate", "lr_factor", "save_checkpoint"]
 
@@ -77,6 +77,10 @@ def setup_runtime(config: TrainConfig) -> Runtime:
 def lr_factor(config: TrainConfig) -> Callable[[int], float]:
     """Multiplier of the base lr at each epoch: StepLR's ``gamma ** (epoch // step)``,
     with the optional linear warm-up and lr floor."""
+    if config.lr is None or config.lr_step is None or config.warmup_epochs is None:
+        raise ValueError("lr, lr_step and warmup_epochs are 'auto' (None) until the TrainConfig is part of a "
+                         "Config, which sets them from the model's weights; use Config(...).train")
+
     def factor(epoch: int) -> float:
         f = config.lr_gamma ** (epoch // config.lr_step)
         if config.warmup_epochs:
@@ -292,7 +296,7 @@ def fit(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(out / "last.pt")
-        config = Config.from_dict(checkpoint["config"])
+        config = Config.from_saved(checkpoint["config"])
     elif (out / "last.pt").exists():
         raise FileExistsError(f"{out} already holds a run (last.pt); resume it or choose another output folder")
     cfg = config.train
@@ -321,9 +325,10 @@ def _fit(config, data_dir, out, checkpoint, runtime, callback, quiet) -> pd.Data
     if val_set is None and main:
         logger.warning("no validation images (val_fraction 0 and no val_dir): best.pt follows the last epoch")
 
-    # On resume the weights come from the checkpoint: do not fetch pretrained ones again.
-    model_config = dataclasses.replace(config.model, weights="none") if checkpoint else config.model
-    model = build_model(model_config).to(runtime.device)
+    if checkpoint is None:  # record the normalisation built, so the checkpoint rebuilds without the weights file
+        config = dataclasses.replace(config, model=resolve_norm(config.model))
+    # On resume the weights come from the checkpoint: the same architecture, nothing fetched again.
+    model = build_model(config.model, load_weights=checkpoint is None).to(runtime.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))

@@ -13,6 +13,33 @@ def test_defaults_are_valid_and_documented_values():
     assert cfg.part_weight_vector == (1.0, 1.0, 1.0)
     assert cfg.num_classes == 1 and cfg.class_specific_parts is False
     assert cfg.min_size < 800  # torchvision's photo-sized default is wrong for cell crops
+    assert (cfg.mask_size, cfg.mask_alignment, cfg.predictor_init) == (28, "exact", "chance")
+
+
+@pytest.mark.parametrize("backbone, weights, kind", [
+    ("resnet18_fpn", "none", "group"),  # from scratch: batch statistics of 2 images are too noisy
+    ("resnet50_fpn", "coco", "frozen"),  # torchvision's choice for pretrained weights
+    ("resnet50_fpn", "imagenet", "frozen"),
+    ("resnet50_fpn_v2", "coco", "batch"),  # torchvision trains v2's batch norm
+    ("resnet18_fpn", "some/weights.pt", "frozen"),
+])
+def test_auto_norm_follows_the_weights(backbone, weights, kind):
+    assert ModelConfig(backbone=backbone, weights=weights).norm_kind == kind
+    assert ModelConfig(backbone=backbone, weights=weights, norm="batch").norm_kind == "batch"
+
+
+def test_a_saved_model_section_without_the_new_fields_rebuilds_the_old_model():
+    old = {k: v for k, v in ModelConfig(weights="none").to_dict().items()
+           if k not in ("mask_size", "mask_alignment", "norm", "predictor_init")}
+    legacy = ModelConfig.from_saved(old)
+    assert (legacy.mask_size, legacy.mask_alignment, legacy.norm, legacy.predictor_init) == \
+        (28, "torchvision", "batch", "torchvision")
+    assert ModelConfig.from_saved({**old, "weights": "coco"}).norm_kind == "frozen"
+    # Fields a checkpoint does record are kept, and a plain config file gets today's defaults.
+    assert ModelConfig.from_saved({**old, "mask_alignment": "exact", "norm": "group"}).norm == "group"
+    assert ModelConfig.from_dict(old).mask_alignment == "exact"
+    whole = Config.from_saved({"model": old, "data": DataConfig().to_dict()})
+    assert whole.model == legacy
 
 
 def test_part_weights_fill_unspecified_parts_with_one():
@@ -44,6 +71,12 @@ def test_part_weights_fill_unspecified_parts_with_one():
         ({"class_specific_parts": "yes"}, "true or false"),
         ({"mask_threshold": 1.0}, r"mask_threshold must lie in \(0, 1\)"),
         ({"box_batch_size_per_image": -4}, "box_batch_size_per_image must be a positive integer"),
+        ({"mask_size": 32}, "mask_size must be one of 28, 56"),
+        ({"mask_alignment": "detectron2"}, "mask_alignment must be one of exact, torchvision"),
+        ({"norm": "layer"}, "norm must be one of auto, batch, group, frozen"),
+        ({"predictor_init": "zeros"}, "predictor_init must be one of chance, torchvision"),
+        ({"weights": "none", "norm": "frozen"}, "weights='none' has none; use norm='group'"),
+        ({"weights": "coco", "norm": "group"}, "trained with batch norm"),
     ],
 )
 def test_bad_values_fail_at_construction(kwargs, message):

@@ -1,5 +1,6 @@
 """The trainer: schedule, accumulation arithmetic, non-finite steps, run folder, resume, DDP, CLI."""
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -42,7 +43,8 @@ def small_sample(tmp_path):
 
 
 def test_default_schedule_is_steplr_halving_every_5_epochs():
-    cfg = TrainConfig()
+    cfg = Config().train  # pretrained (COCO) weights: the fine-tuning protocol
+    assert (cfg.lr, cfg.lr_step, cfg.warmup_epochs) == (0.001, 5, 0)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
     reference = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
     for epoch in range(60):
@@ -52,8 +54,19 @@ def test_default_schedule_is_steplr_halving_every_5_epochs():
     assert cfg.lr * lr_factor(cfg)(50) < 1.0e-6
 
 
+def test_from_scratch_the_defaults_are_the_recipe_and_explicit_values_win():
+    scratch = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none")).train
+    assert (scratch.lr, scratch.lr_step, scratch.warmup_epochs) == (0.02, 10, 1)
+    lrs = [scratch.lr * lr_factor(scratch)(e) for e in range(21)]
+    assert lrs[:3] == pytest.approx([0.01, 0.02, 0.02]) and lrs[10] == pytest.approx(0.01)
+    mine = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none"), train=TrainConfig(lr=0.005)).train
+    assert (mine.lr, mine.lr_step, mine.warmup_epochs) == (0.005, 10, 1)
+    with pytest.raises(ValueError, match="part of a Config"):
+        lr_factor(TrainConfig())
+
+
 def test_lr_floor_and_warmup():
-    cfg = TrainConfig(lr_floor=1e-4, warmup_epochs=3)
+    cfg = TrainConfig(lr=0.001, lr_step=5, lr_floor=1e-4, warmup_epochs=3)
     lrs = [cfg.lr * lr_factor(cfg)(e) for e in range(40)]
     assert lrs[:4] == pytest.approx([0.00025, 0.0005, 0.00075, 0.001])
     assert min(lrs) == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-4)
@@ -130,7 +143,10 @@ def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, 
     split = pd.read_csv(out / "split.csv")
     assert (split["split"] == "val").sum() == 2 and len(split) == 6
     model, config = cellrcnn.model_from_checkpoint(out / "best.pt")
-    assert config == tiny_config() and not model.training
+    # The run records the normalisation it built ("auto" resolved: group norm from scratch), the rest as given.
+    expected = tiny_config()
+    assert config == dataclasses.replace(expected, model=dataclasses.replace(expected.model, norm="group"))
+    assert not model.training
     assert "epoch 2/2" in (out / "train.log").read_text()
 
 
