@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import os
 import platform
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -41,8 +40,6 @@ import torch
 from torchvision.models.detection import MaskRCNN
 
 import cellrcnn
-from cellrcnn.model import _build_backbone  # the same backbone for the stock model
-from cellrcnn.train import make_loader, setup_runtime, train_one_epoch
 
 WBC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wbc_jtsc"
 PARTS = ("background", "cytoplasm", "nucleus")
@@ -91,15 +88,22 @@ def finished(run: Path, epochs: int) -> bool:
     return history.is_file() and len(pd.read_csv(history)) >= epochs
 
 
-def run_cellrcnn(config: cellrcnn.Config, train_dir: Path, run: Path, name: str) -> None:
-    if finished(run, config.train.epochs):
-        print(f"{name}: done already ({run})", flush=True)
+class PrintEpoch(cellrcnn.hooks.HookBase):
+    """One line per epoch on the console."""
+
+    def after_epoch(self, trainer) -> None:
+        row = trainer.row
+        print(f"  epoch {row['epoch']}: {row['train_seconds']:.0f} s train, cytoplasm {row['cytoplasm_dice']:.3f}, "
+              f"nucleus {row['nucleus_dice']:.3f}, cell {row['cell_dice']:.3f}", flush=True)
+
+
+def run(trainer_class, config: cellrcnn.Config, train_dir: Path, run_dir: Path, name: str) -> None:
+    if finished(run_dir, config.train.epochs):
+        print(f"{name}: done already ({run_dir})", flush=True)
         return
-    resume = (run / "last.pt").is_file()
+    resume = (run_dir / "last.pt").is_file()
     print(f"{name}:{' resuming' if resume else ''}", flush=True)
-    cellrcnn.fit(config, train_dir, run, resume=resume, quiet=True, callback=lambda row, _: print(
-        f"  epoch {row['epoch']}: {row['train_seconds']:.0f} s train, cytoplasm {row['cytoplasm_dice']:.3f}, "
-        f"nucleus {row['nucleus_dice']:.3f}, cell {row['cell_dice']:.3f}", flush=True))
+    trainer_class(config, train_dir, run_dir, resume=resume, hooks=[PrintEpoch()], quiet=True).train()
 
 
 class StockTargets(torch.utils.data.Dataset):
@@ -107,6 +111,7 @@ class StockTargets(torch.utils.data.Dataset):
 
     def __init__(self, dataset: cellrcnn.CellDataset):
         self.dataset = dataset
+        self.pairs = dataset.pairs
 
     def __len__(self):
         return len(self.dataset)
@@ -130,60 +135,40 @@ class StockTargets(torch.utils.data.Dataset):
                        "image_id": target["image_id"], "part_masks": target["masks"]}
 
 
-@torch.no_grad()
-def stock_dice(model, dataset, device, threshold=0.5) -> dict[str, float]:
-    model.eval()
-    scores = []
-    for i in range(len(dataset)):
-        image, target = dataset[i]
-        out = model([image.to(device)])[0]
-        parts = torch.zeros(image.shape[1:], dtype=torch.uint8)
-        for label in (1, 2):  # cytoplasm first, the nucleus painted over it
-            keep = (out["labels"] == label) & (out["scores"] >= threshold)
-            if keep.any():
-                parts[(out["masks"][keep, 0] > 0.5).any(dim=0).cpu()] = label
-        truth = target["part_masks"].max(dim=0).values
-        scores.append(cellrcnn.part_dice(parts.numpy(), truth.numpy(), PARTS))
-    return pd.DataFrame(scores).mean().to_dict()
+class StockTrainer(cellrcnn.Trainer):
+    """Stock torchvision MaskRCNN (its own heads, geometry and initialisation) on cellrcnn's backbone and loop.
 
+    Nucleus and cytoplasm are two binary instance classes; validation paints them into a part image
+    (cytoplasm first, the nucleus over it) and scores it with the same Dice as cellrcnn runs.
+    """
 
-def run_stock(config: cellrcnn.Config, train_dir: Path, val_dir: Path, run: Path, name: str) -> None:
-    """Stock torchvision MaskRCNN (its own heads, geometry and initialisation) on cellrcnn's backbone and loop."""
-    cfg = config.train
-    if finished(run, cfg.epochs):
-        print(f"{name}: done already ({run})", flush=True)
-        return
-    print(f"{name}:", flush=True)
-    runtime = setup_runtime(cfg)
-    cellrcnn.train.seed_everything(cfg.seed)
-    pairs = cellrcnn.find_pairs(train_dir, config.data)
-    train = StockTargets(cellrcnn.CellDataset(pairs, config.data))
-    val = StockTargets(cellrcnn.CellDataset(cellrcnn.find_pairs(val_dir, config.data), config.data))
-    m = config.model
-    backbone, extra = _build_backbone(m)
-    model = MaskRCNN(backbone, num_classes=3, min_size=m.min_size, max_size=m.max_size, image_mean=list(m.image_mean),
-                     image_std=list(m.image_std), rpn_batch_size_per_image=m.rpn_batch_size_per_image,
-                     box_batch_size_per_image=m.box_batch_size_per_image, **extra).to(runtime.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cellrcnn.train.lr_factor(cfg))
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
-    history = []
-    names = [str(p.image) for p in pairs]
-    for epoch in range(cfg.epochs):
-        cellrcnn.train.seed_everything(cfg.seed + epoch)
-        start = time.perf_counter()
-        train_one_epoch(model, make_loader(train, cfg, runtime, epoch, True), optimizer, scaler, cfg, runtime,
-                        names, quiet=True)
-        scheduler.step()
-        row = {"epoch": epoch + 1, "train_seconds": time.perf_counter() - start}
-        row.update(stock_dice(model, val, runtime.device))
-        row["seconds"] = time.perf_counter() - start
-        history.append(row)
-        print(f"  epoch {epoch + 1}: {row['train_seconds']:.0f} s train, cytoplasm {row['cytoplasm_dice']:.3f}, "
-              f"nucleus {row['nucleus_dice']:.3f}, cell {row['cell_dice']:.3f}", flush=True)
-    run.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(history).to_csv(run / "history.csv", index=False)
+    def build_model(self):
+        m = self.config.model
+        backbone, extra = cellrcnn.build_backbone(m)  # the same backbone (norm, frozen stages) as cellrcnn's
+        return MaskRCNN(backbone, num_classes=3, min_size=m.min_size, max_size=m.max_size,
+                        image_mean=list(m.image_mean), image_std=list(m.image_std),
+                        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
+                        box_batch_size_per_image=m.box_batch_size_per_image, **extra)
+
+    def build_datasets(self):
+        sets = super().build_datasets()
+        return {name: StockTargets(data) if data is not None else None for name, data in sets.items()}
+
+    @torch.no_grad()
+    def validate(self):
+        model, scores = self.raw_model.eval(), []
+        dataset = self.datasets["val"]
+        for i in range(len(dataset)):
+            image, target = dataset[i]
+            out = model([image.to(self.runtime.device)])[0]
+            parts = torch.zeros(image.shape[1:], dtype=torch.uint8)
+            for label in (1, 2):  # cytoplasm first, the nucleus painted over it
+                keep = (out["labels"] == label) & (out["scores"] >= self.config.train.val_score_threshold)
+                if keep.any():
+                    parts[(out["masks"][keep, 0] > 0.5).any(dim=0).cpu()] = label
+            truth = target["part_masks"].max(dim=0).values
+            scores.append(cellrcnn.part_dice(parts.numpy(), truth.numpy(), PARTS))
+        return pd.DataFrame(scores).mean().to_dict()
 
 
 def summarise(run: Path) -> dict:
@@ -243,17 +228,17 @@ def main() -> None:
             description, model, train = ABLATION[name]
             for seed in seeds:
                 config = base_config(args, seed, model, train, val_dir)
-                run_cellrcnn(config, train_dir, folder / f"{name}-seed{seed}", f"{description}, seed {seed}")
+                run(cellrcnn.Trainer, config, train_dir, folder / f"{name}-seed{seed}", f"{description}, seed {seed}")
     else:
         _, model, train = ABLATION["recipe"]
         for seed in seeds:
             for weight in (float(w) for w in args.weights.split(",")):
                 config = base_config(args, seed, {**model, "part_weights": {"cytoplasm": weight}}, train, val_dir)
-                run_cellrcnn(config, train_dir, folder / f"w{weight:g}-seed{seed}",
-                             f"cytoplasm weight {weight:g}, seed {seed}")
+                run(cellrcnn.Trainer, config, train_dir, folder / f"w{weight:g}-seed{seed}",
+                    f"cytoplasm weight {weight:g}, seed {seed}")
             if not args.no_stock:
-                run_stock(base_config(args, seed, model, train, val_dir), train_dir, val_dir,
-                          folder / f"stock-seed{seed}", f"stock torchvision, seed {seed}")
+                run(StockTrainer, base_config(args, seed, model, train, val_dir), train_dir,
+                    folder / f"stock-seed{seed}", f"stock torchvision, seed {seed}")
     tables(args.out)
 
 

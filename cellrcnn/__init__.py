@@ -1,73 +1,59 @@
-"""cellrcnn: fine-tune torchvision's Mask R-CNN to segment whole cells and their parts."""
+"""cellrcnn: fine-tune torchvision's Mask R-CNN to segment whole cells and their parts.
 
+The names below load on first use (PEP 562), so ``import cellrcnn`` and the
+command-line ``--help`` stay fast: torch and torchvision load only when a model,
+dataset or trainer is first touched. ``__all__`` is the user API (docs/api.md);
+the submodules hold the rest.
+"""
+
+import importlib
 import logging
-
-from .config import BACKBONES, Config, DataConfig, ModelConfig, TrainConfig
-from .losses import part_mask_loss, project_parts_on_boxes
-from .model import build_model, load_checkpoint, load_matching_state_dict, model_from_checkpoint, paste_parts_in_image, read_state_dict, to_label_images
-from .roi_heads import PartRoIHeads
-from .synthetic import synthetic_sample
-from .targets import instance_targets, select_largest, whole_cell_targets
-from .io import DataError, find_pairs, read_image, read_labels
-from .data import CellDataset, check_folder, collate, make_splits, write_split_csv
-from .augment import build_augmentation
-from .metrics import coco_mask_ap, dice, matching, part_dice
-from .predict import Prediction, Predictor, measure_cells
-from .export import export_prediction
-from .report import Scored, evaluate
-from .style import PART_COLOURS, part_colour
-from .train import fit, latest_run, new_run_dir, sweep
-from . import plots
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BACKBONES",
-    "Config",
-    "DataConfig",
-    "TrainConfig",
-    "ModelConfig",
-    "PartRoIHeads",
-    "build_model",
-    "load_matching_state_dict",
-    "part_mask_loss",
-    "paste_parts_in_image",
-    "project_parts_on_boxes",
-    "read_state_dict",
-    "to_label_images",
-    "synthetic_sample",
-    "whole_cell_targets",
-    "instance_targets",
-    "select_largest",
-    "DataError",
-    "find_pairs",
-    "read_image",
-    "read_labels",
-    "CellDataset",
-    "check_folder",
-    "collate",
-    "make_splits",
-    "write_split_csv",
-    "build_augmentation",
-    "dice",
-    "part_dice",
-    "fit",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "matching",
-    "coco_mask_ap",
-    "Prediction",
-    "Predictor",
-    "measure_cells",
-    "export_prediction",
-    "Scored",
-    "evaluate",
-    "PART_COLOURS",
-    "part_colour",
-    "sweep",
-    "new_run_dir",
-    "latest_run",
-    "plots",
-]
+#: Public name -> submodule that defines it.
+_API = {
+    "config": ("BACKBONES", "Config", "DataConfig", "ModelConfig", "TrainConfig"),
+    "io": ("DataError", "find_pairs", "read_image", "read_labels"),
+    "data": ("CellDataset", "check_folder", "make_splits"),
+    "augment": ("build_augmentation",),
+    "synthetic": ("synthetic_sample",),
+    "model": ("build_model", "build_backbone", "model_from_checkpoint", "load_checkpoint"),
+    "roi_heads": ("PartRoIHeads",),
+    "metrics": ("dice", "part_dice", "matching", "coco_mask_ap"),
+    "predict": ("Prediction", "Predictor", "measure_cells"),
+    "export": ("export_prediction",),
+    "report": ("Scored", "evaluate", "score_folder"),
+    "style": ("PART_COLOURS", "part_colour"),
+    "train": ("Trainer", "fit", "sweep", "new_run_dir", "latest_run"),
+}
+#: Reachable as ``cellrcnn.<name>`` for code written before the API was trimmed; not part of it.
+_INTERNAL = {
+    "losses": ("part_mask_loss", "project_parts_on_boxes"),
+    "model": ("load_matching_state_dict", "paste_parts_in_image", "read_state_dict", "to_label_images"),
+    "targets": ("whole_cell_targets", "instance_targets", "select_largest"),
+    "data": ("collate", "write_split_csv"),
+}
+_SUBMODULES = ("plots", "hooks", "config", "io", "augment", "targets", "data", "losses", "roi_heads", "model",
+               "train", "predict", "export", "metrics", "report", "style", "synthetic", "cli")
+_WHERE = {name: module for table in (_INTERNAL, _API) for module, names in table.items() for name in names}
+
+__all__ = [name for names in _API.values() for name in names] + ["plots", "hooks"]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cellrcnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -7,16 +7,18 @@ line with exit code 2, and a data problem as one line naming the file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import logging
 import sys
 from pathlib import Path
 
-from .config import (AUGMENTATIONS, BACKBONES, BEST_METRICS, ENCODINGS, MASK_ALIGNMENTS, MASK_SIZES, NORMS, SCHEDULES,
-                     TARGETS, Config, DataConfig, ModelConfig, TrainConfig)
-from .data import check_folder
+from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, BEST_METRICS, ENCODINGS, MASK_ALIGNMENTS, MASK_SIZES, NORMS,
+                     SCHEDULES, TARGETS, Config, DataConfig, _field_types, parse_field_value)
 from .io import DataError
 
-__all__ = ["add_data_arguments", "data_config_from_args", "check_data_main", "finetune_main", "predict_main", "evaluate_main"]
+__all__ = ["add_config_arguments", "config_overrides", "data_config_from_args", "check_data_main", "finetune_main",
+           "predict_main", "evaluate_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,78 +39,100 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,128,255, got {text!r}") from None
+#: Command-line shortcuts: (argument group, section, fields). Flag names, types, defaults and help come from
+#: the config dataclasses; every other field is reachable with --set section.field=value.
+_DATA_FLAGS = (
+    ("finding images and masks", "data", ("image_glob", "mask_glob", "mask_suffix", "skip_unpaired")),
+    ("reading masks", "data", ("encoding", "part_values", "snap_values", "cells_suffix", "nuclei_suffix",
+                               "classes_csv", "class_names", "targets", "min_area", "percentiles")),
+    ("validation split and augmentation", "data", ("val_fraction", "val_dir", "split_seed", "augment")),
+)
+_MODEL_FLAGS = (("model", "model", ("backbone", "weights", "min_size", "max_size", "parts", "part_weights",
+                                    "class_specific_parts", "mask_size", "norm", "mask_alignment",
+                                    "mask_threshold")),)
+_TRAIN_FLAGS = (
+    ("training", "train", ("epochs", "batch_size", "accumulate", "lr", "lr_step", "lr_gamma", "lr_floor",
+                           "warmup_epochs", "momentum", "weight_decay", "clip_grad_norm", "device", "amp",
+                           "val_every", "best_metric", "patience")),
+    ("run", "train", ("seed", "workers")),
+)
+_CHOICES = {"data.encoding": ENCODINGS, "data.targets": TARGETS, "data.augment": AUGMENTATIONS,
+            "model.backbone": BACKBONES, "model.mask_size": MASK_SIZES, "model.norm": NORMS,
+            "model.mask_alignment": MASK_ALIGNMENTS, "train.best_metric": BEST_METRICS}
+#: Defaults that depend on other settings, as their help says.
+_AUTO_HELP = {name: (f"; default {SCHEDULES['pretrained'][name]} with pretrained weights, "
+                     f"{SCHEDULES['scratch'][name]} from scratch (--weights none)") for name in SCHEDULES["scratch"]}
 
 
-def _float_pair(text: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers such as 1,99.8, got {text!r}") from None
-    return low, high
+def _field_help(cls: type) -> dict[str, str]:
+    """Each field's description in the numpy-style "Parameters" section of a config class's docstring."""
+    text = inspect.getdoc(cls).split("----------", 1)[1]
+    found: dict[str, str] = {}
+    names: list[str] = []
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            names = [n.strip() for n in line.split(",")]
+            for name in names:
+                found[name] = ""
+        elif names:
+            for name in names:
+                found[name] = (found[name] + " " + line.strip()).strip()
+    return {name: doc.replace(":data:", "").replace(":func:", "").replace("`", "").replace("%", "%%")
+            for name, doc in found.items()}
+
+
+def _typed(hint, flag: str):
+    def parse(text: str):
+        try:
+            return parse_field_value(hint, text)  # argparse names the flag itself
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = flag  # argparse names the type in its messages
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, groups) -> None:
+    """Add one flag per listed config field (``--min-size`` sets ``model.min_size``).
+
+    Flags default to "not given", so a config read from a file keeps its values
+    unless a flag is given; :func:`config_overrides` collects those given.
+    """
+    for title, section, names in groups:
+        cls = _SECTIONS[section]
+        group = parser.add_argument_group(title)
+        hints, docs, defaults = _field_types(cls), _field_help(cls), cls()
+        for name in names:
+            key, flag, hint = f"{section}.{name}", "--" + name.replace("_", "-"), hints[name]
+            default = getattr(defaults, name)
+            help_text = docs[name].rstrip(".") + _AUTO_HELP[name] if name in _AUTO_HELP else docs[name]
+            if default is not None and not isinstance(default, (dict, bool)):
+                shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+                help_text += f" (default: {shown})"
+            if hint is bool:
+                group.add_argument(flag, dest=key, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            elif hint == (bool | None):
+                group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                   help=help_text)
+            else:
+                choices = _CHOICES.get(key)
+                group.add_argument(flag, dest=key, type=_typed(hint, flag), default=argparse.SUPPRESS,
+                                   choices=choices, metavar="{" + ",".join(map(str, choices)) + "}" if choices else
+                                   name.upper(), help=help_text)
+
+
+def config_overrides(args: argparse.Namespace, section: str | None = None) -> dict:
+    """The config fields given on the command line: ``{"train.lr": 0.002, ...}`` (one section's, if named)."""
+    return {k: v for k, v in vars(args).items() if "." in k and (section is None or k.startswith(section + "."))}
+
+
+def data_config_from_args(args: argparse.Namespace, base: DataConfig | None = None) -> DataConfig:
+    """``base`` (default: the defaults) with the data flags given on the command line (raises ValueError)."""
+    fields = {k.split(".", 1)[1]: v for k, v in config_overrides(args, "data").items()}
+    return dataclasses.replace(base or DataConfig(), **fields)
 
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(","))
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the data options shared by every command that reads a data folder."""
-    d = DataConfig()
-    files = parser.add_argument_group("finding images and masks")
-    files.add_argument("--image-glob", default=d.image_glob, help="pattern of image files (default: %(default)s)")
-    files.add_argument("--mask-glob", default=d.mask_glob,
-                       help="pattern of mask files; set both globs when image and mask differ only by "
-                            "extension, e.g. --image-glob '*.bmp' --mask-glob '*.png' (default: %(default)s)")
-    files.add_argument("--mask-suffix", default=d.mask_suffix,
-                       help="stem suffix of part masks, as in cell_001_masks.tif (default: %(default)s)")
-    files.add_argument("--skip-unpaired", action="store_true",
-                       help="skip images without a mask, with a warning, instead of stopping")
-    masks = parser.add_argument_group("reading masks")
-    masks.add_argument("--encoding", choices=ENCODINGS, default=d.encoding,
-                       help="parts: one part-label map; cells+parts: cell instances plus part map; "
-                            "cells+nuclei: cell and nucleus instances (default: %(default)s)")
-    masks.add_argument("--part-values", type=_int_list, default=d.part_values, metavar="V0,V1,...",
-                       help="mask value of each part, background first (default: 0,1,2; WBC data: 0,128,255)")
-    masks.add_argument("--snap-values", action="store_true",
-                       help="map undeclared mask values to the nearest declared one instead of failing")
-    masks.add_argument("--cells-suffix", default=d.cells_suffix, help="stem suffix of cell instance masks "
-                       "(default: %(default)s)")
-    masks.add_argument("--nuclei-suffix", default=d.nuclei_suffix, help="stem suffix of nucleus instance masks "
-                       "(default: %(default)s)")
-    masks.add_argument("--classes-csv", type=str, default=None,
-                       help="CSV of 'image ID,class label' (1..C) giving each image's cells a class")
-    masks.add_argument("--class-names", type=_names, default=d.class_names, metavar="NAME,...",
-                       help="name of each cell class, class 1 first (default: cell)")
-    masks.add_argument("--targets", choices=TARGETS, default=d.targets,
-                       help="whole-cell: every cell; largest: only the largest cell off the border (default: %(default)s)")
-    masks.add_argument("--min-area", type=int, default=d.min_area, help="ignore cells smaller than this many "
-                       "pixels (default: %(default)s)")
-    masks.add_argument("--percentiles", type=_float_pair, default=d.percentiles, metavar="LOW,HIGH",
-                       help="percentiles scaled to 0 and 1 for 16-bit and float images (default: 1,99.8)")
-    split = parser.add_argument_group("validation split and augmentation")
-    split.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                       help="fraction of images held out for validation (default: %(default)s)")
-    split.add_argument("--val-dir", type=str, default=None, help="a separate validation folder instead")
-    split.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the split (default: %(default)s)")
-    split.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment,
-                       help="augmentation of training images (default: %(default)s)")
-
-
-def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    """The :class:`DataConfig` of parsed arguments (raises ValueError for bad values)."""
-    return DataConfig(
-        image_glob=args.image_glob, mask_glob=args.mask_glob, mask_suffix=args.mask_suffix,
-        encoding=args.encoding, cells_suffix=args.cells_suffix, nuclei_suffix=args.nuclei_suffix,
-        part_values=args.part_values, snap_values=args.snap_values, classes_csv=args.classes_csv,
-        class_names=args.class_names, targets=args.targets, min_area=args.min_area, percentiles=args.percentiles,
-        skip_unpaired=args.skip_unpaired, val_fraction=args.val_fraction, val_dir=args.val_dir,
-        split_seed=args.split_seed, augment=args.augment,
-    )
 
 
 def _setup_logging(quiet: bool = False) -> None:
@@ -127,7 +151,7 @@ def check_data_main(argv: list[str] | None = None) -> int:
     parser.add_argument("data_dir", type=Path, help="folder of images and masks")
     parser.add_argument("--parts", type=_names, default=("background", "cytoplasm", "nucleus"), metavar="NAME,...",
                         help="part names, background first, in the order of --part-values")
-    add_data_arguments(parser)
+    add_config_arguments(parser, _DATA_FLAGS)
     args = parser.parse_args(argv)
     try:
         config = data_config_from_args(args)
@@ -139,6 +163,8 @@ def check_data_main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.data_dir}: folder not found")
     _setup_logging()
     try:
+        from .data import check_folder  # loads torch: after the arguments are checked
+
         report = check_folder(args.data_dir, config, part_names=args.parts)
     except DataError as err:
         logger.error("problem: %s", err)
@@ -169,102 +195,65 @@ def check_data_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _part_weights(text: str) -> dict[str, float]:
-    try:
-        return {name.strip(): float(w) for name, w in (item.split("=") for item in text.split(","))}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected part=weight pairs such as cytoplasm=2,nucleus=1, got {text!r}") from None
-
-
 def finetune_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cellrcnn-finetune",
-        description="Fine-tune a part-aware Mask R-CNN on a folder of microscopy images and masks.",
+        description="Fine-tune a part-aware Mask R-CNN on a folder of microscopy images and masks. Settings come "
+                    "from the defaults, or --config FILE, then the flags given, then --set.",
         formatter_class=_HelpFormatter,
         epilog="Example (the WBC data): cellrcnn-finetune ../shared/datasets/wbc_jtsc --out runs/wbc "
-               "--image-glob '*.bmp' --mask-glob '*.png' --part-values 0,128,255 --min-size 256 --max-size 256",
+               "--image-glob '*.bmp' --mask-glob '*.png' --part-values 0,128,255 --min-size 256 --max-size 256. "
+               "Again with one change: cellrcnn-finetune DATA --config runs/wbc/config.json --out runs/wbc2 "
+               "--set train.lr=0.002",
     )
     parser.add_argument("data_dir", type=Path, help="folder of images and masks (see data/README.md)")
     parser.add_argument("--out", type=Path, required=True, help="run folder to write (config, checkpoints, history)")
-    add_data_arguments(parser)
-    m, t = ModelConfig(), TrainConfig()
-    model = parser.add_argument_group("model")
-    model.add_argument("--backbone", choices=BACKBONES, default=m.backbone)
-    model.add_argument("--weights", default=m.weights, help="coco, imagenet, none, or the path of a state dict")
-    model.add_argument("--min-size", type=int, default=m.min_size, help="short image side after resizing, in pixels")
-    model.add_argument("--max-size", type=int, default=m.max_size, help="longest image side after resizing")
-    model.add_argument("--parts", type=_names, default=m.parts, metavar="NAME,...",
-                       help="part names, background first, in the order of --part-values")
-    model.add_argument("--cytoplasm-weight", type=float, default=None,
-                       help="loss weight of cytoplasm pixels (shortcut for --part-weights cytoplasm=W); default 1")
-    model.add_argument("--part-weights", type=_part_weights, default={}, metavar="PART=W,...",
-                       help="loss weight of each part; unnamed parts weigh 1")
-    model.add_argument("--class-specific-parts", action="store_true", help="one set of part logits per cell class")
-    model.add_argument("--mask-size", type=int, choices=MASK_SIZES, default=m.mask_size,
-                       help="resolution of the predicted part masks; 56 follows thin cytoplasm on large cells "
-                            "more closely and costs about 2.5x per training step on a CPU")
-    model.add_argument("--norm", choices=NORMS, default=m.norm,
-                       help="normalisation layers; auto: group norm from scratch (--weights none), the file's own "
-                            "for a weights file, else as torchvision (frozen batch norm; trainable for "
-                            "resnet50_fpn_v2)")
-    model.add_argument("--mask-alignment", choices=MASK_ALIGNMENTS, default=m.mask_alignment,
-                       help="exact: pixel-exact mask geometry; torchvision: torchvision's, half a pixel off")
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=t.epochs)
-    train.add_argument("--batch-size", type=int, default=t.batch_size, help="images per forward pass")
-    train.add_argument("--accumulate", type=int, default=t.accumulate, help="images per optimizer step")
-    auto = SCHEDULES["pretrained"], SCHEDULES["scratch"]
-    train.add_argument("--lr", type=float, default=None, help=f"learning rate (SGD, momentum 0.9); default "
-                       f"{auto[0]['lr']} with pretrained weights, {auto[1]['lr']} from scratch (--weights none)")
-    train.add_argument("--lr-step", type=int, default=None, help=f"epochs between lr decays; default "
-                       f"{auto[0]['lr_step']} with pretrained weights, {auto[1]['lr_step']} from scratch")
-    train.add_argument("--lr-gamma", type=float, default=t.lr_gamma, help="lr factor at each decay")
-    train.add_argument("--lr-floor", type=float, default=t.lr_floor, help="lowest lr (0: none)")
-    train.add_argument("--warmup-epochs", type=int, default=None, help=f"epochs of linear lr warm-up; default "
-                       f"{auto[0]['warmup_epochs']} with pretrained weights, {auto[1]['warmup_epochs']} from scratch")
-    train.add_argument("--weight-decay", type=float, default=t.weight_decay)
-    train.add_argument("--clip-grad-norm", type=float, default=None, help="clip the gradient norm (default: off)")
-    train.add_argument("--device", default=t.device, help="auto (CUDA when present), cpu, cuda or cuda:N")
-    train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                       help="mixed precision (default: on with CUDA, off on a CPU)")
-    train.add_argument("--val-every", type=int, default=t.val_every, help="validate every N epochs")
-    train.add_argument("--best-metric", choices=BEST_METRICS, default=t.best_metric,
-                       help="metric choosing best.pt (part_dice: mean of cytoplasm and nucleus Dice)")
-    train.add_argument("--patience", type=int, default=t.patience, help="stop after N validations without "
-                       "improvement (0: never)")
+    files = parser.add_argument_group("config files")
+    files.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="start from this config (a run's config.json works as is)")
+    files.add_argument("--set", action="append", default=None, metavar="SECTION.FIELD=VALUE", dest="overrides",
+                       help="set any config field, e.g. --set train.momentum=0.95 --set model.mask_threshold=0.4; "
+                            "repeatable, applied last")
+    add_config_arguments(parser, _DATA_FLAGS + _MODEL_FLAGS + _TRAIN_FLAGS)
+    parser.add_argument("--cytoplasm-weight", type=float, default=None,
+                        help="loss weight of cytoplasm pixels (shortcut for --part-weights cytoplasm=W); default 1")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt, with its config")
-    run.add_argument("--seed", type=int, default=t.seed)
-    run.add_argument("--workers", type=int, default=t.workers, help="data-loading processes")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def config_from_finetune_args(args: argparse.Namespace) -> Config:
-    """The whole :class:`Config` of parsed ``finetune`` arguments (raises ValueError)."""
-    weights = dict(args.part_weights)
+    """The whole :class:`Config` of parsed ``finetune`` arguments (raises ValueError).
+
+    The defaults, or ``--config``, then the flags given, then ``--set``. The
+    class names set the number of cell classes unless ``model.num_classes`` is set.
+    """
+    base = Config.from_json(args.config) if args.config else Config()  # the defaults, before anything is given
+    overrides = config_overrides(args)
     if args.cytoplasm_weight is not None:
-        if "cytoplasm" not in args.parts:
-            raise ValueError(f"--cytoplasm-weight needs a part named 'cytoplasm'; parts are {list(args.parts)}")
+        weights = dict(overrides.get("model.part_weights", base.model.part_weights))
         weights["cytoplasm"] = args.cytoplasm_weight
-    data = data_config_from_args(args)
-    model = ModelConfig(parts=args.parts, part_weights=weights, num_classes=len(data.class_names),
-                        backbone=args.backbone, weights=args.weights, min_size=args.min_size,
-                        max_size=args.max_size, class_specific_parts=args.class_specific_parts,
-                        mask_size=args.mask_size, norm=args.norm, mask_alignment=args.mask_alignment)
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
-                        lr_step=args.lr_step, lr_gamma=args.lr_gamma, lr_floor=args.lr_floor,
-                        warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
-                        clip_grad_norm=args.clip_grad_norm, device=args.device, amp=args.amp,
-                        val_every=args.val_every, best_metric=args.best_metric, patience=args.patience,
-                        seed=args.seed, workers=args.workers)
-    return Config(model=model, data=data, train=train)
+        overrides["model.part_weights"] = weights
+    for item in args.overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.lr=0.002")
+        overrides[key.strip()] = value
+    if "data.class_names" in overrides and "model.num_classes" not in overrides:
+        names = overrides["data.class_names"]
+        if not isinstance(names, str):
+            overrides["model.num_classes"] = len(names)
+    parts = overrides.get("model.parts", base.model.parts)
+    if args.cytoplasm_weight is not None and not isinstance(parts, str) and "cytoplasm" not in parts:
+        raise ValueError(f"--cytoplasm-weight needs a part named 'cytoplasm'; parts are {list(parts)}")
+    # From a file, the lr schedule is the file's; from the defaults, it follows the weights given here.
+    return base.with_overrides(overrides) if args.config else Config.from_overrides(overrides)
 
 
 def finetune_main(argv: list[str] | None = None) -> int:
     """``cellrcnn-finetune DATA_DIR --out RUN_DIR [options]``: exit 0 done, 1 failed, 2 bad arguments."""
-    from .train import fit  # the trainer pulls in the model; --help stays fast without it
-
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = finetune_parser()
     args = parser.parse_args(argv)
     try:
@@ -278,8 +267,11 @@ def finetune_main(argv: list[str] | None = None) -> int:
     if not args.resume and (args.out / "last.pt").exists():
         parser.error(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
     _setup_logging()
+    from .train import fit  # torch and the model load only now: --help and argument errors stay fast
+
     try:
-        history = fit(config, args.data_dir, args.out, resume=args.resume, quiet=args.quiet)
+        history = fit(config, args.data_dir, args.out, resume=args.resume, quiet=args.quiet,
+                      command=["cellrcnn-finetune", *argv])
     except (DataError, ValueError, RuntimeError, FloatingPointError, FileNotFoundError) as err:
         logger.error("error: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
         return 1
@@ -289,29 +281,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _input_images(path: Path, image_glob: str, skip_suffixes: tuple[str, ...]) -> list[Path]:
-    """One image file, or the image files of a folder (masks and our own outputs left out)."""
-    import fnmatch
-
-    from .io import IMAGE_EXTENSIONS
-
-    if path.is_file():
-        return [path]
-    found = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-             and fnmatch.fnmatch(p.name, image_glob) and not p.stem.endswith(skip_suffixes)]
-    if not found:
-        raise DataError(f"{path}: no images matching {image_glob!r}; check the folder and --image-glob")
-    return found
-
-
 def predict_main(argv: list[str] | None = None) -> int:
     """``cellrcnn-predict MODEL.pt INPUT --out OUT_DIR``: exit 0 done, 1 some images failed, 2 bad arguments."""
-    import pandas as pd
-
-    from .export import export_prediction, output_paths
-    from .io import atomic_write
-    from .predict import Predictor
-
     parser = _Parser(prog="cellrcnn-predict", formatter_class=_HelpFormatter,
                      description="Segment cells with a trained model and write label TIFFs, a per-cell table "
                                  "and, on request, ImageJ ROI sets and overlay PNGs.")
@@ -345,9 +316,15 @@ def predict_main(argv: list[str] | None = None) -> int:
     if not args.input.exists():
         parser.error(f"{args.input}: no such file or folder")
     _setup_logging(args.quiet)
+    import pandas as pd  # the heavy imports, after the arguments are checked
+
+    from .export import OUTPUT_SUFFIXES, export_prediction, output_paths
+    from .io import atomic_write, list_images
+    from .predict import Predictor
+
     try:
         predictor = Predictor.from_checkpoint(args.model, device=args.device)
-        images = _input_images(args.input, args.image_glob, ("_cells", "_parts", "_overlay", "_masks"))
+        images = list_images(args.input, args.image_glob, OUTPUT_SUFFIXES + ("_masks",))
     except (DataError, ValueError, FileNotFoundError) as err:
         logger.error("error: %s", err)
         return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
@@ -364,26 +341,17 @@ def predict_main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     tables, failed = [], []
-    batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
-    for batch in tqdm(batches, desc="predict", unit="batch", disable=args.quiet):
-        try:
-            results = predictor.predict_batch(batch, score_threshold=args.score_threshold, largest=args.largest,
-                                              max_cells=args.max_cells, pixel_size=args.pixel_size)
-        except DataError as err:  # one unreadable file: predict the rest of the batch one by one
-            results = []
-            for path in batch:
-                try:
-                    results += predictor.predict_batch([path], score_threshold=args.score_threshold,
-                                                       largest=args.largest, max_cells=args.max_cells,
-                                                       pixel_size=args.pixel_size)
-                except DataError as err:
-                    failed.append(str(err))
-                    logger.error("failed: %s", err)
-        for result in results:
-            export_prediction(result, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
-                              overwrite=args.overwrite)
-            tables.append(result.table)
-            logger.info("%s: %d cells", result.name, len(result.table))
+    options = {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells,
+               "pixel_size": args.pixel_size}
+    results = predictor.predict_paths(images, args.batch_size, **options)
+    for result in tqdm(results, total=len(images), desc="predict", unit="image", disable=args.quiet):
+        if result.error is not None:
+            failed.append(result.error)
+            continue
+        export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
+                          overwrite=args.overwrite)
+        tables.append(result.prediction.table)
+        logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
     if tables:
         table = pd.concat(tables, ignore_index=True)
         atomic_write(table_path, lambda tmp: table.to_csv(tmp, index=False), overwrite=args.overwrite)
@@ -396,20 +364,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_DATA_FIELDS = ("image_glob", "mask_glob", "mask_suffix", "encoding", "cells_suffix", "nuclei_suffix", "part_values",
-                "snap_values", "classes_csv", "class_names", "targets", "min_area", "percentiles")
-
-
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``cellrcnn-evaluate (MODEL.pt | --pred-dir DIR) DATA_DIR --out OUT_DIR``: exit 0, 1 failed, 2 bad arguments."""
-    import numpy as np
-    import tifffile
-
-    from .data import CellDataset
-    from .io import atomic_write, find_pairs, read_labels
-    from .model import load_checkpoint
-    from .report import Scored, evaluate, worst_images_figure
-
     parser = _Parser(prog="cellrcnn-evaluate", formatter_class=_HelpFormatter,
                      description="Score a model, or label TIFFs already written (by cellrcnn or another tool), "
                                  "against the ground truth of a data folder.",
@@ -427,9 +383,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--largest", action="store_true", help="keep only the largest complete predicted cell")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
-    add_data_arguments(parser)
+    add_config_arguments(parser, _DATA_FLAGS)
     args = parser.parse_args(argv)
-    model_path = None
+    from .data import CellDataset  # the heavy imports, after --help
+    from .io import atomic_write, find_pairs
+    from .model import load_checkpoint
+    from .report import score_folder, worst_images_figure
+
+    model_path, base = None, None
     if args.pred_dir is None:
         if len(args.paths) != 2:
             parser.error("give MODEL.pt and DATA_DIR, or DATA_DIR with --pred-dir")
@@ -437,12 +398,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         if not model_path.is_file():
             parser.error(f"{model_path}: checkpoint not found")
         try:
-            saved = load_checkpoint(model_path)["config"]
+            saved = Config.from_saved(load_checkpoint(model_path)["config"])
         except ValueError as err:
             parser.error(str(err))
-        parser.set_defaults(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved["data"].items()
-                               if k in _DATA_FIELDS}, parts=tuple(saved["model"]["parts"]))
-        args = parser.parse_args(argv)
+        base, args.parts = saved.data, saved.model.parts
     else:
         if len(args.paths) != 1:
             parser.error("with --pred-dir give only DATA_DIR")
@@ -452,7 +411,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     if not data_dir.is_dir():
         parser.error(f"{data_dir}: folder not found")
     try:
-        config = data_config_from_args(args)
+        config = data_config_from_args(args, base)
     except ValueError as err:
         parser.error(str(err))
     outputs = [args.out / n for n in ("per_image.csv", "summary.csv", "worst_images.png")]
@@ -461,38 +420,18 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         dataset = CellDataset(find_pairs(data_dir, config), config)
-        predictor = None
         if model_path is not None:
             from .predict import Predictor
-            predictor = Predictor.from_checkpoint(model_path, device=args.device)
-        items = []
-        for i, pair in enumerate(dataset.pairs):
-            image, target = dataset[i]
-            masks = target["masks"].numpy()
-            true_cells = np.zeros(image.shape[1:], dtype=np.int64)
-            for k, mask in enumerate(masks, start=1):
-                true_cells[mask > 0] = k
-            true_parts = masks.max(axis=0) if len(masks) else np.zeros(image.shape[1:], dtype=np.uint8)
-            if predictor is not None:
-                result = predictor.predict(pair.image, score_threshold=args.score_threshold, largest=args.largest)
-                scores = dict(zip(result.table["cell_id"].astype(int), result.table["score"]))
-                pred_cells, pred_parts = result.cells, result.parts
-            else:
-                cells_path = args.pred_dir / f"{pair.name}{args.pred_cells_suffix}.tif"
-                parts_path = args.pred_dir / f"{pair.name}{args.pred_parts_suffix}.tif"
-                if not cells_path.is_file():
-                    raise DataError(f"{cells_path}: no prediction for {pair.image.name}")
-                pred_cells, scores = read_labels(cells_path), None
-                pred_parts = read_labels(parts_path) if parts_path.is_file() else None
-                if pred_cells.shape != true_cells.shape:
-                    raise DataError(f"{cells_path}: size {pred_cells.shape} differs from {pair.image.name} "
-                                    f"{true_cells.shape}")
-            items.append(Scored(pair.name, true_cells, true_parts, pred_cells, pred_parts, scores,
-                                image.permute(1, 2, 0).numpy()))
-        result = evaluate(items, args.parts)
+            source = Predictor.from_checkpoint(model_path, device=args.device)
+            options = {"score_threshold": args.score_threshold, "largest": args.largest}
+        else:
+            source, options = args.pred_dir, {"cells_suffix": args.pred_cells_suffix,
+                                              "parts_suffix": args.pred_parts_suffix}
+        result = score_folder(dataset, args.parts, source, **options)
     except (DataError, ValueError, FileNotFoundError) as err:
         logger.error("error: %s", err)
         return 1
+    items = result["items"]
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(outputs[0], lambda tmp: result["per_image"].to_csv(tmp, index=False), overwrite=args.overwrite)
     atomic_write(outputs[1], lambda tmp: result["summary"].to_csv(tmp, index=False), overwrite=args.overwrite)

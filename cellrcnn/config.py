@@ -12,16 +12,31 @@ import dataclasses
 import json
 import math
 import os
+import shlex
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["BACKBONES", "WEIGHT_CHOICES", "MASK_SIZES", "MASK_ALIGNMENTS", "NORMS", "PREDICTOR_INITS", "ENCODINGS",
            "TARGETS", "AUGMENTATIONS", "BEST_METRICS", "SCHEDULES", "DataConfig", "ModelConfig", "TrainConfig",
-           "Config"]
+           "Config", "parse_field_value"]
 
+#: The one table of backbones: name -> torchvision's body builder, its ImageNet weights and the COCO detection
+#: weights that start a whole model (None: none published), by their torchvision names
+#: (``torchvision.models.get_model_builder`` / ``get_weight``). torchvision has no Mask R-CNN on MobileNet:
+#: its Faster R-CNN gives backbone, RPN and box head.
+BACKBONE_TABLE = {
+    "resnet50_fpn": ("resnet50", "ResNet50_Weights.IMAGENET1K_V1", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1"),
+    "resnet50_fpn_v2": ("resnet50", "ResNet50_Weights.IMAGENET1K_V1", "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1"),
+    "resnet18_fpn": ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", None),
+    "resnet34_fpn": ("resnet34", "ResNet34_Weights.IMAGENET1K_V1", None),
+    "mobilenet_v3_fpn": ("mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
+                         "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1"),
+}
 #: Backbones that :func:`cellrcnn.build_model` can build.
-BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "resnet34_fpn", "mobilenet_v3_fpn")
+BACKBONES = tuple(BACKBONE_TABLE)
 #: Named weight choices; anything else is taken as the path of a state dict.
 WEIGHT_CHOICES = ("coco", "imagenet", "none")
 #: Mask encodings: part map; cell instances + part map; cell instances + nucleus instances.
@@ -31,7 +46,7 @@ TARGETS = ("whole-cell", "largest")
 #: Augmentation presets.
 AUGMENTATIONS = ("none", "light", "strong")
 #: Backbones for which torchvision publishes COCO detection weights.
-COCO_BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "mobilenet_v3_fpn")
+COCO_BACKBONES = tuple(name for name, (_, _, coco) in BACKBONE_TABLE.items() if coco)
 #: Resolutions of the predicted part masks (the mask head pools at half of it, then upsamples 2x).
 MASK_SIZES = (28, 56)
 #: Mask geometry: pixel-exact (aligned RoIAlign, centre-sampled paste) or torchvision's, bit for bit.
@@ -514,11 +529,18 @@ class Config(_Section):
                f"encoding 'cells+nuclei' gives three parts (background, cytoplasm, nucleus); "
                f"the model has {list(self.model.parts)}")
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write the config to ``path`` atomically (a partial file is never left behind)."""
+    def to_json(self, path: str | os.PathLike, command: Sequence[str] | None = None) -> None:
+        """Write the config to ``path`` atomically (a partial file is never left behind).
+
+        ``command``, the command line that started the run, is recorded beside the
+        sections as ``"command"``; :meth:`from_json` ignores it.
+        """
         path = Path(path)
+        values = self.to_dict()
+        if command is not None:
+            values = {"command": shlex.join(command), **values}
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(values, indent=2) + "\n")
         os.replace(tmp, path)
 
     @classmethod
@@ -531,14 +553,157 @@ class Config(_Section):
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Config":
-        """Read a config written by :meth:`to_json`."""
+        """Read a config written by :meth:`to_json` (a run's ``config.json`` works as is)."""
         path = Path(path)
         try:
             values = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read config {path}: {err}") from err
         _check(isinstance(values, dict), f"{path} does not hold a config object")
-        return cls.from_dict(values)
+        values.pop("command", None)
+        try:
+            return cls.from_dict(values)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        """A copy with fields replaced, validated as on construction.
+
+        Parameters
+        ----------
+        overrides : mapping
+            ``"section.field"`` (``"train.lr"``) to a value; a string is parsed as
+            the field's type (:func:`parse_field_value`), so command-line text
+            can be passed as is.
+
+        Raises
+        ------
+        ValueError
+            An unknown section or field, a value of the wrong type, or a value the
+            section rejects; the message names the field.
+        """
+        sections = {}
+        for section, fields in _typed_overrides(overrides).items():
+            try:
+                sections[section] = dataclasses.replace(getattr(self, section), **fields)
+            except ValueError as err:
+                raise ValueError(f"{', '.join(f'{section}.{n}' for n in fields)}: {err}") from None
+        return dataclasses.replace(self, **sections)
+
+    @classmethod
+    def from_overrides(cls, overrides: Mapping[str, Any]) -> "Config":
+        """The defaults with ``overrides`` (as in :meth:`with_overrides`). Unlike
+        ``Config().with_overrides(...)``, settings that follow the weights (the lr
+        schedule) follow the weights given here."""
+        sections = {}
+        for section, fields in _typed_overrides(overrides).items():
+            try:
+                sections[section] = _SECTIONS[section](**fields)
+            except ValueError as err:
+                raise ValueError(f"{', '.join(f'{section}.{n}' for n in fields)}: {err}") from None
+        return cls(**sections)
+
+
+def _typed_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"train.lr": "0.002"}`` as ``{"train": {"lr": 0.002}}``, each string parsed as its field's type."""
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        cls = _SECTIONS.get(section)
+        _check(cls is not None and bool(name),
+               f"{key!r}: expected section.field with section one of {', '.join(_SECTIONS)}")
+        hints = _field_types(cls)
+        _check(name in hints, f"{key!r}: {cls.__name__} has no field {name!r}; its fields are {', '.join(hints)}")
+        if isinstance(value, str):
+            value = parse_field_value(hints[name], value, key)
+        changes.setdefault(section, {})[name] = value
+    return changes
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved type hint of each field of a config section."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def parse_field_value(hint: Any, text: str, name: str = "") -> Any:
+    """Command-line text as a value of the type ``hint`` of a config field.
+
+    Numbers, ``true``/``false`` and ``none``/``null`` are read as such where the
+    type allows them; tuples take comma-separated items (``0,128,255``) and
+    dicts ``key=value`` pairs (``cytoplasm=2,nucleus=1``); JSON lists and
+    objects work for both. A string field takes the text as it is.
+
+    Raises
+    ------
+    ValueError
+        The text is not of that type; the message names ``name`` (when given) and the type.
+    """
+    prefix = f"{name}: " if name else ""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if len(options) < len(args) and text.strip().lower() in ("none", "null"):
+            return None
+        errors = []
+        for option in options:
+            try:
+                return parse_field_value(option, text, name)
+            except ValueError as err:
+                errors.append(err)
+        raise ValueError(f"{prefix}expected {' or '.join(map(_describe, options))} or none, got {text!r}")
+    if hint is str:
+        return text
+    if hint is bool:
+        word = text.strip().lower()
+        if word in ("true", "yes", "1", "on"):
+            return True
+        if word in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(f"{prefix}expected true or false, got {text!r}")
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{prefix}expected an integer, got {text!r}") from None
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{prefix}expected a number, got {text!r}") from None
+    if origin is tuple:
+        items = _json_or(text, list) or [t.strip() for t in text.split(",") if t.strip()]
+        kinds = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(items):
+            raise ValueError(f"{prefix}expected {len(kinds)} comma-separated values, got {text!r}")
+        try:
+            return tuple(parse_field_value(kind, str(item)) for kind, item in zip(kinds, items))
+        except ValueError:
+            plural = {int: "integers", float: "numbers"}.get(kinds[0], "values") if kinds else "values"
+            raise ValueError(f"{prefix}expected comma-separated {plural}, got {text!r}") from None
+    if origin is dict:
+        pairs = _json_or(text, dict)
+        if pairs is None:
+            try:
+                pairs = dict(item.split("=", 1) for item in text.split(",") if item.strip())
+            except ValueError:
+                raise ValueError(f"{prefix}expected key=value pairs such as cytoplasm=2,nucleus=1, "
+                                 f"got {text!r}") from None
+        return {str(k).strip(): parse_field_value(args[1], str(v), name) for k, v in pairs.items()}
+    raise ValueError(f"{prefix}cannot read a value of type {_describe(hint)} from text")
+
+
+def _json_or(text: str, kind: type):
+    """``text`` as JSON when it is a JSON value of ``kind``, else None."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, kind) else None
 
 
 _SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

@@ -6,7 +6,6 @@ existing file is only replaced with ``overwrite=True``.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -21,20 +20,18 @@ from .io import atomic_write
 from .predict import Prediction
 from .style import part_colour
 
-__all__ = ["output_paths", "write_label_tiff", "write_rois", "write_overlay", "export_prediction"]
+__all__ = ["OUTPUTS", "OUTPUT_SUFFIXES", "output_paths", "write_label_tiff", "write_rois", "write_overlay", "export_prediction"]
 
-logger = logging.getLogger(__name__)
+#: The file written for each image, by kind: ``<image stem><suffix>``.
+OUTPUTS = {"cells": "_cells.tif", "parts": "_parts.tif", "rois": "_rois.zip", "overlay": "_overlay.png"}
+#: Stem suffixes of those files, so that a folder of results is not read back as input images.
+OUTPUT_SUFFIXES = tuple(name.rsplit(".", 1)[0] for name in OUTPUTS.values())
 
 
 def output_paths(out_dir: str | os.PathLike, name: str, rois: bool = False, overlays: bool = False) -> dict[str, Path]:
     """The files written for image ``name``: ``cells``, ``parts`` and optionally ``rois``, ``overlay``."""
-    out = Path(out_dir)
-    paths = {"cells": out / f"{name}_cells.tif", "parts": out / f"{name}_parts.tif"}
-    if rois:
-        paths["rois"] = out / f"{name}_rois.zip"
-    if overlays:
-        paths["overlay"] = out / f"{name}_overlay.png"
-    return paths
+    kinds = ["cells", "parts"] + ["rois"] * rois + ["overlay"] * overlays
+    return {kind: Path(out_dir) / f"{name}{OUTPUTS[kind]}" for kind in kinds}
 
 
 def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = "", pixel_size: float | None = None,

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from skimage.io import imread
 
 from .config import DataConfig
 
-__all__ = ["DataError", "Pair", "IMAGE_EXTENSIONS", "read_raw", "read_image", "read_labels", "normalize_image",
+__all__ = ["DataError", "Pair", "IMAGE_EXTENSIONS", "list_images", "read_raw", "read_image", "read_labels", "normalize_image",
            "map_part_values", "Matching", "match_files", "find_pairs", "read_classes_csv", "class_of", "atomic_write"]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +55,8 @@ def read_raw(path: Path) -> np.ndarray:
         if path.suffix.lower() in (".tif", ".tiff"):
             array = tifffile.imread(path)
         else:
+            from skimage.io import imread  # slow to import; only needed for non-TIFF files
+
             array = np.asarray(imread(path))
         if array.size == 0:
             raise ValueError("no image data in the file")
@@ -181,6 +182,32 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """The image files a command reads: ``path`` itself, or the images of the folder ``path``.
+
+    Files of a folder count when their extension is one of :data:`IMAGE_EXTENSIONS`,
+    their name matches ``glob`` and does not start with a dot, and their stem does
+    not end with one of ``skip_suffixes`` (masks, or results written there), in
+    name order.
+
+    Raises
+    ------
+    DataError
+        ``path`` does not exist, or the folder holds no such image.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    found = [p for p in sorted(path.iterdir()) if _is_image_file(p) and fnmatch.fnmatch(p.name, glob)
+             and not (skip_suffixes and p.stem.endswith(tuple(skip_suffixes)))]
+    if not found:
+        raise DataError(f"{path}: no images matching {glob!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+                        f"check the folder and the image pattern (--image-glob)")
+    return found
+
+
 def _find_mask(stem: str, suffix: str, folder: Path, glob: str, exclude: Path | None, required_suffix: bool) -> Path | None:
     """The mask of ``stem``: ``<stem><suffix>.*`` or, unless suffix is required, ``<stem>.*``."""
     candidates = [p for p in sorted(folder.iterdir()) if _is_image_file(p) and fnmatch.fnmatch(p.name, glob) and p != exclude]
@@ -216,14 +243,11 @@ def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
     # A mask may share the image's stem unless image and mask live in one folder with nothing to tell them apart.
     plain_ok = not same_folder or config.mask_glob != "*"
     suffixes = (config.mask_suffix, config.cells_suffix, config.nuclei_suffix)
-    images = [
-        p for p in sorted(image_dir.iterdir())
-        if _is_image_file(p) and fnmatch.fnmatch(p.name, config.image_glob) and not p.stem.endswith(suffixes)
-        and not (same_folder and config.mask_glob != "*" and fnmatch.fnmatch(p.name, config.mask_glob))
-    ]
+    images = [p for p in list_images(image_dir, config.image_glob, suffixes)
+              if not (same_folder and config.mask_glob != "*" and fnmatch.fnmatch(p.name, config.mask_glob))]
     if not images:
-        raise DataError(f"{image_dir}: no images matching {config.image_glob!r} (extensions "
-                        f"{', '.join(IMAGE_EXTENSIONS)}); check the folder and --image-glob")
+        raise DataError(f"{image_dir}: no images matching {config.image_glob!r} apart from the masks "
+                        f"({config.mask_glob!r}); check the folder and --image-glob")
     wanted = {"parts": ("parts",), "cells+parts": ("parts", "cells"), "cells+nuclei": ("cells", "nuclei")}
     suffix = {"parts": config.mask_suffix, "cells": config.cells_suffix, "nuclei": config.nuclei_suffix}
     matching = Matching([], [])

@@ -19,22 +19,8 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import (
-    MobileNet_V3_Large_Weights,
-    ResNet18_Weights,
-    ResNet34_Weights,
-    ResNet50_Weights,
-    mobilenet_v3_large,
-    resnet18,
-    resnet34,
-    resnet50,
-)
-from torchvision.models.detection import (
-    FasterRCNN_MobileNet_V3_Large_FPN_Weights,
-    MaskRCNN,
-    MaskRCNN_ResNet50_FPN_V2_Weights,
-    MaskRCNN_ResNet50_FPN_Weights,
-)
+from torchvision.models import get_model_builder, get_weight
+from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
@@ -45,26 +31,14 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .config import Config, ModelConfig
+from .config import BACKBONE_TABLE, Config, ModelConfig
 from .roi_heads import AlignedMultiScaleRoIAlign, PartRoIHeads
 
-__all__ = ["build_model", "resolve_device", "load_checkpoint", "model_from_checkpoint", "to_label_images",
+__all__ = ["build_model", "build_backbone", "resolve_device", "load_checkpoint", "model_from_checkpoint", "to_label_images",
            "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict", "resolve_norm"]
 
 logger = logging.getLogger(__name__)
 
-_RESNETS = {
-    "resnet18_fpn": (resnet18, ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34_fpn": (resnet34, ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50_fpn": (resnet50, ResNet50_Weights.IMAGENET1K_V1),
-    "resnet50_fpn_v2": (resnet50, ResNet50_Weights.IMAGENET1K_V1),
-}
-_COCO = {
-    "resnet50_fpn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
-    "resnet50_fpn_v2": MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
-    # torchvision has no Mask R-CNN on MobileNet: its Faster R-CNN gives backbone, RPN and box head.
-    "mobilenet_v3_fpn": FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
-}
 # Predictors are sized for COCO's 91 classes; they always start fresh from COCO weights.
 _FRESH_FROM_COCO = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
 
@@ -271,22 +245,32 @@ def _norm_layers(config: ModelConfig) -> tuple[Callable[[int], nn.Module], Calla
     return body, nn.BatchNorm2d if config.backbone == "resnet50_fpn_v2" else None
 
 
-def _build_backbone(config: ModelConfig, load_weights: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The FPN backbone and the MaskRCNN keyword arguments that go with it (anchors, RPN and box head)."""
+def build_backbone(config: ModelConfig, load_weights: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The FPN backbone of ``config`` and the ``MaskRCNN`` keyword arguments that go with it.
+
+    For a :class:`~cellrcnn.train.Trainer` subclass that builds another detector on
+    the same backbone (normalisation, frozen stages, ImageNet weights when asked).
+
+    Returns
+    -------
+    backbone : nn.Module
+        With ``out_channels``.
+    extra : dict
+        Anchor generator, RPN head and box head arguments where the backbone
+        needs its own (MobileNet, ``resnet50_fpn_v2``); empty otherwise.
+    """
     is_mobilenet = config.backbone == "mobilenet_v3_fpn"
     layers = config.trainable_backbone_layers
     if layers is None:
         layers = 3 if config.pretrained else (6 if is_mobilenet else 5)
     body_norm, head_norm = _norm_layers(config)
+    builder, imagenet_name, _ = BACKBONE_TABLE[config.backbone]
+    imagenet = get_weight(imagenet_name) if config.weights == "imagenet" and load_weights else None
+    body = _with_download_hint(get_model_builder(builder), imagenet, weights=imagenet, norm_layer=body_norm)
     if is_mobilenet:
-        imagenet = MobileNet_V3_Large_Weights.IMAGENET1K_V1 if config.weights == "imagenet" and load_weights else None
-        body = _with_download_hint(mobilenet_v3_large, imagenet, weights=imagenet, norm_layer=body_norm)
         backbone = _mobilenet_extractor(body, True, layers, norm_layer=head_norm)
         anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
         return backbone, {"rpn_anchor_generator": anchors, "rpn_score_thresh": 0.05}
-    fn, weights = _RESNETS[config.backbone]
-    imagenet = weights if config.weights == "imagenet" and load_weights else None
-    body = _with_download_hint(fn, imagenet, weights=imagenet, norm_layer=body_norm)
     backbone = _resnet_fpn_extractor(body, layers, norm_layer=head_norm)
     if config.backbone != "resnet50_fpn_v2":
         return backbone, {}
@@ -335,7 +319,7 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> MaskRCNN:
     if load_weights and config.weights not in ("coco", "imagenet", "none"):
         state = read_state_dict(config.weights)
         config = resolve_norm(config, state)
-    backbone, extra = _build_backbone(config, load_weights)
+    backbone, extra = build_backbone(config, load_weights)
     c = backbone.out_channels
     aligned = config.mask_alignment == "exact"
     pool = AlignedMultiScaleRoIAlign if aligned else MultiScaleRoIAlign
@@ -387,7 +371,7 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> MaskRCNN:
     if config.predictor_init == "chance":
         _init_predictors(model.roi_heads)
     if load_weights and config.weights == "coco":
-        weights = _COCO[config.backbone]
+        weights = get_weight(BACKBONE_TABLE[config.backbone][2])
         state = _with_download_hint(weights.get_state_dict, weights, progress=True, check_hash=True)
         load_matching_state_dict(model, state, skip_prefixes=_FRESH_FROM_COCO, source=f"COCO ({weights})")
     elif state is not None:

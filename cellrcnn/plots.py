@@ -92,23 +92,25 @@ def plot_history(history: pd.DataFrame, axes=None):
             right.plot(history["epoch"], history[column], "-o", ms=3, color=part_colour(name, 0, 1.0),
                        label=name.replace("cell", "whole cell"))
     right.set(xlabel="epoch", ylabel="Dice (1 = perfect)", ylim=(0, 1), title="Validation Dice")
-    right.legend()
+    if right.get_legend_handles_labels()[0]:  # no validation yet: nothing to label
+        right.legend()
     fig.tight_layout()
     return fig
 
 
 class LivePlot:
-    """A ``fit`` callback that redraws the losses and Dice after every epoch in a notebook."""
+    """A trainer hook that redraws the losses and Dice after every epoch in a notebook:
+    ``cellrcnn.fit(config, data, run, hooks=[LivePlot()])``."""
 
     def __init__(self) -> None:
         self.fig = None
 
-    def __call__(self, row: dict, history: pd.DataFrame) -> None:
+    def after_epoch(self, trainer) -> None:
         from IPython.display import clear_output, display
         plt = _plt()
         if self.fig is None:
             self.fig, self.axes = plt.subplots(1, 2, figsize=(11, 3.8))
-        plot_history(history, self.axes)
+        plot_history(pd.DataFrame(trainer.history), self.axes)
         clear_output(wait=True)
         display(self.fig)
         plt.close(self.fig)

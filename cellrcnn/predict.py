@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,11 @@ import torch
 from skimage.measure import regionprops_table
 
 from .config import Config
-from .io import normalize_image, read_image
+from .io import DataError, normalize_image, read_image
 from .model import model_from_checkpoint, resolve_device, to_label_images
+from .targets import largest_complete_label
 
-__all__ = ["Prediction", "Predictor", "measure_cells", "largest_complete_label"]
+__all__ = ["Prediction", "PathResult", "Predictor", "measure_cells"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +46,6 @@ class Prediction:
     cells: np.ndarray
     parts: np.ndarray
     table: pd.DataFrame = field(repr=False)
-
-
-def largest_complete_label(cells: np.ndarray) -> int:
-    """The label of the largest cell not touching the border (of the largest cell when all do); 0 if none."""
-    ids, counts = np.unique(cells[cells > 0], return_counts=True)
-    if len(ids) == 0:
-        return 0
-    border = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
-    complete = ~np.isin(ids, border)
-    pool = np.flatnonzero(complete) if complete.any() else np.arange(len(ids))
-    return int(ids[pool[np.argmax(counts[pool])]])
 
 
 def measure_cells(cells: np.ndarray, parts: np.ndarray, image: np.ndarray, part_names: tuple[str, ...],
@@ -118,6 +109,15 @@ def measure_cells(cells: np.ndarray, parts: np.ndarray, image: np.ndarray, part_
     return table
 
 
+@dataclass
+class PathResult:
+    """The outcome of one file in :meth:`Predictor.predict_paths`: a prediction, or the error that stopped it."""
+
+    path: Path
+    prediction: Prediction | None = None
+    error: str | None = None
+
+
 class Predictor:
     """A trained model ready to predict images the way it was trained to read them.
 
@@ -159,6 +159,44 @@ class Predictor:
         outputs = self.model(tensors)
         return [self._finish(name, arr, out, score_threshold, largest, max_cells, pixel_size)
                 for name, (_, arr), out in zip(names, loaded, outputs)]
+
+    def predict_paths(self, paths: list, batch_size: int = 1, **options) -> Iterator[PathResult]:
+        """Predict image files in batches, one result per file, in order.
+
+        A batch holding an unreadable file is predicted again file by file, so one
+        bad file costs only itself: its result carries the error instead of a
+        prediction, and the rest go on.
+
+        Parameters
+        ----------
+        paths : list of path
+            Image files (see :func:`cellrcnn.io.list_images`).
+        batch_size : int
+            Images per forward pass.
+        **options
+            Passed to :meth:`predict_batch` (``score_threshold``, ``largest``,
+            ``max_cells``, ``pixel_size``).
+
+        Yields
+        ------
+        PathResult
+            ``path``, and ``prediction`` or ``error`` (one line naming the file).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        for start in range(0, len(paths), batch_size):
+            batch = list(paths[start:start + batch_size])
+            try:
+                predictions = self.predict_batch(batch, **options)
+            except DataError as err:
+                if len(batch) > 1:  # find the bad file; the others still get predicted
+                    yield from self.predict_paths(batch, 1, **options)
+                else:
+                    logger.error("failed: %s", err)
+                    yield PathResult(Path(batch[0]), error=str(err))
+                continue
+            for path, prediction in zip(batch, predictions):
+                yield PathResult(Path(path), prediction=prediction)
 
     def predict(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool = False,
                 max_cells: int | None = None, pixel_size: float | None = None) -> Prediction:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .io import DataError, read_labels
 from .metrics import coco_mask_ap, matching, part_dice
 from .style import part_colour
 
-__all__ = ["Scored", "evaluate", "worst_images_figure", "THRESHOLDS"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["Scored", "evaluate", "score_folder", "truth_label_images", "worst_images_figure", "THRESHOLDS"]
 
 #: IoU thresholds of the instance matching: 0.50, 0.55, ..., 0.95.
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.5, 1.0, 0.05), 2))
@@ -90,6 +88,70 @@ def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.D
                       [i.scores or {} for i in items])
     summary += [{"metric": f"COCO mask {k}", "threshold": np.nan, "value": v} for k, v in ap.items()]
     return {"per_image": per_image, "summary": pd.DataFrame(summary)}
+
+
+def truth_label_images(target: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset target's cells (int64 labels 1..N) and parts (uint8) as two label images."""
+    masks = np.asarray(target["masks"])
+    cells = np.zeros(masks.shape[1:], dtype=np.int64)
+    for k, mask in enumerate(masks, start=1):
+        cells[mask > 0] = k
+    parts = masks.max(axis=0) if len(masks) else np.zeros(masks.shape[1:], dtype=np.uint8)
+    return cells, parts.astype(np.uint8)
+
+
+def score_folder(dataset, part_names: tuple[str, ...], predictions, **options) -> dict:
+    """Score predictions for every image of a dataset against its ground truth.
+
+    Parameters
+    ----------
+    dataset : CellDataset
+        The images and their true masks (``dataset.pairs`` names the files).
+    part_names : tuple of str
+        Part names, background first.
+    predictions : Predictor or path
+        A :class:`~cellrcnn.predict.Predictor` to run on each image (``options``:
+        ``score_threshold``, ``largest``), or a folder of label TIFFs written for
+        the images (``options``: ``cells_suffix``, default ``"_cells"``, and
+        ``parts_suffix``, default ``"_parts"``; without a parts file only cells
+        are scored).
+
+    Returns
+    -------
+    dict
+        ``per_image`` and ``summary`` as from :func:`evaluate`, and ``items``
+        (the :class:`Scored` images, for :func:`worst_images_figure`).
+
+    Raises
+    ------
+    DataError
+        A prediction file is missing or its size differs from its image.
+    """
+    items = []
+    for i, pair in enumerate(dataset.pairs):
+        image, target = dataset[i]
+        true_cells, true_parts = truth_label_images({"masks": target["masks"].numpy()})
+        if isinstance(predictions, (str, os.PathLike)):
+            pred_cells, pred_parts = _read_predicted(Path(predictions), pair, true_cells.shape, **options)
+            scores = None
+        else:
+            result = predictions.predict(pair.image, **options)
+            scores = dict(zip(result.table["cell_id"].astype(int), result.table["score"]))
+            pred_cells, pred_parts = result.cells, result.parts
+        items.append(Scored(pair.name, true_cells, true_parts, pred_cells, pred_parts, scores,
+                            image.permute(1, 2, 0).numpy()))
+    return {**evaluate(items, part_names), "items": items}
+
+
+def _read_predicted(folder: Path, pair, shape: tuple[int, int], cells_suffix: str = "_cells",
+                    parts_suffix: str = "_parts") -> tuple[np.ndarray, np.ndarray | None]:
+    cells_path, parts_path = folder / f"{pair.name}{cells_suffix}.tif", folder / f"{pair.name}{parts_suffix}.tif"
+    if not cells_path.is_file():
+        raise DataError(f"{cells_path}: no prediction for {pair.image.name}")
+    cells = read_labels(cells_path)
+    if cells.shape != shape:
+        raise DataError(f"{cells_path}: size {cells.shape} differs from {pair.image.name} {shape}")
+    return cells, read_labels(parts_path) if parts_path.is_file() else None
 
 
 def _colour_parts(parts: np.ndarray, part_names: tuple[str, ...]) -> np.ndarray:

@@ -11,10 +11,7 @@ import numpy as np
 from skimage.draw import disk, ellipse
 from skimage.filters import gaussian
 
-__all__ = ["synthetic_sample", "PART_VALUES"]
-
-#: Part label values written into synthetic masks: background, cytoplasm, nucleus.
-PART_VALUES = (0, 1, 2)
+__all__ = ["synthetic_sample"]
 
 _BACKGROUND = np.array([0.90, 0.86, 0.89])
 _RED_CELL = np.array([0.85, 0.55, 0.58])

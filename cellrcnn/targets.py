@@ -12,7 +12,8 @@ import numpy as np
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
-__all__ = ["whole_cell_targets", "instance_targets", "parts_from_instances", "select_largest"]
+__all__ = ["whole_cell_targets", "instance_targets", "parts_from_instances", "select_largest",
+           "largest_complete_label"]
 
 
 def instance_targets(cells: np.ndarray, parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:
@@ -73,6 +74,12 @@ def parts_from_instances(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     return parts
 
 
+def _largest_complete(areas: np.ndarray, complete: np.ndarray) -> int:
+    """Index of the largest cell among the complete ones (among all when none is complete)."""
+    pool = np.flatnonzero(complete) if complete.any() else np.arange(len(areas))
+    return int(pool[np.argmax(areas[pool])])
+
+
 def select_largest(target: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Keep only the largest complete cell: the largest one not touching the image border.
 
@@ -85,7 +92,14 @@ def select_largest(target: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     H, W = masks.shape[1:]
     areas = (masks > 0).reshape(len(masks), -1).sum(axis=1)
     x0, y0, x1, y1 = target["boxes"].T
-    complete = (x0 > 0) & (y0 > 0) & (x1 < W) & (y1 < H)
-    candidates = np.flatnonzero(complete) if complete.any() else np.arange(len(masks))
-    keep = candidates[np.argmax(areas[candidates])]
+    keep = _largest_complete(areas, (x0 > 0) & (y0 > 0) & (x1 < W) & (y1 < H))
     return {k: v[keep : keep + 1] for k, v in target.items()}
+
+
+def largest_complete_label(cells: np.ndarray) -> int:
+    """The label of the largest cell of a label image by the rule of :func:`select_largest`; 0 if none."""
+    ids, counts = np.unique(cells[cells > 0], return_counts=True)
+    if len(ids) == 0:
+        return 0
+    border = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
+    return int(ids[_largest_complete(counts, ~np.isin(ids, border))])

@@ -1,9 +1,7 @@
-"""The training loop: each epoch trains, steps the lr schedule, validates and checkpoints.
+"""Training: the :class:`Trainer`, its one-call entry point :func:`fit`, and :func:`sweep`.
 
-A plain loop, no hooks. Gradient accumulation follows the usual recipe: each loss
-is divided by the number of batches accumulated, AMP gradients are unscaled before
-clipping, gradients are zeroed with ``set_to_none``. Under ``torchrun`` the model
-is wrapped in DistributedDataParallel and only rank 0 writes files.
+Each epoch trains, steps the lr schedule and calls the hooks (validation,
+checkpoints, history, log, early stopping; see :mod:`cellrcnn.hooks`).
 """
 
 from __future__ import annotations
@@ -11,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,17 +24,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
+from . import hooks
 from .config import Config, TrainConfig
 from .data import CellDataset, collate, make_splits, write_split_csv
 from .io import atomic_write
 from .metrics import part_dice
 from .model import build_model, load_checkpoint, resolve_device, resolve_norm, to_label_images
 
-__all__ = ["fit", "sweep", "new_run_dir", "latest_run", "Runtime", "train_one_epoch", "validate", "lr_factor", "save_checkpoint"]
+__all__ = ["Trainer", "fit", "sweep", "new_run_dir", "latest_run", "Runtime", "validate", "lr_factor",
+           "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
-
-Callback = Callable[[dict, pd.DataFrame], None]
 
 
 @dataclass(frozen=True)
@@ -127,60 +124,6 @@ def _all_finite(loss: torch.Tensor, runtime: Runtime) -> bool:
     return bool(finite.item())
 
 
-def train_one_epoch(model, loader: DataLoader, optimizer, scaler, config: TrainConfig, runtime: Runtime,
-                    names: list[str], quiet: bool = False) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each loss over the finite steps.
-
-    The optimizer steps once every ``accumulate`` images (over all processes); a
-    partial group at the end of the epoch is stepped with its own, smaller divisor.
-    """
-    model.train()
-    per_step = config.batch_size * runtime.world_size
-    group = max(1, config.accumulate // per_step)
-    n = len(loader)
-    sums: dict[str, float] = {}
-    counted = bad_in_row = 0
-    skip_group = False
-    optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc="train", leave=False, disable=quiet or not runtime.is_main, unit="batch")
-    for i, (images, targets) in enumerate(bar):
-        start = (i // group) * group
-        size = min(group, n - start)  # the last group of an epoch may be partial
-        last = i == start + size - 1
-        images, targets = _to_device(images, targets, runtime.device)
-        sync = contextlib.nullcontext() if last or not runtime.distributed else model.no_sync()
-        with sync:
-            with torch.autocast(runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
-                losses = model(images, targets)
-                loss = sum(losses.values())
-            if _all_finite(loss, runtime):
-                bad_in_row = 0
-                scaler.scale(loss / size).backward()
-                counted += 1
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v.item()
-            else:
-                bad_in_row += 1
-                skip_group = True
-                files = ", ".join(names[int(t["image_id"])] for t in targets)
-                logger.warning("non-finite loss (%s) on %s; skipping this optimizer step",
-                               ", ".join(f"{k} {v.item():.3g}" for k, v in losses.items()), files)
-                if bad_in_row >= config.max_nonfinite:
-                    raise FloatingPointError(
-                        f"{bad_in_row} non-finite losses in a row (last on {files}); training diverged: "
-                        f"lower --lr, check those images, or turn off --amp")
-        if last:
-            if not skip_group:
-                if config.clip_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            skip_group = False
-    return {k: v / max(counted, 1) for k, v in sums.items()}
-
-
 @contextlib.contextmanager
 def _losses_without_touching_batch_norm(model):
     """Training mode (torchvision returns losses only then) with batch-norm statistics frozen."""
@@ -230,44 +173,310 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
 
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+class Trainer:
+    """The training loop, with overridable parts and hooks (after detectron2's ``DefaultTrainer``).
 
+    ``Trainer(config, data_dir, out_dir).train()`` is what :func:`fit` runs. A
+    subclass changes what is trained by overriding :meth:`build_model`,
+    :meth:`build_optimizer`, :meth:`build_scheduler`, :meth:`build_datasets`,
+    :meth:`build_loaders`, :meth:`validate` or :meth:`build_hooks`; a hook (see
+    :mod:`cellrcnn.hooks`) adds behaviour around steps and epochs without one.
 
-def _is_better(metric: str, value: float, best: float | None) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    if best is None:
-        return True
-    return value < best if metric == "val_loss" else value > best
+    The loop: each epoch reseeds from ``seed + epoch`` (a resumed run matches an
+    uninterrupted one), trains one pass with gradient accumulation, steps the lr
+    schedule and calls the hooks. Gradient accumulation follows the usual recipe:
+    each loss is divided by the number of batches accumulated, AMP gradients are
+    unscaled before clipping, gradients are zeroed with ``set_to_none``. Under
+    ``torchrun`` the model is wrapped in DistributedDataParallel, and the default
+    hooks that validate and write files run on rank 0 only.
 
+    Parameters
+    ----------
+    config : Config
+        The run's settings. With ``resume`` the run folder's own config is used.
+    data_dir : path or None
+        Folder of images and masks (None when :meth:`build_datasets` is overridden).
+    out_dir : path
+        Run folder (see :func:`fit`).
+    resume : bool
+        Continue the run in ``out_dir`` from its ``last.pt``.
+    hooks : sequence
+        Hooks called after the default ones (:meth:`build_hooks`).
+    quiet : bool
+        No progress bars.
+    command : sequence of str, optional
+        The command line that started the run, recorded in ``config.json``.
 
-def write_curves(path: Path, history: pd.DataFrame) -> None:
-    """Losses and validation metrics by epoch, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Attributes
+    ----------
+    model, optimizer, scheduler, scaler, runtime
+        Built by :meth:`train`.
+    epoch : int
+        The current epoch, from 0.
+    iter : int
+        Batches trained so far in this process, over the run.
+    step_losses : dict
+        The last batch's losses (floats).
+    row : dict
+        The current epoch's history row; hooks add to it.
+    history : list of dict
+        Every epoch's row.
+    best, since_best, improved, stop
+        Best-metric bookkeeping and the early-stopping flag, kept by the hooks.
+    """
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for column, style in (("train_loss", "-"), ("val_loss", "--")):
-        if column in history:
-            left.plot(history["epoch"], history[column], style, marker="o", ms=3, label=column.replace("_", " "))
-    left.set(xlabel="epoch", ylabel="loss (sum of all terms)", title="Losses")
-    left.legend()
-    for column in [c for c in history.columns if c.endswith("_dice")]:
-        right.plot(history["epoch"], history[column], marker="o", ms=3, label=column.replace("_", " "))
-    right.set(xlabel="epoch", ylabel="Dice", ylim=(0, 1), title="Validation Dice")
-    if any(c.endswith("_dice") for c in history.columns):
-        right.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=True)
-    plt.close(fig)
+    def __init__(self, config: Config, data_dir: str | os.PathLike | None, out_dir: str | os.PathLike, *,
+                 resume: bool = False, hooks: Sequence = (), quiet: bool = False,
+                 command: Sequence[str] | None = None) -> None:
+        self.out = Path(out_dir)
+        self.command = command
+        self.data_dir = data_dir
+        self.quiet = quiet
+        self.extra_hooks = list(hooks)
+        self.checkpoint: dict | None = None
+        if resume:
+            self.checkpoint = load_checkpoint(self.out / "last.pt")
+            config = Config.from_saved(self.checkpoint["config"])
+        elif (self.out / "last.pt").exists():
+            raise FileExistsError(f"{self.out} already holds a run (last.pt); resume it or choose another output folder")
+        self.config = config
+        self.epoch = self.iter = self.since_best = 0
+        self.step_losses: dict[str, float] = {}
+        self.row: dict = {}
+        self.history: list[dict] = []
+        self.best = None
+        self.improved = self.stop = False
+        self.epoch_started = 0.0
+
+    # -- the parts a subclass may replace ------------------------------------------------------------------
+
+    def build_model(self) -> torch.nn.Module:
+        """The model to train. On resume the weights come from the checkpoint: nothing is fetched again."""
+        return build_model(self.config.model, load_weights=self.checkpoint is None)
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """SGD with momentum over the trainable parameters."""
+        cfg = self.config.train
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """Step decay with warm-up and floor (:func:`lr_factor`), stepped once per epoch."""
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(self.config.train))
+
+    def build_datasets(self) -> dict:
+        """``{"train": Dataset, "val": Dataset or None}``; also writes ``split.csv`` on rank 0."""
+        splits = make_splits(self.data_dir, self.config.data)
+        train = CellDataset(splits["train"], self.config.data, augment=self.config.data.augment)
+        val = CellDataset(splits["val"], self.config.data) if splits["val"] else None
+        if self.runtime.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_split_csv(self.out / "split.csv", splits, overwrite=True)
+        return {"train": train, "val": val}
+
+    def build_loaders(self, epoch: int) -> dict:
+        """The epoch's loaders: their order and augmentation depend only on the seed and the epoch."""
+        cfg = self.config.train
+        loaders = {"train": make_loader(self.datasets["train"], cfg, self.runtime, epoch, shuffle=True)}
+        if self.datasets["val"] is not None:  # validation runs whole on rank 0
+            single = dataclasses.replace(self.runtime, rank=0, world_size=1)
+            loaders["val"] = make_loader(self.datasets["val"], cfg, single, epoch, shuffle=False)
+        return loaders
+
+    def validate(self) -> dict[str, float]:
+        """Validation losses and Dice of the current model (rank 0)."""
+        cfg = self.config.train
+        return validate(self.raw_model, self.build_loaders(self.epoch)["val"], self.config.model.parts, self.runtime,
+                        cfg.val_score_threshold, self.quiet)
+
+    def build_hooks(self) -> list:
+        """The default hooks (rank 0 only) followed by those passed in; see :mod:`cellrcnn.hooks`."""
+        defaults = [hooks.Validation(), hooks.HistoryWriter(), hooks.BestCheckpoint(), hooks.EpochLog()]
+        stop = [hooks.EarlyStopping()]
+        return (defaults + self.extra_hooks + stop) if self.runtime.is_main else self.extra_hooks
+
+    # -- state -----------------------------------------------------------------------------------------------
+
+    @property
+    def has_validation(self) -> bool:
+        return self.datasets.get("val") is not None
+
+    @property
+    def validation_due(self) -> bool:
+        epoch, cfg = self.epoch + 1, self.config.train
+        return epoch % cfg.val_every == 0 or epoch == cfg.epochs
+
+    def image_name(self, index: int) -> str:
+        """A training image's file, for messages."""
+        pairs = getattr(self.datasets["train"], "pairs", None)
+        return str(pairs[index].image) if pairs is not None else f"image {index}"
+
+    def checkpoint_state(self) -> dict:
+        """Everything :meth:`train` needs to resume after the current epoch."""
+        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch + 1,
+                "config": self.config.to_dict(), "history": self.history, "best": self.best,
+                "since_best": self.since_best}
+
+    def save_checkpoint(self, path: Path, state: dict) -> None:
+        save_checkpoint(path, state)
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    def train(self) -> pd.DataFrame:
+        """Run the remaining epochs; returns the history (one row per epoch)."""
+        cfg = self.config.train
+        self.runtime = setup_runtime(cfg)
+        if self.runtime.device.type == "cpu" and self.runtime.is_main:
+            logger.warning("training on the CPU: expect minutes per epoch even for small data; a CUDA GPU is "
+                           "10-50x faster (--device auto picks it when present)")
+        if cfg.accumulate % (cfg.batch_size * self.runtime.world_size):
+            raise ValueError(f"accumulate ({cfg.accumulate} images) must be a multiple of batch_size x processes "
+                             f"({cfg.batch_size} x {self.runtime.world_size})")
+        try:
+            return self._train()
+        finally:
+            if self.runtime.distributed and torch_dist.is_initialized():
+                torch_dist.destroy_process_group()
+
+    def _setup(self) -> None:
+        """Everything that can fail on bad input (data, weights) happens before the first file is written."""
+        cfg = self.config.train
+        seed_everything(cfg.seed)
+        if self.checkpoint is None:  # record the normalisation built: the checkpoint rebuilds without the file
+            self.config = dataclasses.replace(self.config, model=resolve_norm(self.config.model))
+        self.datasets = self.build_datasets()
+        if self.datasets["val"] is None and self.runtime.is_main:
+            logger.warning("no validation images (val_fraction 0 and no val_dir): best.pt follows the last epoch")
+        self.raw_model = self.build_model().to(self.runtime.device)
+        self.optimizer = self.build_optimizer(self.raw_model)
+        self.scheduler = self.build_scheduler(self.optimizer)
+        self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.amp)
+        start = 0
+        if self.checkpoint:
+            state = self.checkpoint
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.history, self.best, self.since_best, start = (state["history"], state["best"], state["since_best"],
+                                                               state["epoch"])
+            if self.runtime.is_main:
+                logger.info("resuming %s after epoch %d of %d", self.out, start, cfg.epochs)
+        self.start_epoch = start
+        self.model = self.raw_model
+        if self.runtime.distributed:
+            device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.raw_model, device_ids=device_ids)
+        if self.runtime.is_main and self.checkpoint is None:  # a resumed run keeps the command that started it
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.config.to_json(self.out / "config.json", command=self.command)
+
+    def _call(self, event: str) -> None:
+        for hook in self.hooks:
+            method = getattr(hook, event, None)
+            if method is not None:
+                method(self)
+
+    def _train(self) -> pd.DataFrame:
+        cfg = self.config.train
+        self._setup()
+        runtime = self.runtime
+        self.hooks = self.build_hooks()
+        if runtime.is_main:
+            val = self.datasets["val"]
+            logger.info("training on %s (%s%s): %d training and %d validation images, %d epochs, %d images per "
+                        "optimizer step", runtime.device, "AMP" if runtime.amp else "fp32",
+                        f", {runtime.world_size} processes" if runtime.distributed else "",
+                        len(self.datasets["train"]), len(val) if val else 0, cfg.epochs, cfg.accumulate)
+        self._call("before_train")
+        try:
+            epochs = tqdm(range(self.start_epoch, cfg.epochs), desc="epochs", initial=self.start_epoch,
+                          total=cfg.epochs, disable=self.quiet or not runtime.is_main, unit="epoch")
+            for self.epoch in epochs:
+                seed_everything(cfg.seed + self.epoch)  # each epoch depends only on the seed: a resumed run matches
+                self.epoch_started = time.perf_counter()
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.stop = self.improved = False
+                self._call("before_epoch")
+                losses = self.train_epoch(self.build_loaders(self.epoch)["train"])
+                self.scheduler.step()
+                self.row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": sum(losses.values()),
+                            **{f"train_{k}": v for k, v in losses.items()},
+                            "train_seconds": time.perf_counter() - self.epoch_started}
+                self.history.append(self.row)
+                self._call("after_epoch")
+                if runtime.distributed:  # every rank stops together
+                    flag = torch.tensor([int(self.stop)], device=runtime.device)
+                    torch_dist.broadcast(flag, src=0)
+                    self.stop = bool(flag.item())
+                if self.stop:
+                    break
+        finally:
+            self._call("after_train")
+        return pd.DataFrame(self.history)
+
+    def train_epoch(self, loader: DataLoader) -> dict[str, float]:
+        """One pass over ``loader``; returns the mean of each loss over the finite steps.
+
+        The optimizer steps once every ``accumulate`` images (over all processes); a
+        partial group at the end of the epoch is stepped with its own, smaller divisor.
+        """
+        cfg, runtime, model, optimizer = self.config.train, self.runtime, self.model, self.optimizer
+        model.train()
+        group = max(1, cfg.accumulate // (cfg.batch_size * runtime.world_size))
+        n = len(loader)
+        sums: dict[str, float] = {}
+        counted = bad_in_row = 0
+        skip_group = False
+        optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(loader, desc="train", leave=False, disable=self.quiet or not runtime.is_main, unit="batch")
+        for i, (images, targets) in enumerate(bar):
+            self._call("before_step")
+            start = (i // group) * group
+            size = min(group, n - start)  # the last group of an epoch may be partial
+            last = i == start + size - 1
+            images, targets = _to_device(images, targets, runtime.device)
+            sync = contextlib.nullcontext() if last or not runtime.distributed else model.no_sync()
+            with sync:
+                with torch.autocast(runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
+                    losses = model(images, targets)
+                    loss = sum(losses.values())
+                if _all_finite(loss, runtime):
+                    bad_in_row = 0
+                    self.scaler.scale(loss / size).backward()
+                    counted += 1
+                    self.step_losses = {k: v.item() for k, v in losses.items()}
+                    for k, v in self.step_losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                else:
+                    bad_in_row += 1
+                    skip_group = True
+                    self.step_losses = {k: float("nan") for k in losses}
+                    files = ", ".join(self.image_name(int(t["image_id"])) for t in targets)
+                    logger.warning("non-finite loss (%s) on %s; skipping this optimizer step",
+                                   ", ".join(f"{k} {v.item():.3g}" for k, v in losses.items()), files)
+                    if bad_in_row >= cfg.max_nonfinite:
+                        raise FloatingPointError(
+                            f"{bad_in_row} non-finite losses in a row (last on {files}); training diverged: "
+                            f"lower --lr, check those images, or turn off --amp")
+            if last:
+                if not skip_group:
+                    if cfg.clip_grad_norm is not None:
+                        self.scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                    self.scaler.step(optimizer)
+                    self.scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                skip_group = False
+            self.iter += 1
+            self._call("after_step")
+        return {k: v / max(counted, 1) for k, v in sums.items()}
 
 
 def fit(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
-        callback: Callback | None = None, quiet: bool = False) -> pd.DataFrame:
-    """Fine-tune a part-aware Mask R-CNN on a data folder.
+        hooks: Sequence = (), quiet: bool = False, command: Sequence[str] | None = None) -> pd.DataFrame:
+    """Fine-tune a part-aware Mask R-CNN on a data folder: ``Trainer(...).train()``.
 
     Parameters
     ----------
@@ -281,10 +490,13 @@ def fit(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         ``last.pt``, ``best.pt``, ``train.log``.
     resume : bool
         Continue the run in ``out_dir`` from ``last.pt``.
-    callback : callable, optional
-        ``callback(row, history)`` after every epoch (rank 0), e.g. for live plots.
+    hooks : sequence
+        Extra hooks (rank 0 and others alike), e.g. :class:`cellrcnn.plots.LivePlot`
+        or ``cellrcnn.hooks.Callback(lambda row, history: ...)``.
     quiet : bool
         No progress bars.
+    command : sequence of str, optional
+        The command line that started the run, recorded in ``config.json``.
 
     Returns
     -------
@@ -292,145 +504,7 @@ def fit(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         One row per epoch: epoch, lr, each training loss, each validation
         loss and Dice, train_seconds (training alone) and seconds (the epoch).
     """
-    out = Path(out_dir)
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(out / "last.pt")
-        config = Config.from_saved(checkpoint["config"])
-    elif (out / "last.pt").exists():
-        raise FileExistsError(f"{out} already holds a run (last.pt); resume it or choose another output folder")
-    cfg = config.train
-    runtime = setup_runtime(cfg)
-    main = runtime.is_main
-    if runtime.device.type == "cpu" and main:
-        logger.warning("training on the CPU: expect minutes per epoch even for small data; a CUDA GPU is "
-                       "10-50x faster (--device auto picks it when present)")
-    if cfg.accumulate % (cfg.batch_size * runtime.world_size):
-        raise ValueError(f"accumulate ({cfg.accumulate} images) must be a multiple of batch_size x processes "
-                         f"({cfg.batch_size} x {runtime.world_size})")
-    try:
-        return _fit(config, data_dir, out, checkpoint, runtime, callback, quiet)
-    finally:
-        if runtime.distributed and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
-
-
-def _fit(config, data_dir, out, checkpoint, runtime, callback, quiet) -> pd.DataFrame:
-    """Everything that can fail on bad input (data, weights) happens before the first file is written."""
-    cfg, main = config.train, runtime.is_main
-    seed_everything(cfg.seed)
-    splits = make_splits(data_dir, config.data)
-    train_set = CellDataset(splits["train"], config.data, augment=config.data.augment)
-    val_set = CellDataset(splits["val"], config.data) if splits["val"] else None
-    if val_set is None and main:
-        logger.warning("no validation images (val_fraction 0 and no val_dir): best.pt follows the last epoch")
-
-    if checkpoint is None:  # record the normalisation built, so the checkpoint rebuilds without the weights file
-        config = dataclasses.replace(config, model=resolve_norm(config.model))
-    # On resume the weights come from the checkpoint: the same architecture, nothing fetched again.
-    model = build_model(config.model, load_weights=checkpoint is None).to(runtime.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
-    history: list[dict] = []
-    best, since_best, start = None, 0, 0
-    if checkpoint:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        history, best, since_best, start = (checkpoint["history"], checkpoint["best"], checkpoint["since_best"],
-                                            checkpoint["epoch"])
-        if main:
-            logger.info("resuming %s after epoch %d of %d", out, start, cfg.epochs)
-    handler = None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.to_json(out / "config.json")
-        write_split_csv(out / "split.csv", splits, overwrite=True)
-        handler = logging.FileHandler(out / "train.log")
-        handler.setLevel(logging.INFO)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        package = logging.getLogger("cellrcnn")
-        package.addHandler(handler)
-        level = package.level
-        if package.getEffectiveLevel() > logging.INFO:
-            package.setLevel(logging.INFO)  # the log file gets the epoch lines even when the console does not
-    try:
-        return _loop(config, out, runtime, model, optimizer, scheduler, scaler, train_set, val_set,
-                     (history, best, since_best, start), callback, quiet)
-    finally:
-        if handler is not None:
-            package.removeHandler(handler)
-            package.setLevel(level)
-            handler.close()
-
-
-def _loop(config, out, runtime, model, optimizer, scheduler, scaler, train_set, val_set, state, callback, quiet):
-    cfg, main = config.train, runtime.is_main
-    history, best, since_best, start = state
-    names = [str(p.image) for p in train_set.pairs]
-    raw = model
-    if runtime.distributed:
-        model = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    if main:
-        logger.info("training on %s (%s%s): %d training and %d validation images, %d epochs, %d images per "
-                    "optimizer step", runtime.device, "AMP" if runtime.amp else "fp32",
-                    f", {runtime.world_size} processes" if runtime.distributed else "", len(train_set),
-                    len(val_set) if val_set else 0, cfg.epochs, cfg.accumulate)
-
-    epochs = tqdm(range(start, cfg.epochs), desc="epochs", initial=start, total=cfg.epochs,
-                  disable=quiet or not main, unit="epoch")
-    for epoch in epochs:
-        seed_everything(cfg.seed + epoch)  # each epoch depends only on the seed: a resumed run matches
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        losses = train_one_epoch(model, make_loader(train_set, cfg, runtime, epoch, shuffle=True), optimizer,
-                                 scaler, cfg, runtime, names, quiet)
-        scheduler.step()
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": sum(losses.values()),
-               **{f"train_{k}": v for k, v in losses.items()}, "train_seconds": time.perf_counter() - started}
-        due = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
-        if val_set is not None and due and main:
-            val_loader = make_loader(val_set, cfg, dataclasses.replace(runtime, rank=0, world_size=1), epoch, False)
-            row.update(validate(raw, val_loader, config.model.parts, runtime, cfg.val_score_threshold, quiet))
-        row["seconds"] = time.perf_counter() - started
-        history.append(row)
-        stop = False
-        if main:
-            metric = row.get(cfg.best_metric) if val_set is not None else row["epoch"]
-            improved = _is_better(cfg.best_metric, metric, best) if val_set is not None else True
-            if improved:
-                best, since_best = metric, 0
-            elif due:
-                since_best += 1
-            state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                     "config": config.to_dict(), "history": history, "best": best, "since_best": since_best,
-                     "rng": _rng_state()}
-            save_checkpoint(out / "last.pt", state)
-            if improved:
-                save_checkpoint(out / "best.pt", state)
-            frame = pd.DataFrame(history)
-            atomic_write(out / "history.csv", lambda tmp: frame.to_csv(tmp, index=False), overwrite=True)
-            write_curves(out / "curves.png", frame)
-            shown = ["train_loss", "val_loss", "cytoplasm_dice", "nucleus_dice", "cell_dice"]
-            logger.info("epoch %d/%d lr %.2g %s (%.0f s)%s", epoch + 1, cfg.epochs, lr,
-                        " ".join(f"{k} {row[k]:.4f}" for k in shown if k in row), row["seconds"],
-                        " *best*" if improved and val_set is not None else "")
-            if callback is not None:
-                callback(row, frame)
-            stop = bool(cfg.patience) and since_best >= cfg.patience
-            if stop:
-                logger.info("stopping early: %s has not improved for %d validations", cfg.best_metric, cfg.patience)
-        if runtime.distributed:
-            flag = torch.tensor([int(stop)], device=runtime.device)
-            torch_dist.broadcast(flag, src=0)
-            stop = bool(flag.item())
-        if stop:
-            break
-    return pd.DataFrame(history)
+    return Trainer(config, data_dir, out_dir, resume=resume, hooks=hooks, quiet=quiet, command=command).train()
 
 
 def new_run_dir(base: str | os.PathLike) -> Path:

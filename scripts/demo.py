@@ -20,21 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 import cellrcnn
 
 log = logging.getLogger("demo")
-
-
-def truth(dataset: cellrcnn.CellDataset, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ground-truth cell labels and part labels of one image, from its training targets."""
-    masks = dataset[index][1]["masks"].numpy()
-    cells = np.zeros(masks.shape[1:], dtype=np.int64)
-    for i, mask in enumerate(masks, start=1):
-        cells[mask > 0] = i
-    return cells, masks.max(axis=0) if len(masks) else np.zeros(masks.shape[1:], dtype=np.uint8)
 
 
 def main(argv=None) -> int:
@@ -75,14 +63,10 @@ def main(argv=None) -> int:
     dataset = cellrcnn.CellDataset(val_pairs, config.data)
     predictions = args.out / "predictions"
     predictions.mkdir(parents=True)
-    scored = []
-    for index, pair in enumerate(val_pairs):
-        prediction = predictor.predict(pair.image)
-        cellrcnn.export_prediction(prediction, predictions, parts, overlays=True)
-        cells, part_labels = truth(dataset, index)
-        scores = dict(zip(prediction.table["cell_id"], prediction.table["score"]))
-        scored.append(cellrcnn.Scored(prediction.name, cells, part_labels, prediction.cells, prediction.parts, scores))
-    per_image = cellrcnn.evaluate(scored, parts)["per_image"]
+    for result in predictor.predict_paths([pair.image for pair in val_pairs]):
+        cellrcnn.export_prediction(result.prediction, predictions, parts, overlays=True)
+    # Score the label TIFFs as written, the files a biologist takes away.
+    per_image = cellrcnn.score_folder(dataset, parts, predictions)["per_image"]
     cellrcnn.io.atomic_write(predictions / "scores.csv", lambda tmp: per_image.to_csv(tmp, index=False))
     log.info("\n%s", per_image[["image", "true_cells", "pred_cells", "cytoplasm_dice", "nucleus_dice", "cell_dice",
                                 "f1@0.5"]].round(3).to_string(index=False))

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from skimage.io import imsave
 
 from cellrcnn import CellDataset, DataConfig, DataError, build_augmentation, collate, find_pairs, make_splits
 from cellrcnn import synthetic_sample, write_split_csv

@@ -14,7 +14,8 @@ from skimage.io import imread
 import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
 from cellrcnn.export import export_prediction, write_label_tiff
-from cellrcnn.predict import Prediction, Predictor, largest_complete_label, measure_cells
+from cellrcnn.predict import Prediction, Predictor, measure_cells
+from cellrcnn.targets import largest_complete_label
 from cellrcnn.report import Scored, evaluate
 from conftest import REPO
 

@@ -1,6 +1,7 @@
 """The trainer: schedule, accumulation arithmetic, non-finite steps, run folder, resume, DDP, CLI."""
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -15,11 +16,10 @@ import torch.multiprocessing as mp
 
 import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
-from cellrcnn.train import Runtime, lr_factor, make_loader, train_one_epoch
+from cellrcnn.train import lr_factor
 from conftest import REPO
 
 SAMPLE = REPO / "data" / "sample"
-CPU = Runtime(device=torch.device("cpu"))
 
 
 def tiny_config(**train) -> Config:
@@ -98,41 +98,100 @@ class MeanImages(torch.utils.data.Dataset):
         return torch.full((1, 2, 2), float(i + 1)), {"image_id": torch.tensor(i)}
 
 
-def run_epoch(model, n_images, cfg):
-    loader = torch.utils.data.DataLoader(MeanImages(n_images), batch_size=cfg.batch_size, collate_fn=cellrcnn.collate)
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    names = [f"img{i}" for i in range(n_images)]
-    losses = train_one_epoch(model, loader, opt, scaler, cfg, CPU, names, quiet=True)
-    return losses
+class ToyTrainer(cellrcnn.Trainer):
+    """A Trainer subclass with another model, data and optimizer: the extension points at work."""
+
+    def __init__(self, model, n_images, cfg, out, hooks=()):
+        super().__init__(Config(train=dataclasses.replace(cfg, device="cpu", workers=0)), None, out, hooks=hooks,
+                         quiet=True)
+        self.toy, self.n_images = model, n_images
+
+    def build_model(self):
+        return self.toy
+
+    def build_optimizer(self, model):
+        return torch.optim.SGD(model.parameters(), lr=1.0)
+
+    def build_datasets(self):
+        return {"train": MeanImages(self.n_images), "val": None}
+
+    def build_loaders(self, epoch):  # in order, so the accumulation groups are known
+        loader = torch.utils.data.DataLoader(self.datasets["train"], batch_size=self.config.train.batch_size,
+                                             collate_fn=cellrcnn.collate)
+        return {"train": loader}
+
+    def image_name(self, index):
+        return f"img{index}"
 
 
-def test_accumulation_divides_by_the_group_and_steps_a_partial_group():
+def run_epoch(model, n_images, cfg, out):
+    return ToyTrainer(model, n_images, dataclasses.replace(cfg, epochs=1), out).train()
+
+
+class Recorder(cellrcnn.hooks.HookBase):
+    def __init__(self):
+        self.events = []
+
+    def before_train(self, trainer):
+        self.events.append("before_train")
+
+    def before_epoch(self, trainer):
+        self.events.append(f"before_epoch {trainer.epoch}")
+
+    def before_step(self, trainer):
+        self.events.append(f"before_step {trainer.iter}")
+
+    def after_step(self, trainer):
+        self.events.append(f"after_step {trainer.iter} loss {trainer.step_losses['loss']:.0f}")
+
+    def after_epoch(self, trainer):
+        self.events.append(f"after_epoch {trainer.epoch} rows {len(trainer.history)}")
+
+    def after_train(self, trainer):
+        self.events.append("after_train")
+
+
+def test_a_hook_receives_step_and_epoch_events_in_order_and_a_subclass_trains_its_own_model(tmp_path):
+    recorder, model = Recorder(), LinearLoss()
+    history = ToyTrainer(model, 3, TrainConfig(epochs=2, batch_size=2, accumulate=2), tmp_path / "run",
+                         hooks=[recorder]).train()
+    # 3 images in batches [1, 2], [3]: a batch's loss is w * (sum of its image means), w starts at 0.
+    # One optimizer step per batch (lr 1, gradient 3 per batch): w goes 0, -3, -6, -9, -12.
+    assert recorder.events == ["before_train", "before_epoch 0", "before_step 0", "after_step 1 loss 0",
+                               "before_step 1", "after_step 2 loss -9", "after_epoch 0 rows 1",
+                               "before_epoch 1", "before_step 2", "after_step 3 loss -18", "before_step 3",
+                               "after_step 4 loss -27", "after_epoch 1 rows 2", "after_train"]
+    assert model.w.item() == pytest.approx(-12.0)
+    assert list(history["epoch"]) == [1, 2] and (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_accumulation_divides_by_the_group_and_steps_a_partial_group(tmp_path):
     # 5 images, batches of 2 -> batches [1,2], [3,4], [5]; accumulate 4 -> groups {b0,b1} and {b2}.
     model = LinearLoss()
-    run_epoch(model, 5, TrainConfig(batch_size=2, accumulate=4))
+    run_epoch(model, 5, TrainConfig(batch_size=2, accumulate=4), tmp_path)
     # grad of a batch is the sum of its image means; group 1: ((1+2)+(3+4))/2 = 5, partial group: 5/1 = 5.
     assert model.w.item() == pytest.approx(-10.0)
 
 
-def test_a_non_finite_loss_skips_its_step_and_names_the_images(caplog):
+def test_a_non_finite_loss_skips_its_step_and_names_the_images(caplog, tmp_path):
     model = LinearLoss(poison={0})
     with caplog.at_level(logging.WARNING, logger="cellrcnn"):
-        run_epoch(model, 5, TrainConfig(batch_size=2, accumulate=4))
+        run_epoch(model, 5, TrainConfig(batch_size=2, accumulate=4), tmp_path)
     assert model.w.item() == pytest.approx(-5.0)  # only the last (clean) group stepped
     assert "non-finite loss" in caplog.text and "img0, img1" in caplog.text
 
 
-def test_non_finite_losses_in_a_row_abort():
+def test_non_finite_losses_in_a_row_abort(tmp_path):
     with pytest.raises(FloatingPointError, match="2 non-finite losses in a row .*lower --lr"):
-        run_epoch(LinearLoss(poison={0, 1, 2, 3}), 4, TrainConfig(batch_size=1, accumulate=2, max_nonfinite=2))
+        run_epoch(LinearLoss(poison={0, 1, 2, 3}), 4, TrainConfig(batch_size=1, accumulate=2, max_nonfinite=2),
+                  tmp_path)
 
 
 def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, tmp_path):
     out = tmp_path / "run"
     seen = []
-    history = cellrcnn.fit(tiny_config(), small_sample, out, callback=lambda row, frame: seen.append(len(frame)),
-                           quiet=True)
+    history = cellrcnn.fit(tiny_config(), small_sample, out, quiet=True,
+                           hooks=[cellrcnn.hooks.Callback(lambda row, frame: seen.append(len(frame)))])
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "history.csv",
                                                       "last.pt", "split.csv", "train.log"]
     assert seen == [1, 2] and list(history["epoch"]) == [1, 2]
@@ -171,7 +230,8 @@ def test_resume_matches_an_uninterrupted_run(small_sample, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        cellrcnn.fit(config, small_sample, tmp_path / "cut", callback=stop_after_first, quiet=True)
+        cellrcnn.fit(config, small_sample, tmp_path / "cut", hooks=[cellrcnn.hooks.Callback(stop_after_first)],
+                     quiet=True)
     resumed = cellrcnn.fit(config, small_sample, tmp_path / "cut", resume=True, quiet=True)
     columns = [c for c in whole.columns if not c.endswith("seconds")]
     pd.testing.assert_frame_equal(resumed[columns], whole[columns], rtol=1e-6)
@@ -187,38 +247,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world_size, port, data_dir, result_path):
+class _GatherWeights(cellrcnn.hooks.HookBase):
+    """Collects every rank's weights and sample ids after training, before the process group closes."""
+
+    def __init__(self, result_path):
+        self.result_path = result_path
+
+    def before_train(self, trainer):
+        self.before = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()]).clone()
+
+    def after_train(self, trainer):
+        world_size = trainer.runtime.world_size
+        after = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
+        gathered = [torch.zeros_like(after) for _ in range(world_size)]
+        torch.distributed.all_gather(gathered, after)
+        ids = [int(i) for i in trainer.build_loaders(0)["train"].sampler]
+        all_ids = [None] * world_size
+        torch.distributed.all_gather_object(all_ids, ids)
+        if trainer.runtime.rank == 0:
+            torch.save({"weights": gathered, "before": self.before, "ids": all_ids}, self.result_path)
+
+
+class _TwoImages(cellrcnn.Trainer):
+    def build_datasets(self):
+        pairs = cellrcnn.find_pairs(self.data_dir, self.config.data)[:2]
+        return {"train": cellrcnn.CellDataset(pairs, self.config.data), "val": None}
+
+
+def _ddp_worker(rank, world_size, port, data_dir, out, result_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
-    from cellrcnn.train import setup_runtime
-
-    config = tiny_config(batch_size=1, accumulate=2)
-    runtime = setup_runtime(config.train)
-    torch.manual_seed(0)  # the same initial weights on both ranks
-    model = cellrcnn.build_model(config.model)
-    before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
-    pairs = cellrcnn.find_pairs(data_dir, config.data)[:2]
-    dataset = cellrcnn.CellDataset(pairs, config.data)
-    loader = make_loader(dataset, config.train, runtime, epoch=0, shuffle=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    torch.manual_seed(rank)  # different RoI sampling per rank, as in a real run
-    train_one_epoch(ddp, loader, optimizer, scaler, config.train, runtime, [str(p.image) for p in pairs], quiet=True)
-    after = torch.cat([p.detach().flatten() for p in model.parameters()])
-    gathered = [torch.zeros_like(after) for _ in range(world_size)]
-    torch.distributed.all_gather(gathered, after)
-    ids = [int(i) for i in loader.sampler]
-    all_ids = [None] * world_size
-    torch.distributed.all_gather_object(all_ids, ids)
-    if rank == 0:
-        torch.save({"weights": gathered, "before": before, "ids": all_ids}, result_path)
-    torch.distributed.destroy_process_group()
+    config = tiny_config(batch_size=1, accumulate=2, epochs=1, lr=0.01)
+    _TwoImages(config, data_dir, out, hooks=[_GatherWeights(result_path)], quiet=True).train()
 
 
 def test_ddp_with_gloo_keeps_weights_identical_on_both_ranks(small_sample, tmp_path):
     result = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(small_sample), str(result)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(small_sample), str(tmp_path / "run"), str(result)),
+             nprocs=2, join=True)
     out = torch.load(result, weights_only=False)
     w0, w1 = out["weights"]
     assert torch.equal(w0, w1)
@@ -244,6 +310,16 @@ def test_finetune_cli_smoke(small_sample, tmp_path):
     assert config.model.part_weight_vector == (1.0, 2.0, 1.0) and config.train.accumulate == 4
     again = finetune(small_sample, "--out", out, "--weights", "none")
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    # The run's config.json starts a new run as is; --set changes exactly the field it names.
+    copy = finetune(small_sample, "--config", out / "config.json", "--out", tmp_path / "copy", "--set",
+                    "train.lr=0.002", "--quiet")
+    assert copy.returncode == 0, copy.stdout + copy.stderr
+    first, second = (json.loads((run / "config.json").read_text()) for run in (out, tmp_path / "copy"))
+    assert first.pop("command").endswith("--cytoplasm-weight 2 --quiet")
+    assert second.pop("command").endswith(f"--config {out / 'config.json'} --out {tmp_path / 'copy'} "
+                                          f"--set train.lr=0.002 --quiet")
+    assert first["train"].pop("lr") == 0.02 and second["train"].pop("lr") == 0.002  # 0.02: the scratch default
+    assert second == first
 
 
 @pytest.mark.parametrize(
@@ -251,7 +327,11 @@ def test_finetune_cli_smoke(small_sample, tmp_path):
     [
         (["--accumulate", "3"], "must be a multiple of batch_size"),
         (["--cytoplasm-weight", "2", "--parts", "background,cell", "--part-values", "0,1"], "needs a part named"),
-        (["--part-weights", "cytoplasm:2"], "part=weight pairs"),
+        (["--part-weights", "cytoplasm:2"], "key=value pairs"),
+        (["--set", "train.lrr=0.1"], "TrainConfig has no field 'lrr'"),
+        (["--set", "train.epochs=two"], "train.epochs: expected an integer, got 'two'"),
+        (["--set", "train.lr"], "expected SECTION.FIELD=VALUE"),
+        (["--set", "model.mask_size=30"], "mask_size must be one of 28, 56"),
         (["--device", "tpu"], "device must be auto"),
         (["--resume"], "holds no last.pt"),
     ],

@@ -1,0 +1,173 @@
+"""Trainer hooks: what happens around each training step and epoch, besides training.
+
+A hook is any object with some of the methods of :class:`HookBase`; each gets
+the :class:`~cellrcnn.train.Trainer` and reads or changes its state (``epoch``,
+``iter``, ``row``, ``history``, ``best``, ``stop``, ...). The trainer calls its
+hooks in list order. Validation, checkpoints, the history and curves files, the
+epoch log line and early stopping are hooks (:meth:`Trainer.build_hooks`), so a
+subclass or a notebook can add, replace or drop any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .io import atomic_write
+
+__all__ = ["HookBase", "Validation", "BestCheckpoint", "HistoryWriter", "EpochLog", "EarlyStopping", "Callback"]
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """No-op events; override the ones you need.
+
+    Order within an epoch: ``before_epoch``, then for every batch
+    ``before_step`` / ``after_step`` (``trainer.iter`` counts batches over the
+    run, ``trainer.step_losses`` holds the batch's losses), then ``after_epoch``
+    (``trainer.row`` is the epoch's history row). ``before_train`` and
+    ``after_train`` frame the run.
+    """
+
+    def before_train(self, trainer) -> None:
+        pass
+
+    def before_epoch(self, trainer) -> None:
+        pass
+
+    def before_step(self, trainer) -> None:
+        pass
+
+    def after_step(self, trainer) -> None:
+        pass
+
+    def after_epoch(self, trainer) -> None:
+        pass
+
+    def after_train(self, trainer) -> None:
+        pass
+
+
+class Validation(HookBase):
+    """Validation losses and Dice into the epoch's row, every ``val_every`` epochs and after the last."""
+
+    def after_epoch(self, trainer) -> None:
+        if trainer.has_validation and trainer.validation_due:
+            trainer.row.update(trainer.validate())
+
+
+def _is_better(metric: str, value, best) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best if metric == "val_loss" else value > best
+
+
+class BestCheckpoint(HookBase):
+    """Track the best value of ``best_metric``; write ``last.pt`` every epoch and ``best.pt`` when it improves.
+
+    Without validation images the last epoch counts as the best.
+    """
+
+    def after_epoch(self, trainer) -> None:
+        metric = trainer.config.train.best_metric
+        if trainer.has_validation:
+            value = trainer.row.get(metric)
+            trainer.improved = _is_better(metric, value, trainer.best)
+        else:
+            value, trainer.improved = trainer.row["epoch"], True
+        if trainer.improved:
+            trainer.best, trainer.since_best = value, 0
+        elif trainer.validation_due:
+            trainer.since_best += 1
+        state = trainer.checkpoint_state()
+        trainer.save_checkpoint(trainer.out / "last.pt", state)
+        if trainer.improved:
+            trainer.save_checkpoint(trainer.out / "best.pt", state)
+
+
+class HistoryWriter(HookBase):
+    """``history.csv`` and ``curves.png`` (the figure of :func:`cellrcnn.plots.plot_history`) after every epoch.
+
+    Also sets the row's ``seconds``: the epoch's wall time up to here.
+    """
+
+    def after_epoch(self, trainer) -> None:
+        trainer.row["seconds"] = time.perf_counter() - trainer.epoch_started
+        frame = pd.DataFrame(trainer.history)
+        atomic_write(trainer.out / "history.csv", lambda tmp: frame.to_csv(tmp, index=False), overwrite=True)
+        write_curves(trainer.out / "curves.png", frame)
+
+
+def write_curves(path: Path, history: pd.DataFrame) -> None:
+    """The losses and validation Dice by epoch, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .plots import plot_history
+
+    fig = plot_history(history)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=True)
+    plt.close(fig)
+
+
+class EpochLog(HookBase):
+    """One log line per epoch; the run folder's ``train.log`` gets every INFO line of the package during the run."""
+
+    def __init__(self) -> None:
+        self.handler: logging.Handler | None = None
+        self.level = logging.NOTSET
+
+    def before_train(self, trainer) -> None:
+        self.handler = logging.FileHandler(trainer.out / "train.log")
+        self.handler.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package = logging.getLogger("cellrcnn")
+        package.addHandler(self.handler)
+        self.level = package.level
+        if package.getEffectiveLevel() > logging.INFO:
+            package.setLevel(logging.INFO)  # the log file gets the epoch lines even when the console does not
+
+    def after_epoch(self, trainer) -> None:
+        row, cfg = trainer.row, trainer.config.train
+        shown = ["train_loss", "val_loss", "cytoplasm_dice", "nucleus_dice", "cell_dice"]
+        logger.info("epoch %d/%d lr %.2g %s (%.0f s)%s", row["epoch"], cfg.epochs, row["lr"],
+                    " ".join(f"{k} {row[k]:.4f}" for k in shown if k in row),
+                    time.perf_counter() - trainer.epoch_started,
+                    " *best*" if trainer.improved and trainer.has_validation else "")
+
+    def after_train(self, trainer) -> None:
+        if self.handler is not None:
+            package = logging.getLogger("cellrcnn")
+            package.removeHandler(self.handler)
+            package.setLevel(self.level)
+            self.handler.close()
+            self.handler = None
+
+
+class EarlyStopping(HookBase):
+    """Stop once ``best_metric`` has not improved for ``patience`` validations (0: never)."""
+
+    def after_epoch(self, trainer) -> None:
+        cfg = trainer.config.train
+        if cfg.patience and trainer.since_best >= cfg.patience:
+            trainer.stop = True
+            logger.info("stopping early: %s has not improved for %d validations", cfg.best_metric, cfg.patience)
+
+
+class Callback(HookBase):
+    """``function(row, history)`` after every epoch: a plain function as a hook."""
+
+    def __init__(self, function: Callable[[dict, pd.DataFrame], None]) -> None:
+        self.function = function
+
+    def after_epoch(self, trainer) -> None:
+        self.function(trainer.row, pd.DataFrame(trainer.history))

@@ -1,0 +1,68 @@
+"""The package's shape: imports run one way, and the public API is what docs/api.md lists."""
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+import cellrcnn
+from conftest import REPO
+
+PACKAGE = REPO / "cellrcnn"
+#: Each chain runs one way: a module may import those before it, never those after it.
+CHAINS = [
+    ("config", "io", "augment", "targets", "data", "train"),
+    ("losses", "roi_heads", "model", "train"),
+    ("model", "predict", "export"),
+    ("metrics", "report"),
+]
+
+
+def imports_of(module: str) -> set[str]:
+    """The package modules that ``module`` imports anywhere in its file (lazy imports included)."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cellrcnn."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def reachable(module: str, graph: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        for dep in graph.get(todo.pop(), ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_no_import_runs_upward_even_through_other_modules():
+    graph = {p.stem: imports_of(p.stem) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    upward = [f"{earlier} reaches {later}" for chain in CHAINS for i, earlier in enumerate(chain)
+              for later in chain[i + 1:] if later in reachable(earlier, graph)]
+    assert not upward, upward
+
+
+def test_the_public_api_loads_lazily_and_every_name_resolves():
+    code = "import sys, cellrcnn, cellrcnn.cli; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    for name in cellrcnn.__all__:
+        assert getattr(cellrcnn, name) is not None, name
+    assert {"collate", "project_parts_on_boxes", "read_state_dict"}.isdisjoint(cellrcnn.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        cellrcnn.nonexistent
+
+
+def test_docs_api_names_every_public_name():
+    text = (REPO / "docs" / "api.md").read_text()
+    missing = [name for name in cellrcnn.__all__ if f"`{name}" not in text and f"{name}(" not in text
+               and f"`{name}`" not in text]
+    assert not missing, missing
