@@ -582,26 +582,26 @@ class Config(_Section):
             An unknown section or field, a value of the wrong type, or a value the
             section rejects; the message names the field.
         """
-        sections = {}
-        for section, fields in _typed_overrides(overrides).items():
-            try:
-                sections[section] = dataclasses.replace(getattr(self, section), **fields)
-            except ValueError as err:
-                raise ValueError(f"{', '.join(f'{section}.{n}' for n in fields)}: {err}") from None
-        return dataclasses.replace(self, **sections)
+        return dataclasses.replace(self, **_sections(overrides, lambda name, fields: dataclasses.replace(
+            getattr(self, name), **fields)))
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any]) -> "Config":
         """The defaults with ``overrides`` (as in :meth:`with_overrides`). Unlike
         ``Config().with_overrides(...)``, settings that follow the weights (the lr
         schedule) follow the weights given here."""
-        sections = {}
-        for section, fields in _typed_overrides(overrides).items():
-            try:
-                sections[section] = _SECTIONS[section](**fields)
-            except ValueError as err:
-                raise ValueError(f"{', '.join(f'{section}.{n}' for n in fields)}: {err}") from None
-        return cls(**sections)
+        return cls(**_sections(overrides, lambda name, fields: _SECTIONS[name](**fields)))
+
+
+def _sections(overrides: Mapping[str, Any], make) -> dict[str, Any]:
+    """Each overridden section built by ``make(section, fields)``; its errors name the fields."""
+    sections = {}
+    for section, fields in _typed_overrides(overrides).items():
+        try:
+            sections[section] = make(section, fields)
+        except ValueError as err:
+            raise ValueError(f"{', '.join(f'{section}.{n}' for n in fields)}: {err}") from None
+    return sections
 
 
 def _typed_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

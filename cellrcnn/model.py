@@ -206,8 +206,8 @@ def resolve_norm(config: ModelConfig, state: Mapping[str, Tensor] | None = None)
     ``"auto"`` follows the weights; for a weights file it follows the file: a
     backbone saved without batch-norm statistics was trained with group norm.
     :func:`~cellrcnn.fit` records the result, so a checkpoint rebuilds the same
-    layers without the starting file. ``state`` is that file's content, when
-    already read.
+    layers without the starting file. ``state`` holds the tensors to look at (the
+    file when already read, or the model built from it) instead of reading the file.
 
     Raises
     ------

@@ -90,9 +90,10 @@ def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.D
     return {"per_image": per_image, "summary": pd.DataFrame(summary)}
 
 
-def truth_label_images(target: dict) -> tuple[np.ndarray, np.ndarray]:
-    """A dataset target's cells (int64 labels 1..N) and parts (uint8) as two label images."""
-    masks = np.asarray(target["masks"])
+def truth_label_images(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset target's ``masks`` (uint8 ``[N, H, W]`` part labels) as cells (int64 labels 1..N) and parts
+    (uint8), two label images."""
+    masks = np.asarray(masks)
     cells = np.zeros(masks.shape[1:], dtype=np.int64)
     for k, mask in enumerate(masks, start=1):
         cells[mask > 0] = k
@@ -130,7 +131,7 @@ def score_folder(dataset, part_names: tuple[str, ...], predictions, **options) -
     items = []
     for i, pair in enumerate(dataset.pairs):
         image, target = dataset[i]
-        true_cells, true_parts = truth_label_images({"masks": target["masks"].numpy()})
+        true_cells, true_parts = truth_label_images(target["masks"].numpy())
         if isinstance(predictions, (str, os.PathLike)):
             pred_cells, pred_parts = _read_predicted(Path(predictions), pair, true_cells.shape, **options)
             scores = None

@@ -217,6 +217,8 @@ class Trainer:
         Batches trained so far in this process, over the run.
     step_losses : dict
         The last batch's losses (floats).
+    loaders : dict
+        The current epoch's loaders, from :meth:`build_loaders`.
     row : dict
         The current epoch's history row; hooks add to it.
     history : list of dict
@@ -247,6 +249,7 @@ class Trainer:
         self.best = None
         self.improved = self.stop = False
         self.epoch_started = 0.0
+        self.loaders: dict = {}
 
     # -- the parts a subclass may replace ------------------------------------------------------------------
 
@@ -286,7 +289,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Validation losses and Dice of the current model (rank 0)."""
         cfg = self.config.train
-        return validate(self.raw_model, self.build_loaders(self.epoch)["val"], self.config.model.parts, self.runtime,
+        return validate(self.raw_model, self.loaders["val"], self.config.model.parts, self.runtime,
                         cfg.val_score_threshold, self.quiet)
 
     def build_hooks(self) -> list:
@@ -343,12 +346,13 @@ class Trainer:
         """Everything that can fail on bad input (data, weights) happens before the first file is written."""
         cfg = self.config.train
         seed_everything(cfg.seed)
-        if self.checkpoint is None:  # record the normalisation built: the checkpoint rebuilds without the file
-            self.config = dataclasses.replace(self.config, model=resolve_norm(self.config.model))
         self.datasets = self.build_datasets()
         if self.datasets["val"] is None and self.runtime.is_main:
             logger.warning("no validation images (val_fraction 0 and no val_dir): best.pt follows the last epoch")
         self.raw_model = self.build_model().to(self.runtime.device)
+        if self.checkpoint is None:  # record the normalisation built (read off the model, not the weights file again)
+            model = resolve_norm(self.config.model, self.raw_model.state_dict())
+            self.config = dataclasses.replace(self.config, model=model)
         self.optimizer = self.build_optimizer(self.raw_model)
         self.scheduler = self.build_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.amp)
@@ -399,7 +403,8 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.stop = self.improved = False
                 self._call("before_epoch")
-                losses = self.train_epoch(self.build_loaders(self.epoch)["train"])
+                self.loaders = self.build_loaders(self.epoch)
+                losses = self.train_epoch(self.loaders["train"])
                 self.scheduler.step()
                 self.row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": sum(losses.values()),
                             **{f"train_{k}": v for k, v in losses.items()},
