@@ -18,7 +18,7 @@ _API = {
     "data": ("CellDataset", "check_folder", "make_splits"),
     "augment": ("build_augmentation",),
     "synthetic": ("synthetic_sample",),
-    "model": ("build_model", "build_backbone", "model_from_checkpoint", "load_checkpoint"),
+    "model": ("build_model", "build_backbone", "model_from_checkpoint", "model_config_from_run", "load_checkpoint"),
     "roi_heads": ("PartRoIHeads",),
     "metrics": ("dice", "part_dice", "matching", "coco_mask_ap"),
     "predict": ("Prediction", "Predictor", "measure_cells"),

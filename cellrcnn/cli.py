@@ -13,8 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, BEST_METRICS, ENCODINGS, MASK_ALIGNMENTS, MASK_SIZES, NORMS,
-                     SCHEDULES, TARGETS, Config, DataConfig, _field_types, parse_field_value)
+from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, ENCODINGS, MASK_ALIGNMENTS, MASK_SIZES, NORMS,
+                     SCHEDULES, TARGETS, Config, DataConfig, ModelConfig, _field_types, parse_field_value)
 from .io import DataError
 
 __all__ = ["add_config_arguments", "config_overrides", "data_config_from_args", "check_data_main", "finetune_main",
@@ -58,7 +58,7 @@ _TRAIN_FLAGS = (
 )
 _CHOICES = {"data.encoding": ENCODINGS, "data.targets": TARGETS, "data.augment": AUGMENTATIONS,
             "model.backbone": BACKBONES, "model.mask_size": MASK_SIZES, "model.norm": NORMS,
-            "model.mask_alignment": MASK_ALIGNMENTS, "train.best_metric": BEST_METRICS}
+            "model.mask_alignment": MASK_ALIGNMENTS}
 #: Defaults that depend on other settings, as their help says.
 _AUTO_HELP = {name: (f"; default {SCHEDULES['pretrained'][name]} with pretrained weights, "
                      f"{SCHEDULES['scratch'][name]} from scratch (--weights none)") for name in SCHEDULES["scratch"]}
@@ -199,18 +199,24 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cellrcnn-finetune",
         description="Fine-tune a part-aware Mask R-CNN on a folder of microscopy images and masks. Settings come "
-                    "from the defaults, or --config FILE, then the flags given, then --set.",
+                    "from the defaults, or --config FILE, then the model of --from RUN, then the flags given, "
+                    "then --set.",
         formatter_class=_HelpFormatter,
         epilog="Example (the WBC data): cellrcnn-finetune ../shared/datasets/wbc_jtsc --out runs/wbc "
                "--image-glob '*.bmp' --mask-glob '*.png' --part-values 0,128,255 --min-size 256 --max-size 256. "
                "Again with one change: cellrcnn-finetune DATA --config runs/wbc/config.json --out runs/wbc2 "
-               "--set train.lr=0.002",
+               "--set train.lr=0.002. Adapting it to another microscope: cellrcnn-finetune MY_IMAGES --from "
+               "runs/wbc --out runs/mine",
     )
     parser.add_argument("data_dir", type=Path, help="folder of images and masks (see data/README.md)")
     parser.add_argument("--out", type=Path, required=True, help="run folder to write (config, checkpoints, history)")
     files = parser.add_argument_group("config files")
     files.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="start from this config (a run's config.json works as is)")
+    files.add_argument("--from", type=Path, default=None, metavar="RUN", dest="from_run",
+                       help="adapt a trained model: take the model settings (backbone, input size, parts, mask "
+                            "settings, trained backbone stages) of this run folder (or checkpoint) and start from its best.pt; flags given "
+                            "still win, and a different number of parts or classes starts only the predictors fresh")
     files.add_argument("--set", action="append", default=None, metavar="SECTION.FIELD=VALUE", dest="overrides",
                        help="set any config field, e.g. --set train.momentum=0.95 --set model.mask_threshold=0.4; "
                             "repeatable, applied last")
@@ -226,22 +232,28 @@ def finetune_parser() -> argparse.ArgumentParser:
 def config_from_finetune_args(args: argparse.Namespace) -> Config:
     """The whole :class:`Config` of parsed ``finetune`` arguments (raises ValueError).
 
-    The defaults, or ``--config``, then the flags given, then ``--set``. The
+    The defaults, or ``--config``, then the model settings of ``--from``, then
+    the flags given, then ``--set``. The
     class names set the number of cell classes unless ``model.num_classes`` is set.
     """
     base = Config.from_json(args.config) if args.config else Config()  # the defaults, before anything is given
     overrides = config_overrides(args)
-    if args.cytoplasm_weight is not None:
-        weights = dict(overrides.get("model.part_weights", base.model.part_weights))
-        weights["cytoplasm"] = args.cytoplasm_weight
-        overrides["model.part_weights"] = weights
+    sets = {}
     for item in args.overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.lr=0.002")
-        overrides[key.strip()] = value
-    if "data.class_names" in overrides and "model.num_classes" not in overrides:
-        names = overrides["data.class_names"]
+        sets[key.strip()] = value
+    given = {**overrides, **sets}  # what the user named, which --from never replaces
+    if args.from_run is not None:
+        overrides = {**_settings_of_run(args.from_run, given), **overrides}
+    if args.cytoplasm_weight is not None:
+        weights = dict(overrides.get("model.part_weights", base.model.part_weights))
+        weights["cytoplasm"] = args.cytoplasm_weight
+        overrides["model.part_weights"] = weights
+    overrides.update(sets)
+    if "data.class_names" in given and "model.num_classes" not in given:
+        names = given["data.class_names"]
         if not isinstance(names, str):
             overrides["model.num_classes"] = len(names)
     parts = overrides.get("model.parts", base.model.parts)
@@ -249,6 +261,25 @@ def config_from_finetune_args(args: argparse.Namespace) -> Config:
         raise ValueError(f"--cytoplasm-weight needs a part named 'cytoplasm'; parts are {list(parts)}")
     # From a file, the lr schedule is the file's; from the defaults, it follows the weights given here.
     return base.with_overrides(overrides) if args.config else Config.from_overrides(overrides)
+
+
+def _settings_of_run(run: Path, given: dict) -> dict:
+    """The model fields of a trained run (``--from``) that the user did not give, as overrides."""
+    from .model import model_config_from_run  # loads torch: only when asked
+
+    try:
+        start = model_config_from_run(run)
+    except FileNotFoundError as err:
+        raise ValueError(f"--from: {err}") from None
+    fields = {f"model.{f.name}": getattr(start, f.name) for f in dataclasses.fields(start)}
+    if "data.class_names" in given:  # the class count follows the class names given
+        del fields["model.num_classes"]
+    if "model.parts" in given and "model.part_weights" not in given:  # keep the weights of parts still there
+        parts = given["model.parts"]
+        if isinstance(parts, str):
+            parts = parse_field_value(_field_types(ModelConfig)["parts"], parts, "model.parts")
+        fields["model.part_weights"] = {k: v for k, v in start.part_weights.items() if k in parts}
+    return {k: v for k, v in fields.items() if k not in given}
 
 
 def finetune_main(argv: list[str] | None = None) -> int:
@@ -437,8 +468,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     atomic_write(outputs[1], lambda tmp: result["summary"].to_csv(tmp, index=False), overwrite=args.overwrite)
     worst_images_figure(outputs[2], items, result["per_image"], args.parts, overwrite=args.overwrite)
     summary = result["summary"].set_index("metric")
-    headline = [m for m in ("mean cytoplasm_dice", "mean nucleus_dice", "mean cell_dice", "COCO mask AP",
-                            "COCO mask AP50") if m in summary.index]
+    headline = [m for m in [f"mean {p}_dice" for p in args.parts[1:]] + ["mean cell_dice", "COCO mask AP",
+                                                                          "COCO mask AP50"] if m in summary.index]
     logger.info("%d images: %s", len(items), ", ".join(f"{m.replace('mean ', '')} {summary.loc[m, 'value']:.3f}"
                                                          for m in headline))
     at50 = result["summary"].query("threshold == 0.5").set_index("metric")["value"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["BACKBONES", "WEIGHT_CHOICES", "MASK_SIZES", "MASK_ALIGNMENTS", "NORMS", "PREDICTOR_INITS", "ENCODINGS",
-           "TARGETS", "AUGMENTATIONS", "BEST_METRICS", "SCHEDULES", "DataConfig", "ModelConfig", "TrainConfig",
+           "TARGETS", "AUGMENTATIONS", "BEST_METRICS", "best_metrics", "SCHEDULES", "DataConfig", "ModelConfig", "TrainConfig",
            "Config", "parse_field_value"]
 
 #: The one table of backbones: name -> torchvision's body builder, its ImageNet weights and the COCO detection
@@ -37,7 +37,7 @@ BACKBONE_TABLE = {
 }
 #: Backbones that :func:`cellrcnn.build_model` can build.
 BACKBONES = tuple(BACKBONE_TABLE)
-#: Named weight choices; anything else is taken as the path of a state dict.
+#: Named weight choices; anything else is taken as the path of a state dict or of a run's checkpoint.
 WEIGHT_CHOICES = ("coco", "imagenet", "none")
 #: Mask encodings: part map; cell instances + part map; cell instances + nucleus instances.
 ENCODINGS = ("parts", "cells+parts", "cells+nuclei")
@@ -114,7 +114,9 @@ class ModelConfig(_Section):
         One of :data:`BACKBONES`.
     weights
         ``"coco"`` (torchvision's COCO detection weights, predictors fresh),
-        ``"imagenet"`` (backbone only), ``"none"`` or the path of a state dict.
+        ``"imagenet"`` (backbone only), ``"none"``, the path of a state dict,
+        or a run's checkpoint (``runs/x/best.pt``): every layer whose shape
+        matches is loaded, the rest starts fresh.
     trainable_backbone_layers
         Backbone stages left trainable; ``None`` means 3 with pretrained weights
         and all stages without, as torchvision does.
@@ -202,6 +204,10 @@ class ModelConfig(_Section):
         _check(all(isinstance(p, str) and p for p in parts), f"part names must be non-empty strings, got {parts}")
         _check(parts[0] == "background", f"the first part must be 'background', got {parts[0]!r}")
         _check(len(set(parts)) == len(parts), f"part names must be unique, got {parts}")
+        # cell_dice (the whole cell) and part_dice (the mean over parts) are metric names; a lone part may be "cell"
+        _check("part" not in parts and ("cell" not in parts or len(parts) == 2),
+               f"'part', and 'cell' beside other parts, cannot name a part (cell_dice is the whole cell's Dice and "
+               f"part_dice the mean over parts); got {parts}")
         unknown = sorted(set(self.part_weights) - set(parts))
         _check(not unknown, f"part_weights names unknown part(s) {unknown}; parts are {list(parts)}")
         for name, w in self.part_weights.items():
@@ -249,6 +255,10 @@ class ModelConfig(_Section):
         _check(not (self.norm == "group" and self.weights in ("coco", "imagenet")),
                f"torchvision's {self.weights} weights were trained with batch norm, which norm='group' would "
                f"replace; use norm='auto' (frozen batch norm) with them, or weights='none' to train with group norm")
+
+    def __hash__(self) -> int:  # part_weights is a dict: hash its items
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
+                          for v in (getattr(self, f.name) for f in dataclasses.fields(self))))
 
     @property
     def num_parts(self) -> int:
@@ -383,8 +393,14 @@ class DataConfig(_Section):
         _check(self.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
 
 
-#: Validation metrics that can choose the best checkpoint.
-BEST_METRICS = ("part_dice", "cell_dice", "nucleus_dice", "cytoplasm_dice", "val_loss")
+#: Validation metrics that can choose the best checkpoint whatever the parts; ``<part>_dice`` of each
+#: foreground part too (:func:`best_metrics`).
+BEST_METRICS = ("part_dice", "cell_dice", "val_loss")
+
+
+def best_metrics(parts: Sequence[str]) -> tuple[str, ...]:
+    """The validation metrics that can choose ``best.pt`` for a model predicting ``parts`` (background first)."""
+    return BEST_METRICS[:2] + tuple(f"{p}_dice" for p in parts[1:]) + BEST_METRICS[2:]
 #: Training settings left as None ("auto") follow the starting weights: the fine-tuning protocol for
 #: pretrained weights, the from-scratch recipe for ``weights="none"`` (docs/model.md says why).
 SCHEDULES = {
@@ -437,8 +453,9 @@ class TrainConfig(_Section):
     val_every
         Validate every this many epochs (and after the last one).
     best_metric
-        Validation metric choosing ``best.pt``: ``part_dice`` (mean of cytoplasm
-        and nucleus Dice, higher is better), one Dice, or ``val_loss`` (lower).
+        Validation metric choosing ``best.pt``: ``part_dice`` (mean Dice of the
+        foreground parts, higher is better), ``cell_dice``, one part's Dice
+        named after it (``nucleus_dice``), or ``val_loss`` (lower is better).
     patience
         Stop when the best metric has not improved for this many validations (0: never).
     max_nonfinite
@@ -498,8 +515,9 @@ class TrainConfig(_Section):
         _check(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")),
                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _check(self.amp is None or isinstance(self.amp, bool), f"amp must be true, false or null, got {self.amp!r}")
-        _check(self.best_metric in BEST_METRICS,
-               f"best_metric must be one of {', '.join(BEST_METRICS)}; got {self.best_metric!r}")
+        _check(isinstance(self.best_metric, str) and (self.best_metric in BEST_METRICS
+                                                      or self.best_metric.endswith("_dice")),
+               f"best_metric must be one of {', '.join(BEST_METRICS)} or <part>_dice; got {self.best_metric!r}")
         _check(0.0 <= self.val_score_threshold < 1.0,
                f"val_score_threshold must lie in [0, 1), got {self.val_score_threshold}")
 
@@ -520,6 +538,10 @@ class Config(_Section):
         auto = {name: value for name, value in schedule.items() if getattr(self.train, name) is None}
         if auto:  # resolved once, here: the saved config.json says what was used
             object.__setattr__(self, "train", dataclasses.replace(self.train, **auto))
+        metrics = best_metrics(self.model.parts)
+        _check(self.train.best_metric in metrics,
+               f"best_metric {self.train.best_metric!r} is not measured for the parts {list(self.model.parts)}; "
+               f"choose one of {', '.join(metrics)}")
         _check(len(self.data.part_values) == self.model.num_parts,
                f"part_values {list(self.data.part_values)} must give one value per part {list(self.model.parts)}")
         _check(len(self.data.class_names) == self.model.num_classes,

@@ -19,7 +19,7 @@ from .io import (DataError, Pair, atomic_write, class_of, find_pairs, map_part_v
                  match_files, normalize_image, read_classes_csv, read_labels, read_raw)
 from .targets import instance_targets, parts_from_instances, select_largest, whole_cell_targets
 
-__all__ = ["load_sample", "build_target", "CellDataset", "collate", "split_pairs", "make_splits",
+__all__ = ["load_sample", "build_target", "CellDataset", "cell_sizes", "collate", "split_pairs", "make_splits",
            "write_split_csv", "check_folder"]
 
 logger = logging.getLogger(__name__)
@@ -78,13 +78,22 @@ class CellDataset(Dataset):
     augment : str or albumentations Compose
         ``"none"`` (the default; use it for validation), ``"light"``, ``"strong"``
         or your own pipeline.
+    seed : int, optional
+        With a seed, image ``i`` in epoch ``e`` (:meth:`set_epoch`) is always
+        augmented the same way: the pipeline is seeded from ``(seed, e, i)``, so
+        neither the number of loader workers nor the batch order changes a run,
+        and a resumed run augments as an uninterrupted one. Without one, each
+        item draws its augmentation seed from torch's generator, which a
+        DataLoader seeds apart per worker and epoch.
     """
 
-    def __init__(self, pairs: list[Pair], config: DataConfig, augment: Any = "none") -> None:
+    def __init__(self, pairs: list[Pair], config: DataConfig, augment: Any = "none", seed: int | None = None) -> None:
         if not pairs:
             raise DataError("no image/mask pairs to make a dataset of")
         self.pairs = list(pairs)
         self.config = config
+        self.seed = seed
+        self.epoch = 0
         self.augmentation = build_augmentation(augment)
         self.classes = (read_classes_csv(config.classes_csv, len(config.class_names))
                         if config.classes_csv else None)
@@ -95,15 +104,46 @@ class CellDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation the next items get (call before making the epoch's loader)."""
+        self.epoch = epoch
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = load_sample(self.pairs[index], self.config, self.classes)
         maps = [sample["parts"]] + ([sample["cells"]] if sample["cells"] is not None else [])
+        if self.augmentation is not None:
+            # albumentations 2 keeps its own generator, blind to torch and numpy seeding: seed it per item.
+            if self.seed is None:
+                seed = int(torch.randint(2**31 - 1, ()).item())
+            else:
+                seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+            self.augmentation.set_random_seed(seed)
         image, maps = apply_augmentation(self.augmentation, sample["image"], maps)
         cells = maps[1] if len(maps) > 1 else None
         target = build_target(maps[0], cells, sample["label"], self.config)
         tensors = {k: torch.from_numpy(v) for k, v in target.items()}
         tensors["image_id"] = torch.tensor(index, dtype=torch.int64)
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), tensors
+
+
+def cell_sizes(pairs: list[Pair], config: DataConfig, count: int = 20) -> pd.DataFrame:
+    """Image and cell sizes of the first ``count`` pairs (evenly spread over the list), as read for training.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell: ``image``, image ``height`` and ``width``, and
+        ``cell_side``, the square root of the cell's box area, in pixels.
+    """
+    chosen = pairs if len(pairs) <= count else [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, count)]
+    rows = []
+    for pair in chosen:
+        sample = load_sample(pair, config)
+        H, W = sample["parts"].shape
+        boxes = build_target(sample["parts"], sample["cells"], 1, config)["boxes"]
+        sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        rows += [{"image": pair.image.name, "height": H, "width": W, "cell_side": float(s)} for s in sides]
+    return pd.DataFrame(rows, columns=["image", "height", "width", "cell_side"])
 
 
 def collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

@@ -108,15 +108,14 @@ class HistoryWriter(HookBase):
 
 def write_curves(path: Path, history: pd.DataFrame) -> None:
     """The losses and validation Dice by epoch, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A Figure of its own, outside pyplot: a notebook's backend and figures are left alone.
+    from matplotlib.figure import Figure
 
-    from .plots import plot_history
+    from .plots import HISTORY_FIGSIZE, plot_history
 
-    fig = plot_history(history)
+    fig = Figure(figsize=HISTORY_FIGSIZE)
+    plot_history(history, fig.subplots(1, 2))
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=True)
-    plt.close(fig)
 
 
 class EpochLog(HookBase):
@@ -138,7 +137,7 @@ class EpochLog(HookBase):
 
     def after_epoch(self, trainer) -> None:
         row, cfg = trainer.row, trainer.config.train
-        shown = ["train_loss", "val_loss", "cytoplasm_dice", "nucleus_dice", "cell_dice"]
+        shown = ["train_loss", "val_loss"] + [k for k in row if k.endswith("_dice") and k != "part_dice"]
         logger.info("epoch %d/%d lr %.2g %s (%.0f s)%s", row["epoch"], cfg.epochs, row["lr"],
                     " ".join(f"{k} {row[k]:.4f}" for k in shown if k in row),
                     time.perf_counter() - trainer.epoch_started,

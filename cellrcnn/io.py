@@ -208,11 +208,21 @@ def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[s
     return found
 
 
-def _find_mask(stem: str, suffix: str, folder: Path, glob: str, exclude: Path | None, required_suffix: bool) -> Path | None:
-    """The mask of ``stem``: ``<stem><suffix>.*`` or, unless suffix is required, ``<stem>.*``."""
-    candidates = [p for p in sorted(folder.iterdir()) if _is_image_file(p) and fnmatch.fnmatch(p.name, glob) and p != exclude]
-    with_suffix = [p for p in candidates if p.stem == stem + suffix]
-    plain = [] if required_suffix else [p for p in candidates if p.stem == stem]
+def _mask_index(folder: Path, glob: str) -> dict[str, list[Path]]:
+    """The folder's image files matching ``glob``, by stem: listed once, not once per image."""
+    index: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if fnmatch.fnmatch(path.name, glob) and _is_image_file(path):
+            index.setdefault(path.stem, []).append(path)
+    return index
+
+
+def _find_mask(stem: str, suffix: str, index: dict[str, list[Path]], exclude: Path | None,
+               required_suffix: bool) -> Path | None:
+    """The mask of ``stem`` in a :func:`_mask_index`: ``<stem><suffix>.*`` or, unless the suffix is required,
+    ``<stem>.*``."""
+    with_suffix = [p for p in index.get(stem + suffix, []) if p != exclude]
+    plain = [] if required_suffix else [p for p in index.get(stem, []) if p != exclude]
     found = with_suffix or plain
     if len(found) > 1:
         raise DataError(f"{found[0].parent}: several masks for {stem}: {', '.join(p.name for p in found)}; "
@@ -251,9 +261,10 @@ def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
     wanted = {"parts": ("parts",), "cells+parts": ("parts", "cells"), "cells+nuclei": ("cells", "nuclei")}
     suffix = {"parts": config.mask_suffix, "cells": config.cells_suffix, "nuclei": config.nuclei_suffix}
     matching = Matching([], [])
+    index = _mask_index(mask_dir, config.mask_glob)
     for image in images:
         files = {
-            kind: _find_mask(image.stem, suffix[kind], mask_dir, config.mask_glob, image if same_folder else None,
+            kind: _find_mask(image.stem, suffix[kind], index, image if same_folder else None,
                              required_suffix=kind != "parts" or not plain_ok)
             for kind in wanted[config.encoding]
         }

@@ -13,9 +13,11 @@ import logging
 import dataclasses
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,12 +37,16 @@ from .config import BACKBONE_TABLE, Config, ModelConfig
 from .roi_heads import AlignedMultiScaleRoIAlign, PartRoIHeads
 
 __all__ = ["build_model", "build_backbone", "resolve_device", "load_checkpoint", "model_from_checkpoint", "to_label_images",
-           "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict", "resolve_norm"]
+           "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict", "resolve_norm",
+           "model_config_from_run"]
 
 logger = logging.getLogger(__name__)
 
 # Predictors are sized for COCO's 91 classes; they always start fresh from COCO weights.
 _FRESH_FROM_COCO = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
+#: Buffers that hold settings, not learned values: never taken from starting weights.
+_SETTINGS = ("roi_heads.part_weights",)
+_TENSORS_OF_A_LAYER = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def paste_parts_in_image(part_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
@@ -391,18 +397,60 @@ def resolve_device(name: str) -> str:
     return str(name)
 
 
+#: numpy's array pickling, allowed while reading checkpoints: older ones kept numpy's RNG state. The arrays'
+#: contents still go through torch's restricted unpickler, so nothing else can run.
+_RECONSTRUCT = getattr(np, "_core", getattr(np, "core", None)).multiarray._reconstruct
+_NUMPY_ARRAY_GLOBALS = [_RECONSTRUCT, (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),  # as numpy 1.x named it
+                        np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors and plain Python types, no code), memory-mapped."""
+    with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):  # files of the legacy (non-zip) format cannot be memory-mapped
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _reason(err: Exception) -> str:
+    """One line saying why a file could not be read."""
+    if isinstance(err, pickle.UnpicklingError):  # torch's message is a page; its one telling line names the type
+        found = [line.strip() for line in str(err).splitlines() if "but got" in line]
+        return ("it holds Python objects besides tensors and plain data, which are not loaded for safety"
+                + (f" ({found[0].split('but got')[-1].strip()})" if found else ""))
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _is_checkpoint(state: Any) -> bool:
+    return isinstance(state, Mapping) and isinstance(state.get("model"), Mapping) and "config" in state
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`cellrcnn.fit` (``model``, ``config``, ``epoch``, ...)."""
+    """Read a checkpoint written by :func:`cellrcnn.fit` (``model``, ``config``, ``epoch``, ...).
+
+    It is read with ``torch.load(weights_only=True)``: tensors and plain data
+    only, so a file from elsewhere cannot run code when loaded.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is not readable, or not a cellrcnn checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
-        # Checkpoints hold optimizer and RNG states besides tensors; only load files you trust.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = _safe_load(path, map_location)
     except Exception as err:  # torch raises several types for a corrupt file
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a cellrcnn checkpoint (no model and config inside)")
+        raise ValueError(f"cannot read checkpoint {path}: {_reason(err)}") from err
+    if not _is_checkpoint(state):
+        raise ValueError(f"{path} is not a cellrcnn checkpoint (no model and config inside); "
+                         f"a run's checkpoints are best.pt and last.pt")
     return state
 
 
@@ -415,20 +463,59 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     return model.to(map_location).eval(), config
 
 
+def model_config_from_run(run: str | os.PathLike) -> ModelConfig:
+    """The model settings of a trained run, starting from its weights: for adapting it to new images.
+
+    Parameters
+    ----------
+    run : path
+        A run folder (its ``best.pt`` is used) or a checkpoint file.
+
+    Returns
+    -------
+    ModelConfig
+        The run's model section (backbone, input size, parts, mask settings,
+        normalisation, the backbone stages it trained) with ``weights`` set to
+        the checkpoint. Replace fields
+        with :func:`dataclasses.replace`; a different number of parts or classes
+        starts only the predictors fresh.
+    """
+    path = Path(run)
+    if path.is_dir():
+        path = path / "best.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run} holds no best.pt; give a run folder of cellrcnn-finetune, or a checkpoint")
+    try:
+        saved = Config.from_saved(load_checkpoint(path)["config"]).model
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    # The stages the run trained keep training: from scratch that is all of them, where a pretrained start
+    # would train only the top 3 (on a new stain the low stages matter most; docs/benchmarks.md).
+    layers = saved.trainable_backbone_layers
+    if layers is None:
+        layers = 3 if saved.pretrained else (6 if saved.backbone == "mobilenet_v3_fpn" else 5)
+    return dataclasses.replace(saved, weights=str(path), trainable_backbone_layers=layers)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a state dict, or the ``"model"`` entry of a cellrcnn checkpoint, on the CPU."""
+    """The model tensors of a state dict file, or of a cellrcnn checkpoint's ``"model"`` entry, on the CPU.
+
+    Read with ``weights_only=True``, as :func:`load_checkpoint`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; pass weights='coco', 'imagenet', "
-                                f"'none' or the path of a saved state dict")
+                                f"'none', a run's best.pt or the path of a saved state dict")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _safe_load(path)
     except Exception as err:  # torch raises several types for a corrupt file
-        raise ValueError(f"cannot read weights from {path}: {err}. Is it a PyTorch state dict (.pt/.pth)?") from err
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        raise ValueError(f"cannot read weights from {path}: {_reason(err)}. Is it a PyTorch state dict "
+                         f"(.pt/.pth) or a cellrcnn checkpoint?") from err
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):  # a checkpoint: its model entry
         state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} is neither a cellrcnn checkpoint nor a state dict (a mapping of parameter names to "
+                         f"tensors); pass a run's best.pt, or save weights with torch.save(model.state_dict(), path)")
     return dict(state)
 
 
@@ -453,7 +540,8 @@ def load_matching_state_dict(model: nn.Module, state: Mapping[str, Tensor], skip
         ``loaded``, ``skipped`` (shape mismatch or skip prefix) and ``missing``
         (in the model, absent from ``state``) lists of names.
     """
-    own = model.state_dict()
+    # Settings kept as buffers (the part loss weights) come from the config, never from the weights.
+    own = {k: v for k, v in model.state_dict().items() if k not in _SETTINGS}
     report: dict[str, list[str]] = {"loaded": [], "skipped": [], "missing": []}
     matched = {}
     for name, value in state.items():
@@ -467,10 +555,18 @@ def load_matching_state_dict(model: nn.Module, state: Mapping[str, Tensor], skip
         raise ValueError(f"no layer of {source} matches this model ({len(state)} entries, none with a name and "
                          f"shape of the model); were the weights saved from another backbone?")
     model.load_state_dict(matched, strict=False)
-    logger.info("loaded %d of %d tensors from %s; %d left as initialised (%d skipped, %d absent)",
-                len(report["loaded"]), len(own), source, len(own) - len(report["loaded"]),
-                len(report["skipped"]), len(report["missing"]))
+    fresh = [n for n in own if n not in matched]
+    logger.info("loaded %d of %d tensors from %s; %s", len(report["loaded"]), len(own), source,
+                f"left fresh: {_layers(fresh)}" if fresh else "none left fresh")
     return report
+
+
+def _layers(names: list[str], shown: int = 6) -> str:
+    """Tensor names as their layers (``roi_heads.box_predictor.cls_score``), the first few in full."""
+    layers = list(dict.fromkeys(n.rsplit(".", 1)[0] if n.rsplit(".", 1)[-1] in _TENSORS_OF_A_LAYER else n
+                                for n in names))
+    more = f" and {len(layers) - shown} more layers" if len(layers) > shown else ""
+    return ", ".join(layers[:shown]) + more
 
 
 def _with_download_hint(fn, weights, /, *args: Any, **kwargs: Any):

@@ -11,6 +11,10 @@ __all__ = ["show_samples", "plot_part_fractions", "plot_history", "LivePlot", "p
            "plot_nc_ratio"]
 
 
+#: Size of the losses-and-Dice figure (:func:`plot_history`), in inches.
+HISTORY_FIGSIZE = (11, 3.8)
+
+
 def _plt():
     import matplotlib.pyplot as plt
     return plt
@@ -72,11 +76,17 @@ def plot_part_fractions(table: pd.DataFrame, part_names: tuple[str, ...]):
     return fig
 
 
+def _dice_columns(table: pd.DataFrame) -> list[str]:
+    """Each part's Dice column, then the whole cell's (not their mean, ``part_dice``)."""
+    parts = [c for c in table.columns if c.endswith("_dice") and c not in ("part_dice", "cell_dice")]
+    return parts + (["cell_dice"] if "cell_dice" in table.columns else [])
+
+
 def plot_history(history: pd.DataFrame, axes=None):
     """Losses and validation Dice by epoch (the same as a run's curves.png)."""
     plt = _plt()
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        fig, axes = plt.subplots(1, 2, figsize=HISTORY_FIGSIZE)
     else:
         fig = axes[0].figure
         for ax in axes:
@@ -87,10 +97,10 @@ def plot_history(history: pd.DataFrame, axes=None):
         left.plot(history["epoch"], history["val_loss"], "--o", ms=3, label="validation loss")
     left.set(xlabel="epoch", ylabel="loss", title="Losses")
     left.legend()
-    for name, column in (("cytoplasm", "cytoplasm_dice"), ("nucleus", "nucleus_dice"), ("cell", "cell_dice")):
-        if column in history:
-            right.plot(history["epoch"], history[column], "-o", ms=3, color=part_colour(name, 0, 1.0),
-                       label=name.replace("cell", "whole cell"))
+    for k, column in enumerate(_dice_columns(history), start=1):
+        name = column[: -len("_dice")]
+        right.plot(history["epoch"], history[column], "-o", ms=3, color=part_colour(name, k, 1.0),
+                   label="whole cell" if name == "cell" else name)
     right.set(xlabel="epoch", ylabel="Dice (1 = perfect)", ylim=(0, 1), title="Validation Dice")
     if right.get_legend_handles_labels()[0]:  # no validation yet: nothing to label
         right.legend()
@@ -109,7 +119,7 @@ class LivePlot:
         from IPython.display import clear_output, display
         plt = _plt()
         if self.fig is None:
-            self.fig, self.axes = plt.subplots(1, 2, figsize=(11, 3.8))
+            self.fig, self.axes = plt.subplots(1, 2, figsize=HISTORY_FIGSIZE)
         plot_history(pd.DataFrame(trainer.history), self.axes)
         clear_output(wait=True)
         display(self.fig)
@@ -117,15 +127,17 @@ class LivePlot:
 
 
 def plot_sweep(results: pd.DataFrame):
-    """Cytoplasm, nucleus and whole-cell Dice against the cytoplasm weight (from ``cellrcnn.sweep``)."""
+    """Each part's and the whole cell's best validation Dice against the loss weight (from ``cellrcnn.sweep``)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for name, column in (("cytoplasm", "cytoplasm_dice"), ("nucleus", "nucleus_dice"), ("cell", "cell_dice")):
-        ax.plot(results["cytoplasm_weight"], results[column], "-o", color=part_colour(name, 0, 1.0),
-                label=name.replace("cell", "whole cell"))
-    ax.set(xlabel="cytoplasm weight in the loss", ylabel="best validation Dice", ylim=(0, 1),
-           title="What the cytoplasm weight does")
-    ax.set_xticks(results["cytoplasm_weight"])
+    part = results["part"].iloc[0]
+    for k, column in enumerate(_dice_columns(results), start=1):
+        name = column[: -len("_dice")]
+        ax.plot(results["weight"], results[column], "-o", color=part_colour(name, k, 1.0),
+                label="whole cell" if name == "cell" else name)
+    ax.set(xlabel=f"{part} weight in the loss", ylabel="best validation Dice", ylim=(0, 1),
+           title=f"What the {part} weight does")
+    ax.set_xticks(results["weight"])
     ax.legend()
     fig.tight_layout()
     return fig

@@ -166,9 +166,8 @@ def worst_images_figure(path: str | os.PathLike, items: list[Scored], per_image:
                         part_names: tuple[str, ...], count: int = 6, overwrite: bool = False) -> Path:
     """A PNG of the ``count`` images with the lowest part Dice (cell Dice without parts):
     image, true parts, predicted parts."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A Figure of its own, outside pyplot: no backend switched, nothing left open in a notebook.
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     from .io import atomic_write
@@ -176,7 +175,8 @@ def worst_images_figure(path: str | os.PathLike, items: list[Scored], per_image:
     key = "part_dice" if per_image["part_dice"].notna().any() else "cell_dice"
     worst = per_image.nsmallest(count, key)
     by_name = {i.name: i for i in items}
-    fig, axes = plt.subplots(len(worst), 3, figsize=(7.5, 2.5 * len(worst)), squeeze=False)
+    fig = Figure(figsize=(7.5, 2.5 * len(worst)))
+    axes = fig.subplots(len(worst), 3, squeeze=False)
     for row, (_, record) in zip(axes, worst.iterrows()):
         item = by_name[record["image"]]
         if item.image is not None:
@@ -194,6 +194,4 @@ def worst_images_figure(path: str | os.PathLike, items: list[Scored], per_image:
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.suptitle("Images with the lowest Dice", fontsize=11)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
-    written = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=overwrite)
-    plt.close(fig)
-    return written
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=overwrite)

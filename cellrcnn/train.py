@@ -26,13 +26,13 @@ from tqdm.auto import tqdm
 
 from . import hooks
 from .config import Config, TrainConfig
-from .data import CellDataset, collate, make_splits, write_split_csv
+from .data import CellDataset, cell_sizes, collate, make_splits, write_split_csv
 from .io import atomic_write
 from .metrics import part_dice
 from .model import build_model, load_checkpoint, resolve_device, resolve_norm, to_label_images
 
 __all__ = ["Trainer", "fit", "sweep", "new_run_dir", "latest_run", "Runtime", "validate", "lr_factor",
-           "save_checkpoint"]
+           "save_checkpoint", "epoch_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one process's epoch: distinct for every (seed, epoch, rank), so ranks sample different RoIs
+    (detectron2 seeds each rank apart too) and a resumed run reseeds exactly as an uninterrupted one."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
 def _seed_worker(_: int) -> None:
     seed = torch.initial_seed() % 2**32  # set by the DataLoader from its generator: reproducible
     random.seed(seed)
@@ -100,7 +106,7 @@ def _seed_worker(_: int) -> None:
 
 def make_loader(dataset: CellDataset, config: TrainConfig, runtime: Runtime, epoch: int, shuffle: bool) -> DataLoader:
     """A loader whose order and augmentation depend only on the seed and the epoch."""
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 101 + runtime.rank)
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, runtime.rank))
     if runtime.distributed:
         sampler = DistributedSampler(dataset, runtime.world_size, runtime.rank, shuffle=shuffle, seed=config.seed)
         sampler.set_epoch(epoch)
@@ -164,7 +170,7 @@ def validate(model, loader: DataLoader, parts: tuple[str, ...], runtime: Runtime
     count = len(loader.dataset)
     result = {k: v / count for k, v in sums.items()}
     result["val_loss"] = sum(result.values())
-    result.update(pd.DataFrame(scores).mean().to_dict())
+    result.update({k: float(v) for k, v in pd.DataFrame(scores).mean().items()})
     return result
 
 
@@ -182,8 +188,10 @@ class Trainer:
     :meth:`build_loaders`, :meth:`validate` or :meth:`build_hooks`; a hook (see
     :mod:`cellrcnn.hooks`) adds behaviour around steps and epochs without one.
 
-    The loop: each epoch reseeds from ``seed + epoch`` (a resumed run matches an
-    uninterrupted one), trains one pass with gradient accumulation, steps the lr
+    The loop: each epoch reseeds from the seed, the epoch and the process's rank
+    (:func:`epoch_seed`; a resumed run matches an uninterrupted one, and under
+    torchrun each rank samples its own anchors and RoIs), trains one pass with
+    gradient accumulation, steps the lr
     schedule and calls the hooks. Gradient accumulation follows the usual recipe:
     each loss is divided by the number of batches accumulated, AMP gradients are
     unscaled before clipping, gradients are zeroed with ``set_to_none``. Under
@@ -270,7 +278,8 @@ class Trainer:
     def build_datasets(self) -> dict:
         """``{"train": Dataset, "val": Dataset or None}``; also writes ``split.csv`` on rank 0."""
         splits = make_splits(self.data_dir, self.config.data)
-        train = CellDataset(splits["train"], self.config.data, augment=self.config.data.augment)
+        train = CellDataset(splits["train"], self.config.data, augment=self.config.data.augment,
+                            seed=self.config.train.seed)
         val = CellDataset(splits["val"], self.config.data) if splits["val"] else None
         if self.runtime.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -280,6 +289,8 @@ class Trainer:
     def build_loaders(self, epoch: int) -> dict:
         """The epoch's loaders: their order and augmentation depend only on the seed and the epoch."""
         cfg = self.config.train
+        if hasattr(self.datasets["train"], "set_epoch"):  # its augmentation draws from (seed, epoch, image)
+            self.datasets["train"].set_epoch(epoch)
         loaders = {"train": make_loader(self.datasets["train"], cfg, self.runtime, epoch, shuffle=True)}
         if self.datasets["val"] is not None:  # validation runs whole on rank 0
             single = dataclasses.replace(self.runtime, rank=0, world_size=1)
@@ -349,6 +360,8 @@ class Trainer:
         self.datasets = self.build_datasets()
         if self.datasets["val"] is None and self.runtime.is_main:
             logger.warning("no validation images (val_fraction 0 and no val_dir): best.pt follows the last epoch")
+        if self.runtime.is_main and self.checkpoint is None and getattr(self.datasets["train"], "pairs", None):
+            self._check_cell_scale(self.datasets["train"].pairs)
         self.raw_model = self.build_model().to(self.runtime.device)
         if self.checkpoint is None:  # record the normalisation built (read off the model, not the weights file again)
             model = resolve_norm(self.config.model, self.raw_model.state_dict())
@@ -376,6 +389,27 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self.config.to_json(self.out / "config.json", command=self.command)
 
+    def _check_cell_scale(self, pairs) -> None:
+        """Say how large cells are once images are resized to ``min_size``, and what to set when the anchors
+        (32-512 px) miss them: images of any size go through one workflow, but cell size in pixels matters."""
+        model = self.config.model
+        table = cell_sizes(pairs, self.config.data)
+        if table.empty:
+            return
+        # torchvision's resize: the short side to min_size unless the long side would exceed max_size
+        scale = np.minimum(model.min_size / table[["height", "width"]].min(axis=1),
+                           model.max_size / table[["height", "width"]].max(axis=1))
+        side = float((table["cell_side"] * scale).median())
+        native = float(table["cell_side"].median())
+        logger.info("cells span about %.0f px (median of %d cells in %d images); resized to min_size %d they span "
+                    "about %.0f px", native, len(table), table["image"].nunique(), model.min_size, side)
+        if not 32 <= side <= 512:
+            factor = 128 / side
+            sizes = [max(32, int(round(s * factor / 32)) * 32) for s in (model.min_size, model.max_size)]
+            logger.warning("cells of about %.0f px after resizing fall outside the anchor sizes (32-512 px); set "
+                           "min_size and max_size (--min-size, --max-size) to about %d and %d so they span about "
+                           "128 px", side, *sizes)
+
     def _call(self, event: str) -> None:
         for hook in self.hooks:
             method = getattr(hook, event, None)
@@ -398,7 +432,7 @@ class Trainer:
             epochs = tqdm(range(self.start_epoch, cfg.epochs), desc="epochs", initial=self.start_epoch,
                           total=cfg.epochs, disable=self.quiet or not runtime.is_main, unit="epoch")
             for self.epoch in epochs:
-                seed_everything(cfg.seed + self.epoch)  # each epoch depends only on the seed: a resumed run matches
+                seed_everything(epoch_seed(cfg.seed, self.epoch, runtime.rank))  # a resumed run matches
                 self.epoch_started = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.stop = self.improved = False
@@ -524,29 +558,47 @@ def new_run_dir(base: str | os.PathLike) -> Path:
 
 
 def latest_run(base: str | os.PathLike) -> Path:
-    """The newest run folder under ``base`` that holds a ``best.pt``."""
-    runs = sorted(p.parent for p in Path(base).glob("*/best.pt"))
-    if not runs:
+    """The run folder under ``base`` whose ``best.pt`` was written last (by time, not by name)."""
+    best = list(Path(base).glob("*/best.pt"))
+    if not best:
         raise FileNotFoundError(f"no finished run under {base}; train one first (notebook 02 or cellrcnn-finetune)")
-    return runs[-1]
+    return max(best, key=lambda p: (p.stat().st_mtime_ns, p.parent.name)).parent
 
 
 def sweep(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-          cytoplasm_weights: tuple[float, ...] = (1.0, 2.0, 4.0), quiet: bool = True) -> pd.DataFrame:
-    """Train once per cytoplasm weight (same seed and data) and tabulate each run's best validation scores.
+          weights: Sequence[float] = (1.0, 2.0, 4.0), part: str = "cytoplasm", quiet: bool = True) -> pd.DataFrame:
+    """Train once per loss weight of one part (same seed and data) and tabulate each run's best validation scores.
+
+    Parameters
+    ----------
+    config : Config
+        The run's settings; only ``part_weights[part]`` changes between runs.
+    data_dir, out_dir : path
+        The data folder, and the folder for one run folder per weight (``<part>_weight_<w>``).
+    weights : sequence of float
+        The weights of ``part`` to try.
+    part : str
+        A foreground part of ``config.model.parts``.
 
     Returns
     -------
     pandas.DataFrame
-        cytoplasm_weight, best_epoch and the Dice columns at that epoch, one row per weight.
+        One row per weight: ``part``, ``weight``, ``best_epoch`` and every Dice
+        column of the history (each part's, ``cell_dice``, ``part_dice``) at the
+        epoch with the best ``best_metric``.
     """
+    parts = config.model.parts
+    if part not in parts[1:]:
+        raise ValueError(f"sweep: part {part!r} is not a foreground part of the model; parts are {list(parts[1:])}")
+    if config.data.val_fraction == 0 and not config.data.val_dir:
+        raise ValueError("sweep compares validation scores; set a validation split (val_fraction > 0 or val_dir)")
     rows = []
     metric = config.train.best_metric
-    for weight in cytoplasm_weights:
-        model = dataclasses.replace(config.model, part_weights={**config.model.part_weights, "cytoplasm": weight})
-        history = fit(dataclasses.replace(config, model=model), data_dir,
-                      Path(out_dir) / f"cytoplasm_weight_{weight:g}", quiet=quiet)
+    for weight in weights:
+        model = dataclasses.replace(config.model, part_weights={**config.model.part_weights, part: weight})
+        history = fit(dataclasses.replace(config, model=model), data_dir, Path(out_dir) / f"{part}_weight_{weight:g}",
+                      quiet=quiet)
         best = history.loc[history[metric].idxmin() if metric == "val_loss" else history[metric].idxmax()]
-        rows.append({"cytoplasm_weight": weight, "best_epoch": int(best["epoch"]),
-                     **{k: best[k] for k in ("cytoplasm_dice", "nucleus_dice", "cell_dice", "part_dice")}})
+        dice = [c for c in history.columns if c.endswith("_dice")]
+        rows.append({"part": part, "weight": weight, "best_epoch": int(best["epoch"]), **{c: best[c] for c in dice}})
     return pd.DataFrame(rows)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cellrcnn import Config, DataConfig, ModelConfig
+from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
 
 
 def test_defaults_are_valid_and_documented_values():
@@ -144,3 +144,26 @@ def test_unreadable_json_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="cannot read config .*config.json"):
         Config.from_json(path)
+
+
+def test_configs_hash_and_equal_configs_hash_equal():
+    a = ModelConfig(part_weights={"cytoplasm": 2.0, "nucleus": 1.5})
+    b = ModelConfig(part_weights={"nucleus": 1.5, "cytoplasm": 2.0})
+    assert a == b and hash(a) == hash(b) and hash(Config(model=a)) == hash(Config(model=b))
+    assert len({a, ModelConfig(), ModelConfig(part_weights={"cytoplasm": 4.0})}) == 3
+
+
+def test_best_metric_must_be_measured_for_the_parts():
+    parts = ("background", "membrane", "nucleus")
+    with pytest.raises(ValueError, match="choose one of part_dice, cell_dice, membrane_dice, nucleus_dice, val_loss"):
+        Config(model=ModelConfig(parts=parts), train=TrainConfig(best_metric="cytoplasm_dice"))
+    assert Config(model=ModelConfig(parts=parts), train=TrainConfig(best_metric="membrane_dice"))
+    with pytest.raises(ValueError, match="best_metric must be one of part_dice, cell_dice, val_loss or <part>_dice"):
+        TrainConfig(best_metric="accuracy")
+
+
+def test_part_names_cannot_collide_with_the_metric_names():
+    assert ModelConfig(parts=("background", "cell")).num_parts == 2  # a lone "cell" part is the whole cell
+    for parts in (("background", "cell", "nucleus"), ("background", "part")):
+        with pytest.raises(ValueError, match="cannot name a part"):
+            ModelConfig(parts=parts)

@@ -108,6 +108,31 @@ def test_augmentation_moves_image_and_labels_together(preset):
     assert changed >= 5
 
 
+def test_seeded_augmentation_depends_on_seed_epoch_and_image_only(folder):
+    """albumentations ignores torch and numpy seeding: the dataset seeds it per (seed, epoch, image), so runs
+    repeat, loader workers do not replay one stream, and their number changes nothing."""
+    write_folder(folder, count=4)
+    config = DataConfig(part_values=(0, 100, 200))
+    pairs = find_pairs(folder, config)
+
+    def epoch(seed, number, workers=0):
+        dataset = CellDataset(pairs, config, augment="strong", seed=seed)
+        dataset.set_epoch(number)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate)
+        return [images[0] for images, _ in loader]
+
+    first = epoch(0, 0)
+    for a, b in zip(first, epoch(0, 0, workers=2)):  # same seed and epoch, two worker processes
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not any(torch.equal(a, b) for a, b in zip(first, epoch(0, 1)))  # each epoch augments anew
+    assert not any(torch.equal(a, b) for a, b in zip(first, epoch(1, 0)))  # and each seed
+    # Unseeded, the workers still draw apart (they once replayed the same stream).
+    unseeded = CellDataset(pairs[:1] * 4, config, augment="strong")
+    loader = torch.utils.data.DataLoader(unseeded, batch_size=1, num_workers=2, collate_fn=collate)
+    images = [i[0] for i, _ in loader]
+    assert not torch.equal(images[0], images[1])
+
+
 def test_a_users_own_compose_is_used_and_none_means_none():
     flip = A.Compose([A.HorizontalFlip(p=1.0)])
     image = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)

@@ -14,7 +14,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from cellrcnn import (Config, DataConfig, ModelConfig, PartRoIHeads, build_model, find_pairs, model_from_checkpoint,
+from cellrcnn import (Config, DataConfig, ModelConfig, PartRoIHeads, build_model, find_pairs, load_checkpoint,
+                      model_from_checkpoint,
                       part_mask_loss, paste_parts_in_image, part_dice, project_parts_on_boxes)
 from cellrcnn.data import CellDataset, build_target, collate, load_sample
 from cellrcnn.model import resolve_norm
@@ -460,12 +461,28 @@ def test_a_checkpoint_saved_before_the_geometry_options_loads_in_torchvision_mod
     torch.testing.assert_close(model.backbone.body.bn1.running_var, old.backbone.body.bn1.running_var)
 
 
+def test_checkpoints_with_numpy_rng_state_load_safely_and_the_configs_loss_weights_win(tiny_config, tmp_path):
+    """Checkpoints written before this release kept numpy's RNG state, which torch.load(weights_only=True) refused."""
+    source = build_model(tiny_config)
+    config = Config(model=tiny_config)
+    state = {"model": source.state_dict(), "config": config.to_dict(), "epoch": 1,
+             "rng": {"numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
+    path = save(state, tmp_path / "old.pt")
+    assert load_checkpoint(path)["epoch"] == 1
+    weighted = build_model(ModelConfig(**{**tiny_config.__dict__, "weights": str(path),
+                                          "part_weights": {"cytoplasm": 4.0}}))
+    torch.testing.assert_close(weighted.roi_heads.part_weights, torch.tensor([1.0, 4.0, 1.0]))
+    torch.testing.assert_close(weighted.roi_heads.mask_predictor.mask_fcn_logits.weight,
+                               source.roi_heads.mask_predictor.mask_fcn_logits.weight)
+
+
 @pytest.mark.parametrize(
     "content, error, message",
     [
         (None, FileNotFoundError, "does not exist"),
         (b"not a checkpoint", ValueError, "cannot read weights from"),
-        ({"epoch": 1}, ValueError, "holds no state dict"),
+        ({"epoch": 1}, ValueError, "is neither a cellrcnn checkpoint nor a state dict"),
+        ({"model": torch.nn.Linear(2, 2)}, ValueError, "Python objects besides tensors .* not loaded for safety"),
         ({"head.weight": torch.zeros(2, 2)}, ValueError, "no layer of .* matches this model"),
     ],
 )

@@ -36,6 +36,26 @@ def _text(book):
                      for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
+def _draws(cell) -> bool:
+    """A code cell that shows a figure: it calls a plotting function of cellrcnn.plots."""
+    return cell.cell_type == "code" and "plots." in cell.source
+
+
+def _has_image(cell) -> bool:
+    return any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+def test_every_cell_that_draws_shows_its_figure_even_after_training(executed):
+    _, books = executed
+    drawing = {(name, i): _has_image(c) for name, book in books.items() for i, c in enumerate(book.cells) if _draws(c)}
+    assert len(drawing) == 6  # 2 in notebook 1, the live plot and the sweep in 2, 2 in notebook 3
+    assert all(drawing.values()), [cell for cell, shown in drawing.items() if not shown]
+    # the sweep's figure comes after fit() and the sweep's own training: fit must not switch the backend
+    finetune = books["02_finetune.ipynb"].cells
+    sweep_plot = max(i for i, c in enumerate(finetune) if _draws(c))
+    assert any("cellrcnn.fit(" in c.source for c in finetune[:sweep_plot]) and _has_image(finetune[sweep_plot])
+
+
 def test_data_notebook_finds_no_problems_and_draws(executed):
     _, books = executed
     book = books["01_look_at_your_data.ipynb"]
@@ -52,4 +72,6 @@ def test_finetune_and_predict_notebooks_leave_runs_and_exports(executed):
     assert len(sweeps) == 2
     exports = list((root / "runs" / "notebooks" / "predictions").glob("*/*_cells.tif"))
     assert len(exports) == 12 and list((root / "runs" / "notebooks" / "predictions").glob("*/cells.csv"))
-    assert "cytoplasm_weight" in _text(books["02_finetune.ipynb"])
+    sweep_cell = next(c for c in books["02_finetune.ipynb"].cells if "cellrcnn.sweep(" in c.source)
+    table = "".join(str(o.get("data", {}).get("text/plain", "")) for o in sweep_cell.outputs)
+    assert all(word in table for word in ("part", "weight", "cytoplasm_dice", "best_epoch")), table

@@ -66,3 +66,35 @@ def test_docs_api_names_every_public_name():
     missing = [name for name in cellrcnn.__all__ if f"`{name}" not in text and f"{name}(" not in text
                and f"`{name}`" not in text]
     assert not missing, missing
+
+
+def _floors(lines) -> dict[str, str]:
+    from packaging.requirements import Requirement
+    found = {}
+    for line in lines:
+        req = Requirement(line.strip())
+        found[req.name.lower()] = req.specifier
+    return found
+
+
+def test_dependency_floors_agree_and_hold_for_the_installed_packages():
+    import configparser
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    install = _floors(line for line in cfg["options"]["install_requires"].splitlines() if line.strip())
+    test = _floors(line for line in cfg["options.extras_require"]["test"].splitlines() if line.strip())
+    env_lines = [line.strip()[2:] for line in (REPO / "environment.yml").read_text().splitlines()
+                 if line.strip().startswith("- ") and any(c in line for c in "=<>")
+                 and not line.strip().startswith("- python")]
+    env = _floors(env_lines)
+    assert set(env) >= set(install), set(install) - set(env)
+    for name, spec in install.items():
+        floor = Version(next(s.version for s in spec if s.operator == ">="))
+        # environment.yml states the same floor, or pins a version above it (torch and torchvision)
+        assert str(env[name]) == str(spec) or all(Version(s.version) >= floor for s in env[name]), name
+    for name, spec in {**install, **test}.items():
+        assert spec.contains(version(name), prereleases=True), f"installed {name} {version(name)} is not {spec}"

@@ -187,11 +187,15 @@ def test_non_finite_losses_in_a_row_abort(tmp_path):
                   tmp_path)
 
 
-def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, tmp_path):
+def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, tmp_path, caplog):
     out = tmp_path / "run"
     seen = []
-    history = cellrcnn.fit(tiny_config(), small_sample, out, quiet=True,
-                           hooks=[cellrcnn.hooks.Callback(lambda row, frame: seen.append(len(frame)))])
+    with caplog.at_level(logging.INFO, logger="cellrcnn.train"):
+        history = cellrcnn.fit(tiny_config(), small_sample, out, quiet=True,
+                               hooks=[cellrcnn.hooks.Callback(lambda row, frame: seen.append(len(frame)))])
+    # The sample's cells (about 42 px) shrink to about 21 px at min_size 64: below the anchors, and it says so.
+    assert "cells span about 42 px" in caplog.text and "they span about 21 px" in caplog.text
+    assert "set min_size and max_size (--min-size, --max-size) to about 384 and 384" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "history.csv",
                                                       "last.pt", "split.csv", "train.log"]
     assert seen == [1, 2] and list(history["epoch"]) == [1, 2]
@@ -221,8 +225,10 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_matches_an_uninterrupted_run(small_sample, tmp_path):
+@pytest.mark.parametrize("augment", ["none", "strong"])
+def test_resume_matches_an_uninterrupted_run(small_sample, tmp_path, augment):
     config = tiny_config(epochs=3, lr_step=1)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, augment=augment))
     whole = cellrcnn.fit(config, small_sample, tmp_path / "whole", quiet=True)
 
     def stop_after_first(row, frame):
@@ -241,6 +247,97 @@ def test_resume_matches_an_uninterrupted_run(small_sample, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_same_seed_same_run_with_strong_augmentation(small_sample, tmp_path):
+    config = tiny_config(epochs=1, workers=2)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, augment="strong"))
+    first, second = (cellrcnn.fit(config, small_sample, tmp_path / name, quiet=True) for name in ("a", "b"))
+    columns = [c for c in first.columns if not c.endswith("seconds")]
+    pd.testing.assert_frame_equal(first[columns], second[columns], check_exact=True)
+    other = cellrcnn.fit(config.with_overrides({"train.seed": 1}), small_sample, tmp_path / "c", quiet=True)
+    assert other["train_loss"].iloc[0] != first["train_loss"].iloc[0]
+
+
+def test_a_runs_best_checkpoint_starts_a_new_model_even_with_other_parts(small_sample, tmp_path, caplog):
+    cellrcnn.fit(tiny_config(epochs=1), small_sample, tmp_path / "run", quiet=True)
+    best = tmp_path / "run" / "best.pt"
+    trained = cellrcnn.model_from_checkpoint(best)[0].state_dict()
+    start = cellrcnn.model_config_from_run(tmp_path / "run")
+    assert start.weights == str(best) and start.norm == "group" and start.min_size == 64
+    assert start.trainable_backbone_layers == 5  # trained from scratch: every stage trained, and keeps training
+    with caplog.at_level(logging.INFO, logger="cellrcnn.model"):
+        model = cellrcnn.build_model(ModelConfig(**{**start.__dict__, "norm": "auto"}))
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
+    assert f"loaded {len(trained) - 1} of {len(trained) - 1} tensors from {best}; none left fresh" in caplog.text
+    caplog.clear()
+    # Four parts and two classes: every layer but the predictors comes from the run.
+    other = dataclasses.replace(start, parts=("background", "membrane", "cytoplasm", "nucleus"), num_classes=2)
+    with caplog.at_level(logging.INFO, logger="cellrcnn.model"):
+        model = cellrcnn.build_model(other)
+    fresh = ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred",
+             "roi_heads.mask_predictor.mask_fcn_logits")
+    assert f"left fresh: {', '.join(fresh)}" in caplog.text
+    for name, value in model.state_dict().items():
+        if name.startswith(fresh):
+            assert value.shape != trained[name].shape, name
+        elif name != "roi_heads.part_weights":  # a setting from the config, not a weight
+            torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
+
+
+def test_finetune_from_a_run_takes_its_model_settings_and_weights(small_sample, tmp_path):
+    cellrcnn.fit(tiny_config(epochs=1), small_sample, tmp_path / "run", quiet=True)
+    result = finetune(small_sample, "--from", tmp_path / "run", "--out", tmp_path / "adapted", "--epochs", "1",
+                      "--workers", "0", "--device", "cpu", "--max-size", "80", "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    source, adapted = (Config.from_json(tmp_path / name / "config.json") for name in ("run", "adapted"))
+    assert adapted.model.weights == str(tmp_path / "run" / "best.pt")
+    assert adapted.model.max_size == 80  # the flag given wins
+    # All else is the run's, and the stages it trained (all: it was trained from scratch) keep training.
+    assert adapted.model == dataclasses.replace(source.model, weights=adapted.model.weights, max_size=80,
+                                                trainable_backbone_layers=5)
+    assert adapted.train.lr == 0.001  # fine-tuning from trained weights: the fine-tuning protocol
+    assert f"tensors from {tmp_path / 'run' / 'best.pt'}; none left fresh" in result.stdout
+    # Other classes and parts: their counts follow the names given; weights of dropped parts go.
+    from cellrcnn.cli import config_from_finetune_args, finetune_parser
+    weighted = cellrcnn.fit(tiny_config(epochs=1).with_overrides({"model.part_weights": "cytoplasm=3"}), small_sample,
+                            tmp_path / "weighted", quiet=True)
+    assert len(weighted) == 1
+    args = finetune_parser().parse_args([str(small_sample), "--out", "x", "--from", str(tmp_path / "weighted"),
+                                         "--class-names", "a,b", "--parts", "background,membrane,nucleus"])
+    config = config_from_finetune_args(args)
+    assert config.model.num_classes == 2 and config.model.part_weights == {} and config.model.min_size == 64
+    missing = finetune(small_sample, "--from", tmp_path / "nothing", "--out", tmp_path / "x")
+    assert missing.returncode == 2 and "--from" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_sweep_names_the_weighted_part_and_follows_the_part_names(small_sample, tmp_path):
+    config = tiny_config(epochs=1).with_overrides({"model.parts": "background,membrane,nucleus",
+                                                   "train.best_metric": "membrane_dice"})
+    results = cellrcnn.sweep(config, small_sample, tmp_path / "sweep", weights=(1.0, 3.0), part="membrane")
+    assert list(results["weight"]) == [1.0, 3.0] and set(results["part"]) == {"membrane"}
+    assert {"membrane_dice", "nucleus_dice", "cell_dice", "part_dice"} <= set(results.columns)
+    assert results["membrane_dice"].notna().all()
+    saved = Config.from_json(tmp_path / "sweep" / "membrane_weight_3" / "config.json")
+    assert saved.model.part_weight_vector == (1.0, 3.0, 1.0)
+    with pytest.raises(ValueError, match="part 'cytoplasm' is not a foreground part"):
+        cellrcnn.sweep(config, small_sample, tmp_path / "sweep2", part="cytoplasm")
+
+
+def test_latest_run_is_the_newest_by_time_not_by_name(tmp_path):
+    for name, when in (("b-older", 1_000_000), ("a-newer", 2_000_000), ("z-no-best", 3_000_000)):
+        (tmp_path / name).mkdir()
+        target = tmp_path / name / ("last.pt" if name == "z-no-best" else "best.pt")
+        target.write_bytes(b"")
+        os.utime(target, (when, when))
+    assert cellrcnn.latest_run(tmp_path) == tmp_path / "a-newer"
+
+
+def test_epoch_seeds_differ_for_every_epoch_and_rank():
+    seeds = {cellrcnn.train.epoch_seed(0, epoch, rank) for epoch in range(50) for rank in range(8)}
+    assert len(seeds) == 400
+    assert cellrcnn.train.epoch_seed(3, 2, 1) == cellrcnn.train.epoch_seed(3, 2, 1)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -255,6 +352,13 @@ class _GatherWeights(cellrcnn.hooks.HookBase):
 
     def before_train(self, trainer):
         self.before = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()]).clone()
+        self.draws = []
+
+    def before_step(self, trainer):
+        # What the RoI samplers draw from: each rank must draw its own samples.
+        state = torch.get_rng_state()
+        self.draws.append(torch.rand(4))
+        torch.set_rng_state(state)
 
     def after_train(self, trainer):
         world_size = trainer.runtime.world_size
@@ -262,10 +366,12 @@ class _GatherWeights(cellrcnn.hooks.HookBase):
         gathered = [torch.zeros_like(after) for _ in range(world_size)]
         torch.distributed.all_gather(gathered, after)
         ids = [int(i) for i in trainer.build_loaders(0)["train"].sampler]
-        all_ids = [None] * world_size
+        all_ids, all_draws = [None] * world_size, [None] * world_size
         torch.distributed.all_gather_object(all_ids, ids)
+        torch.distributed.all_gather_object(all_draws, torch.stack(self.draws))
         if trainer.runtime.rank == 0:
-            torch.save({"weights": gathered, "before": self.before, "ids": all_ids}, self.result_path)
+            torch.save({"weights": gathered, "before": self.before, "ids": all_ids, "draws": all_draws},
+                       self.result_path)
 
 
 class _TwoImages(cellrcnn.Trainer):
@@ -290,6 +396,7 @@ def test_ddp_with_gloo_keeps_weights_identical_on_both_ranks(small_sample, tmp_p
     assert torch.equal(w0, w1)
     assert not torch.equal(w0, out["before"])  # one optimizer step (2 ranks x 1 image = accumulate 2) happened
     assert sorted(out["ids"][0] + out["ids"][1]) == [0, 1]  # each rank saw its own image
+    assert not torch.equal(out["draws"][0], out["draws"][1])  # and sampled its own anchors and RoIs
 
 
 def finetune(*args):
@@ -333,6 +440,8 @@ def test_finetune_cli_smoke(small_sample, tmp_path):
         (["--set", "train.lr"], "expected SECTION.FIELD=VALUE"),
         (["--set", "model.mask_size=30"], "mask_size must be one of 28, 56"),
         (["--device", "tpu"], "device must be auto"),
+        (["--parts", "background,membrane,nucleus", "--best-metric", "cytoplasm_dice"],
+         "choose one of part_dice, cell_dice, membrane_dice, nucleus_dice, val_loss"),
         (["--resume"], "holds no last.pt"),
     ],
 )
