@@ -221,7 +221,7 @@ class ModelConfig(_Section):
                    f"torchvision has no COCO weights for {self.backbone}; use weights='imagenet' "
                    f"or pick one of {', '.join(COCO_BACKBONES)}")
         if self.trainable_backbone_layers is not None:
-            top = 6 if self.backbone.startswith("mobilenet") else 5
+            top = self.backbone_stages
             _check(isinstance(self.trainable_backbone_layers, int)
                    and 0 <= self.trainable_backbone_layers <= top,
                    f"trainable_backbone_layers for {self.backbone} must be 0..{top}, "
@@ -269,6 +269,18 @@ class ModelConfig(_Section):
     def part_weight_vector(self) -> tuple[float, ...]:
         """Loss weight of each part, in the order of :attr:`parts`."""
         return tuple(self.part_weights.get(p, 1.0) for p in self.parts)
+
+    @property
+    def backbone_stages(self) -> int:
+        """Stages of the backbone that can train: 6 for MobileNet, 5 for the ResNets."""
+        return 6 if self.backbone == "mobilenet_v3_fpn" else 5
+
+    @property
+    def trained_backbone_layers(self) -> int:
+        """``trainable_backbone_layers`` resolved: None means 3 with pretrained weights, all stages without."""
+        if self.trainable_backbone_layers is not None:
+            return self.trainable_backbone_layers
+        return 3 if self.pretrained else self.backbone_stages
 
     @property
     def pretrained(self) -> bool:

@@ -19,10 +19,16 @@ from .io import (DataError, Pair, atomic_write, class_of, find_pairs, map_part_v
                  match_files, normalize_image, read_classes_csv, read_labels, read_raw)
 from .targets import instance_targets, parts_from_instances, select_largest, whole_cell_targets
 
-__all__ = ["load_sample", "build_target", "CellDataset", "cell_sizes", "collate", "split_pairs", "make_splits",
+__all__ = ["derived_seed", "load_sample", "build_target", "CellDataset", "cell_sizes", "collate", "split_pairs", "make_splits",
            "write_split_csv", "check_folder"]
 
 logger = logging.getLogger(__name__)
+
+
+def derived_seed(*keys: int) -> int:
+    """A 32-bit seed that depends on every key (numpy's ``SeedSequence``): no two key tuples share a stream,
+    as ``seed + epoch`` would."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None = None) -> dict[str, Any]:
@@ -116,7 +122,7 @@ class CellDataset(Dataset):
             if self.seed is None:
                 seed = int(torch.randint(2**31 - 1, ()).item())
             else:
-                seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+                seed = derived_seed(self.seed, self.epoch, index)
             self.augmentation.set_random_seed(seed)
         image, maps = apply_augmentation(self.augmentation, sample["image"], maps)
         cells = maps[1] if len(maps) > 1 else None

@@ -19,6 +19,7 @@ from typing import Callable
 import pandas as pd
 
 from .io import atomic_write
+from .plots import HISTORY_FIGSIZE, dice_columns, plot_history
 
 __all__ = ["HookBase", "Validation", "BestCheckpoint", "HistoryWriter", "EpochLog", "EarlyStopping", "Callback"]
 
@@ -111,8 +112,6 @@ def write_curves(path: Path, history: pd.DataFrame) -> None:
     # A Figure of its own, outside pyplot: a notebook's backend and figures are left alone.
     from matplotlib.figure import Figure
 
-    from .plots import HISTORY_FIGSIZE, plot_history
-
     fig = Figure(figsize=HISTORY_FIGSIZE)
     plot_history(history, fig.subplots(1, 2))
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=True)
@@ -137,7 +136,7 @@ class EpochLog(HookBase):
 
     def after_epoch(self, trainer) -> None:
         row, cfg = trainer.row, trainer.config.train
-        shown = ["train_loss", "val_loss"] + [k for k in row if k.endswith("_dice") and k != "part_dice"]
+        shown = ["train_loss", "val_loss"] + dice_columns(list(row))
         logger.info("epoch %d/%d lr %.2g %s (%.0f s)%s", row["epoch"], cfg.epochs, row["lr"],
                     " ".join(f"{k} {row[k]:.4f}" for k in shown if k in row),
                     time.perf_counter() - trainer.epoch_started,

@@ -266,9 +266,7 @@ def build_backbone(config: ModelConfig, load_weights: bool = True) -> tuple[nn.M
         needs its own (MobileNet, ``resnet50_fpn_v2``); empty otherwise.
     """
     is_mobilenet = config.backbone == "mobilenet_v3_fpn"
-    layers = config.trainable_backbone_layers
-    if layers is None:
-        layers = 3 if config.pretrained else (6 if is_mobilenet else 5)
+    layers = config.trained_backbone_layers
     body_norm, head_norm = _norm_layers(config)
     builder, imagenet_name, _ = BACKBONE_TABLE[config.backbone]
     imagenet = get_weight(imagenet_name) if config.weights == "imagenet" and load_weights else None
@@ -491,10 +489,7 @@ def model_config_from_run(run: str | os.PathLike) -> ModelConfig:
         raise ValueError(f"{path}: {err}") from None
     # The stages the run trained keep training: from scratch that is all of them, where a pretrained start
     # would train only the top 3 (on a new stain the low stages matter most; docs/benchmarks.md).
-    layers = saved.trainable_backbone_layers
-    if layers is None:
-        layers = 3 if saved.pretrained else (6 if saved.backbone == "mobilenet_v3_fpn" else 5)
-    return dataclasses.replace(saved, weights=str(path), trainable_backbone_layers=layers)
+    return dataclasses.replace(saved, weights=str(path), trainable_backbone_layers=saved.trained_backbone_layers)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -76,10 +76,10 @@ def plot_part_fractions(table: pd.DataFrame, part_names: tuple[str, ...]):
     return fig
 
 
-def _dice_columns(table: pd.DataFrame) -> list[str]:
-    """Each part's Dice column, then the whole cell's (not their mean, ``part_dice``)."""
-    parts = [c for c in table.columns if c.endswith("_dice") and c not in ("part_dice", "cell_dice")]
-    return parts + (["cell_dice"] if "cell_dice" in table.columns else [])
+def dice_columns(columns) -> list[str]:
+    """Of ``columns`` (names), each part's Dice, then the whole cell's; not their mean, ``part_dice``."""
+    parts = [c for c in columns if c.endswith("_dice") and c not in ("part_dice", "cell_dice")]
+    return parts + (["cell_dice"] if "cell_dice" in columns else [])
 
 
 def plot_history(history: pd.DataFrame, axes=None):
@@ -97,7 +97,7 @@ def plot_history(history: pd.DataFrame, axes=None):
         left.plot(history["epoch"], history["val_loss"], "--o", ms=3, label="validation loss")
     left.set(xlabel="epoch", ylabel="loss", title="Losses")
     left.legend()
-    for k, column in enumerate(_dice_columns(history), start=1):
+    for k, column in enumerate(dice_columns(history.columns), start=1):
         name = column[: -len("_dice")]
         right.plot(history["epoch"], history[column], "-o", ms=3, color=part_colour(name, k, 1.0),
                    label="whole cell" if name == "cell" else name)
@@ -131,7 +131,7 @@ def plot_sweep(results: pd.DataFrame):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     part = results["part"].iloc[0]
-    for k, column in enumerate(_dice_columns(results), start=1):
+    for k, column in enumerate(dice_columns(results.columns), start=1):
         name = column[: -len("_dice")]
         ax.plot(results["weight"], results[column], "-o", color=part_colour(name, k, 1.0),
                 label="whole cell" if name == "cell" else name)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import hooks
 from .config import Config, TrainConfig
-from .data import CellDataset, cell_sizes, collate, make_splits, write_split_csv
+from .data import CellDataset, cell_sizes, collate, derived_seed, make_splits, write_split_csv
 from .io import atomic_write
 from .metrics import part_dice
 from .model import build_model, load_checkpoint, resolve_device, resolve_norm, to_label_images
@@ -95,7 +95,7 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """The seed of one process's epoch: distinct for every (seed, epoch, rank), so ranks sample different RoIs
     (detectron2 seeds each rank apart too) and a resumed run reseeds exactly as an uninterrupted one."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    return derived_seed(seed, epoch, rank)
 
 
 def _seed_worker(_: int) -> None:
