@@ -59,7 +59,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for path in paths:
                 t = [time.perf_counter()]
-                image = cellrcnn.read_image(path, predictor.config.data.percentiles)
+                image = cellrcnn.read_image(path, predictor.config.data)
                 tensor = torch.from_numpy(image).permute(2, 0, 1).to(device)
                 sync(device)
                 t.append(time.perf_counter())

@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 #: Public name -> submodule that defines it.
 _API = {
     "config": ("BACKBONES", "Config", "DataConfig", "ModelConfig", "TrainConfig"),
-    "io": ("DataError", "find_pairs", "read_image", "read_labels"),
+    "io": ("DataError", "find_pairs", "read_image", "read_labels", "open_field", "ImageField"),
     "data": ("CellDataset", "check_folder", "make_splits"),
     "augment": ("build_augmentation",),
-    "synthetic": ("synthetic_sample",),
+    "synthetic": ("synthetic_sample", "synthetic_field", "write_field"),
     "model": ("build_model", "build_backbone", "model_from_checkpoint", "model_config_from_run", "load_checkpoint"),
     "roi_heads": ("PartRoIHeads",),
     "metrics": ("dice", "part_dice", "matching", "coco_mask_ap"),

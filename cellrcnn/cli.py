@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, ENCODINGS, MASK_ALIGNMENTS, MASK_SIZES, NORMS,
+from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, ENCODINGS, MASK_ALIGNMENTS, MASK_SIZES, NORMS, PROJECTIONS,
                      SCHEDULES, TARGETS, Config, DataConfig, ModelConfig, _field_types, parse_field_value)
 from .io import DataError
 
@@ -46,6 +46,7 @@ _DATA_FLAGS = (
     ("reading masks", "data", ("encoding", "part_values", "snap_values", "cells_suffix", "nuclei_suffix",
                                "classes_csv", "class_names", "targets", "min_area", "percentiles")),
     ("validation split and augmentation", "data", ("val_fraction", "val_dir", "split_seed", "augment")),
+    ("channels, stacks and crops", "data", ("channels", "projection", "crop")),
 )
 _MODEL_FLAGS = (("model", "model", ("backbone", "weights", "min_size", "max_size", "parts", "part_weights",
                                     "class_specific_parts", "mask_size", "norm", "mask_alignment",
@@ -56,7 +57,7 @@ _TRAIN_FLAGS = (
                            "val_every", "best_metric", "patience")),
     ("run", "train", ("seed", "workers")),
 )
-_CHOICES = {"data.encoding": ENCODINGS, "data.targets": TARGETS, "data.augment": AUGMENTATIONS,
+_CHOICES = {"data.encoding": ENCODINGS, "data.projection": PROJECTIONS, "data.targets": TARGETS, "data.augment": AUGMENTATIONS,
             "model.backbone": BACKBONES, "model.mask_size": MASK_SIZES, "model.norm": NORMS,
             "model.mask_alignment": MASK_ALIGNMENTS}
 #: Defaults that depend on other settings, as their help says.
@@ -329,12 +330,34 @@ def predict_main(argv: list[str] | None = None) -> int:
     out.add_argument("--rois", action="store_true", help="also write <image>_rois.zip (ImageJ ROI set)")
     out.add_argument("--overlays", action="store_true", help="also write <image>_overlay.png")
     out.add_argument("--overwrite", action="store_true", help="replace existing results")
+    scale = parser.add_argument_group(
+        "scale and tiles", "Images are resized by the scale the model was trained at (recorded in the checkpoint). "
+        "Set --cell-diameter when cells in your images are larger or smaller than in the training images, or "
+        "--scale for the resize factor itself. Images larger than one tile are predicted in overlapping tiles "
+        "stitched into one field.")
+    group = scale.add_mutually_exclusive_group()
+    group.add_argument("--scale", type=float, default=None,
+                       help="resize factor from image pixels to network pixels (default: the training scale)")
+    group.add_argument("--cell-diameter", type=float, default=None,
+                       help="typical cell diameter in your images, in pixels; cells are resized to the size the "
+                            "model was trained at")
+    scale.add_argument("--tile", type=int, default=None,
+                       help="tile side in image pixels (default: 1024 network pixels at the prediction scale)")
+    scale.add_argument("--overlap", type=int, default=None,
+                       help="overlap of neighbouring tiles in image pixels (default: about one cell diameter)")
     run = parser.add_argument_group("run")
     run.add_argument("--image-glob", default="*", help="pattern of image files in a folder")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    run.add_argument("--batch-size", type=int, default=1, help="images (or tiles of a large image) per forward pass")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    for name in ("scale", "cell_diameter"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.tile is not None and args.tile < 64:
+        parser.error(f"--tile must be at least 64 pixels, got {args.tile}")
+    if args.overlap is not None and not 0 <= args.overlap <= (args.tile or args.overlap * 2) // 2:
+        parser.error(f"--overlap must lie between 0 and half the tile, got {args.overlap}")
     if not 0 <= args.score_threshold < 1:
         parser.error(f"--score-threshold must lie in [0, 1), got {args.score_threshold}")
     for name in ("max_cells", "batch_size"):
@@ -354,7 +377,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     from .predict import Predictor
 
     try:
-        predictor = Predictor.from_checkpoint(args.model, device=args.device)
+        predictor = Predictor.from_checkpoint(args.model, device=args.device, scale=args.scale,
+                                              cell_diameter=args.cell_diameter)
         images = list_images(args.input, args.image_glob, OUTPUT_SUFFIXES + ("_masks",))
     except (DataError, ValueError, FileNotFoundError) as err:
         logger.error("error: %s", err)
@@ -374,11 +398,18 @@ def predict_main(argv: list[str] | None = None) -> int:
     tables, failed = [], []
     options = {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells,
                "pixel_size": args.pixel_size}
-    results = predictor.predict_paths(images, args.batch_size, **options)
+    if predictor.scale is not None:
+        logger.info("images resized by %.3g for the network (%s)", predictor.scale,
+                    "given" if args.scale or args.cell_diameter else "the scale the model was trained at")
+    results = predictor.predict_paths(images, args.batch_size, tile=args.tile, overlap=args.overlap,
+                                      progress=not args.quiet, **options)
     for result in tqdm(results, total=len(images), desc="predict", unit="image", disable=args.quiet):
         if result.error is not None:
             failed.append(result.error)
             continue
+        if args.overlays and result.prediction.image is None:
+            logger.warning("%s: predicted in tiles; no overlay PNG is drawn for a whole field (open the image "
+                           "with its label TIFFs in Fiji or napari instead)", result.path.name)
         export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
                           overwrite=args.overwrite)
         tables.append(result.prediction.table)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["BACKBONES", "WEIGHT_CHOICES", "MASK_SIZES", "MASK_ALIGNMENTS", "NORMS", "PREDICTOR_INITS", "ENCODINGS",
-           "TARGETS", "AUGMENTATIONS", "BEST_METRICS", "best_metrics", "SCHEDULES", "DataConfig", "ModelConfig", "TrainConfig",
+           "TARGETS", "AUGMENTATIONS", "PROJECTIONS", "BEST_METRICS", "best_metrics", "SCHEDULES", "DataConfig", "ModelConfig", "TrainConfig",
            "Config", "parse_field_value"]
 
 #: The one table of backbones: name -> torchvision's body builder, its ImageNet weights and the COCO detection
@@ -45,6 +45,8 @@ ENCODINGS = ("parts", "cells+parts", "cells+nuclei")
 TARGETS = ("whole-cell", "largest")
 #: Augmentation presets.
 AUGMENTATIONS = ("none", "light", "strong")
+#: What becomes of a Z-stack or time series: refused, or its maximum projection.
+PROJECTIONS = ("none", "max")
 #: Backbones for which torchvision publishes COCO detection weights.
 COCO_BACKBONES = tuple(name for name, (_, _, coco) in BACKBONE_TABLE.items() if coco)
 #: Resolutions of the predicted part masks (the mask head pools at half of it, then upsamples 2x).
@@ -159,6 +161,13 @@ class ModelConfig(_Section):
         and part logits, zero bias), as detectron2 does, so each loss starts
         near its chance value (ln 3 for three parts). ``"torchvision"``:
         torchvision's initialisation, whose first part loss is about 10x higher.
+    input_scale, cell_size
+        Measured by training, not set by hand: the median factor by which
+        training resized image pixels to network pixels, and the median cell
+        diameter (square root of the box area) in network pixels. Prediction
+        resizes new images by ``input_scale`` (or to make cells ``cell_size``
+        wide, given their diameter) instead of each image to ``min_size``.
+        None (models saved before they were recorded): each image to ``min_size``.
     """
 
     parts: tuple[str, ...] = ("background", "cytoplasm", "nucleus")
@@ -181,6 +190,8 @@ class ModelConfig(_Section):
     mask_alignment: str = "exact"
     norm: str = "auto"
     predictor_init: str = "chance"
+    input_scale: float | None = None
+    cell_size: float | None = None
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON or a notebook) but store tuples: the config is frozen.
@@ -249,6 +260,10 @@ class ModelConfig(_Section):
         _check(self.predictor_init in PREDICTOR_INITS,
                f"predictor_init must be one of {', '.join(PREDICTOR_INITS)}; got {self.predictor_init!r}")
         _check(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        for name in ("input_scale", "cell_size"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, (int, float)) and math.isfinite(value) and value > 0),
+                   f"{name} must be a positive number or None, got {value!r}")
         _check(not (self.norm == "frozen" and self.weights == "none"),
                "norm='frozen' keeps the batch-norm statistics of pretrained weights, and weights='none' has "
                "none; use norm='group' (or 'auto') to train from scratch")
@@ -353,6 +368,20 @@ class DataConfig(_Section):
         of a separate folder.
     augment
         ``"none"``, ``"light"`` or ``"strong"`` augmentation of training images.
+    channels
+        Input channels of multi-channel images, in the order the network gets
+        them (0-based: ``1,0`` puts channel 1 first). One channel is repeated to
+        the three network channels, two get a zero third. None: the image's own
+        channels (grayscale repeated, RGB as is, two channels with a zero third).
+        Saved with the model and applied at prediction.
+    projection
+        ``"none"``: a Z-stack or time series is refused. ``"max"``: it becomes
+        its maximum projection over planes and frames.
+    crop
+        Train on random square crops of this many pixels a side (images no
+        larger are used whole); targets are rebuilt per crop, a cell cut by the
+        crop edge keeps its visible part when that has at least ``min_area``
+        pixels. Validation then predicts tiled, as prediction does. None: whole images.
     """
 
     image_glob: str = "*"
@@ -373,8 +402,24 @@ class DataConfig(_Section):
     val_dir: str | None = None
     split_seed: int = 0
     augment: str = "none"
+    channels: tuple[int, ...] | None = None
+    projection: str = "none"
+    crop: int | None = None
 
     def __post_init__(self) -> None:
+        if self.channels is not None:
+            _check(isinstance(self.channels, Sequence) and not isinstance(self.channels, str),
+                   f"channels must be a sequence of channel indices, got {self.channels!r}")
+            object.__setattr__(self, "channels", tuple(self.channels))
+            _check(1 <= len(self.channels) <= 3 and len(set(self.channels)) == len(self.channels)
+                   and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in self.channels),
+                   f"channels must be one to three distinct channel indices counted from 0 (such as 1,0), "
+                   f"got {self.channels}")
+        _check(self.projection in PROJECTIONS,
+               f"projection must be one of {', '.join(PROJECTIONS)}; got {self.projection!r}")
+        if self.crop is not None:
+            _check(isinstance(self.crop, int) and not isinstance(self.crop, bool) and self.crop >= 32,
+                   f"crop must be a whole number of pixels, at least 32, got {self.crop!r}")
         for name in ("part_values", "class_names", "percentiles"):
             value = getattr(self, name)
             _check(isinstance(value, Sequence) and not isinstance(value, str),

@@ -15,11 +15,11 @@ from torch.utils.data import Dataset
 
 from .augment import apply_augmentation, build_augmentation
 from .config import DataConfig
-from .io import (DataError, Pair, atomic_write, class_of, find_pairs, map_part_values,
-                 match_files, normalize_image, read_classes_csv, read_labels, read_raw)
+from .io import (DataError, Pair, atomic_write, class_of, find_pairs, image_from_array, map_part_values,
+                 match_files, read_classes_csv, read_labels, read_raw_axes)
 from .targets import instance_targets, parts_from_instances, select_largest, whole_cell_targets
 
-__all__ = ["derived_seed", "load_sample", "build_target", "CellDataset", "cell_sizes", "collate", "split_pairs", "make_splits",
+__all__ = ["derived_seed", "load_sample", "build_target", "random_crop", "CellDataset", "cell_sizes", "collate", "split_pairs", "make_splits",
            "write_split_csv", "check_folder"]
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None =
         indices, ``cells`` int64 ``[H, W]`` instance ids or None, ``label`` (the
         image's cell class), ``dtype`` (of the image file, as a string).
     """
-    raw = read_raw(pair.image)
-    image = normalize_image(raw, config.percentiles, name=str(pair.image))
+    raw, axes = read_raw_axes(pair.image)  # channels chosen and stacks projected as config says
+    image = image_from_array(raw, config, name=str(pair.image), axes=axes)
     maps = {kind: read_labels(path) for kind, path in
             (("parts", pair.parts), ("cells", pair.cells), ("nuclei", pair.nuclei)) if path is not None}
     for kind, labels in maps.items():
@@ -68,6 +68,23 @@ def build_target(parts: np.ndarray, cells: np.ndarray | None, label: int, config
     return select_largest(target) if config.targets == "largest" else target
 
 
+def random_crop(sample: dict[str, Any], size: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A random ``size`` x ``size`` window of a sample from :func:`load_sample` (image and label maps alike).
+
+    A side no longer than ``size`` is kept whole. Targets are built from the
+    cropped maps afterwards, so a cell cut by the window's edge keeps its
+    visible part, and is dropped when that has fewer than ``min_area`` pixels,
+    as a cell cut by an image's own border is.
+    """
+    H, W = sample["parts"].shape
+    y0 = int(rng.integers(0, max(H - size, 0) + 1))
+    x0 = int(rng.integers(0, max(W - size, 0) + 1))
+    window = (slice(y0, y0 + size), slice(x0, x0 + size))
+    cropped = {k: (v[window] if isinstance(v, np.ndarray) else v) for k, v in sample.items()}
+    cropped["image"] = np.ascontiguousarray(cropped["image"])
+    return cropped
+
+
 class CellDataset(Dataset):
     """Images and whole-cell targets of a list of pairs, for torchvision detection models.
 
@@ -86,7 +103,7 @@ class CellDataset(Dataset):
         or your own pipeline.
     seed : int, optional
         With a seed, image ``i`` in epoch ``e`` (:meth:`set_epoch`) is always
-        augmented the same way: the pipeline is seeded from ``(seed, e, i)``, so
+        cropped (``config.crop``) and augmented the same way: the pipeline is seeded from ``(seed, e, i)``, so
         neither the number of loader workers nor the batch order changes a run,
         and a resumed run augments as an uninterrupted one. Without one, each
         item draws its augmentation seed from torch's generator, which a
@@ -114,16 +131,19 @@ class CellDataset(Dataset):
         """The epoch whose augmentation the next items get (call before making the epoch's loader)."""
         self.epoch = epoch
 
+    def _item_seed(self, index: int, *purpose: int) -> int:
+        if self.seed is None:
+            return int(torch.randint(2**31 - 1, ()).item())
+        return derived_seed(self.seed, self.epoch, index, *purpose)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = load_sample(self.pairs[index], self.config, self.classes)
+        if self.config.crop:
+            sample = random_crop(sample, self.config.crop, np.random.default_rng(self._item_seed(index, 1)))
         maps = [sample["parts"]] + ([sample["cells"]] if sample["cells"] is not None else [])
         if self.augmentation is not None:
             # albumentations 2 keeps its own generator, blind to torch and numpy seeding: seed it per item.
-            if self.seed is None:
-                seed = int(torch.randint(2**31 - 1, ()).item())
-            else:
-                seed = derived_seed(self.seed, self.epoch, index)
-            self.augmentation.set_random_seed(seed)
+            self.augmentation.set_random_seed(self._item_seed(index))
         image, maps = apply_augmentation(self.augmentation, sample["image"], maps)
         cells = maps[1] if len(maps) > 1 else None
         target = build_target(maps[0], cells, sample["label"], self.config)

@@ -13,7 +13,7 @@ import numpy as np
 import roifile
 import tifffile
 from skimage.io import imsave
-from skimage.measure import find_contours
+from skimage.measure import find_contours, regionprops
 from skimage.segmentation import find_boundaries
 
 from .io import atomic_write
@@ -36,12 +36,15 @@ def output_paths(out_dir: str | os.PathLike, name: str, rois: bool = False, over
 
 def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = "", pixel_size: float | None = None,
                      overwrite: bool = False) -> Path:
-    """A zlib-compressed ImageJ TIFF of a label image (uint8 or uint16), with ``info`` in its metadata.
+    """A zlib-compressed ImageJ TIFF of a label image (uint8 or uint16; uint32 as 32-bit float), with ``info`` in its
+    metadata.
 
     With ``pixel_size`` (micrometres) the resolution is set so Fiji measures in microns.
     """
-    if labels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"label images are written as uint8 or uint16, got {labels.dtype}")
+    if labels.dtype not in (np.uint8, np.uint16, np.uint32):
+        raise ValueError(f"label images are written as uint8, uint16 or uint32, got {labels.dtype}")
+    if labels.dtype == np.uint32:  # ImageJ has no 32-bit integers; its 32-bit floats hold labels exactly to 2**24
+        labels = labels.astype(np.float32)
     metadata = {"Info": info} if info else {}
     extra = {}
     if pixel_size:
@@ -54,14 +57,14 @@ def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = ""
 def write_rois(path: str | os.PathLike, cells: np.ndarray, overwrite: bool = False) -> Path:
     """An ImageJ ROI set (zip) with the outline of each cell, named ``cell_<id>``."""
     rois = []
-    for label in np.unique(cells[cells > 0]):
-        mask = np.pad(cells == label, 1)  # closed contours for cells at the border
+    for region in regionprops(cells):  # each cell in its own box: a field has thousands
+        mask = np.pad(region.image, 1)  # closed contours for cells at the border
         contours = find_contours(mask.astype(np.uint8), 0.5)
         if not contours:
             continue
-        yx = max(contours, key=len) - 1
+        yx = max(contours, key=len) - 1 + np.array(region.bbox[:2])
         roi = roifile.ImagejRoi.frompoints(yx[:, ::-1])
-        roi.name = f"cell_{int(label)}"
+        roi.name = f"cell_{int(region.label)}"
         rois.append(roi)
     return atomic_write(path, lambda tmp: roifile.roiwrite(tmp, rois, mode="w"), overwrite=overwrite)
 
@@ -82,14 +85,20 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, cells: np.ndarray,
 def export_prediction(prediction: Prediction, out_dir: str | os.PathLike, part_names: tuple[str, ...],
                       pixel_size: float | None = None, rois: bool = False, overlays: bool = False,
                       overwrite: bool = False) -> dict[str, Path]:
-    """Write every file of one prediction; returns their paths (see :func:`output_paths`)."""
+    """Write every file of one prediction; returns their paths (see :func:`output_paths`).
+
+    No overlay is drawn for a prediction without its image (a field predicted in tiles).
+    """
     paths = output_paths(out_dir, prediction.name, rois, overlays)
     parts_info = "parts: " + ", ".join(f"{k}={n}" for k, n in enumerate(part_names))
-    write_label_tiff(paths["cells"], prediction.cells.astype(np.uint16),
+    write_label_tiff(paths["cells"], prediction.cells if prediction.cells.dtype == np.uint32 else
+                     prediction.cells.astype(np.uint16),
                      "cell labels: 0 background, 1..N one cell each (by descending score)", pixel_size, overwrite)
     write_label_tiff(paths["parts"], prediction.parts.astype(np.uint8), parts_info, pixel_size, overwrite)
     if rois:
         write_rois(paths["rois"], prediction.cells, overwrite)
-    if overlays:
+    if overlays and prediction.image is not None:  # a field predicted in tiles is never held whole
         write_overlay(paths["overlay"], prediction.image, prediction.cells, prediction.parts, part_names, overwrite)
+    elif overlays:
+        del paths["overlay"]
     return paths

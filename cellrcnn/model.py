@@ -29,7 +29,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -186,8 +186,19 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
         super().__init__(*args, **kwargs)
         self.mask_threshold = mask_threshold
         self.aligned = aligned
+        #: In eval mode, resize every image by this factor instead of to ``min_size`` (None): prediction at the
+        #: scale the model was trained at, whatever the image size (set by :class:`cellrcnn.Predictor`).
+        self.fixed_scale: float | None = None
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        if self.fixed_scale is not None and not self.training:
+            # torchvision's own resize call, with the factor fixed instead of derived from min_size
+            size = image.shape[-2:]
+            image = F.interpolate(image[None], scale_factor=self.fixed_scale, mode="bilinear",
+                                  recompute_scale_factor=True, align_corners=False)[0]
+            if target is not None and "boxes" in target:
+                target = {**target, "boxes": resize_boxes(target["boxes"], tuple(size), tuple(image.shape[-2:]))}
+            return image, target
         if not self.aligned or target is None or "masks" not in target:
             return super().resize(image, target)
         image, resized = super().resize(image, {k: v for k, v in target.items() if k != "masks"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,15 @@ import pandas as pd
 import torch
 from skimage.measure import regionprops_table
 
-from .config import Config
-from .io import DataError, normalize_image, read_image
-from .model import model_from_checkpoint, resolve_device, to_label_images
-from .targets import largest_complete_label
+from tqdm.auto import tqdm
 
-__all__ = ["Prediction", "PathResult", "Predictor", "measure_cells"]
+from .config import Config, ModelConfig
+from .io import DataError, ImageField, field_from_array, open_field
+from .model import PartRCNNTransform, model_from_checkpoint, resolve_device, to_label_images
+from .targets import largest_complete
+from .tiles import Stitcher, Tile, tile_grid
+
+__all__ = ["Prediction", "PathResult", "Predictor", "measure_cells", "prediction_scale", "NETWORK_TILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +35,12 @@ class Prediction:
     ----------
     name : str
         The image's name (file stem).
-    image : np.ndarray
-        float32 ``[H, W, 3]``, the normalised image the model saw.
+    image : np.ndarray or None
+        float32 ``[H, W, 3]``, the normalised image the model saw; None for an
+        image predicted in tiles (it is read window by window, never whole).
     cells : np.ndarray
-        uint16 ``[H, W]`` cell labels, 0 background, 1..N by descending score.
+        uint16 ``[H, W]`` cell labels, 0 background, 1..N by descending score
+        (uint32 beyond 65535 cells).
     parts : np.ndarray
         uint8 ``[H, W]`` part labels (index into the config's parts).
     table : pandas.DataFrame
@@ -42,16 +48,19 @@ class Prediction:
     """
 
     name: str
-    image: np.ndarray
+    image: np.ndarray | None
     cells: np.ndarray
     parts: np.ndarray
     table: pd.DataFrame = field(repr=False)
 
 
-def measure_cells(cells: np.ndarray, parts: np.ndarray, image: np.ndarray, part_names: tuple[str, ...],
+def measure_cells(cells: np.ndarray, parts: np.ndarray, image, part_names: tuple[str, ...],
                   scores: dict[int, float] | None = None, classes: dict[int, str] | None = None,
-                  pixel_size: float | None = None, name: str = "image") -> pd.DataFrame:
+                  pixel_size: float | None = None, name: str = "image", block: int = 1024) -> pd.DataFrame:
     """Per-cell measurements from label images.
+
+    The images are read block by block, so a whole field of view is measured
+    without a copy of it.
 
     Parameters
     ----------
@@ -59,8 +68,9 @@ def measure_cells(cells: np.ndarray, parts: np.ndarray, image: np.ndarray, part_
         Integer ``[H, W]`` cell labels, 0 background.
     parts : np.ndarray
         Integer ``[H, W]`` part labels.
-    image : np.ndarray
-        ``[H, W, C]`` intensities (the normalised image, values 0..1).
+    image : np.ndarray or ImageField
+        ``[H, W, C]`` intensities (the normalised image, values 0..1), or an
+        :class:`~cellrcnn.io.ImageField` read window by window.
     part_names : tuple of str
         Part names, background first.
     scores, classes : dict, optional
@@ -69,44 +79,70 @@ def measure_cells(cells: np.ndarray, parts: np.ndarray, image: np.ndarray, part_
         Micrometres per pixel; adds areas in square micrometres.
     name : str
         The image's name, first column.
+    block : int
+        Side of the blocks read at a time.
 
     Returns
     -------
     pandas.DataFrame
-        image, cell_id, class, score, bbox_x0/y0/x1/y1, centroid_x/y, area_px
-        (whole cell), ``<part>_area_px`` per part, ``*_um2`` with a pixel size,
-        ``nc_ratio`` (nucleus / cytoplasm area, when both parts exist) and
-        ``mean_<part>_c<k>``, the mean intensity of channel k in each part.
+        image, cell_id, class, score, bbox_x0/y0/x1/y1 (pixel edges),
+        centroid_x/y, area_px (whole cell), ``<part>_area_px`` per part,
+        ``*_um2`` with a pixel size, ``nc_ratio`` (nucleus / cytoplasm area,
+        when both parts exist) and ``mean_<part>_c<k>``, the mean intensity of
+        channel k in each part. Coordinates are those of the whole image.
     """
-    ids = np.unique(cells[cells > 0])
-    props = regionprops_table(cells.astype(np.int64), properties=("label", "bbox", "centroid"))
-    K, C = len(part_names), image.shape[-1]
-    index = np.searchsorted(ids, cells[cells > 0])
-    part = parts[cells > 0].astype(np.int64)
-    counts = np.bincount(index * K + part, minlength=len(ids) * K).reshape(len(ids), K)
+    read = image.read if hasattr(image, "read") else (lambda y0, y1, x0, x1: image[y0:y1, x0:x1])
+    H, W = cells.shape
+    n, K = int(cells.max(initial=0)), len(part_names)
+    counts = np.zeros((n + 1) * K)
+    sums: np.ndarray | None = None
+    low = np.full((2, n + 1), np.iinfo(np.int64).max)
+    high = np.full((2, n + 1), -1)
+    coord_sums = np.zeros((2, n + 1))
+    for y0 in range(0, H, block):
+        for x0 in range(0, W, block):
+            inside = cells[y0:y0 + block, x0:x0 + block] > 0
+            if not inside.any():
+                continue
+            label = cells[y0:y0 + block, x0:x0 + block][inside].astype(np.int64)
+            key = label * K + parts[y0:y0 + block, x0:x0 + block][inside].astype(np.int64)
+            pixels = np.asarray(read(y0, min(y0 + block, H), x0, min(x0 + block, W)))[inside].astype(np.float64)
+            if sums is None:
+                sums = np.zeros((pixels.shape[-1], (n + 1) * K))
+            counts += np.bincount(key, minlength=(n + 1) * K)
+            for c in range(pixels.shape[-1]):
+                sums[c] += np.bincount(key, weights=pixels[:, c], minlength=(n + 1) * K)
+            for axis, coords in enumerate(np.nonzero(inside)):
+                coords = coords + (y0, x0)[axis]
+                np.minimum.at(low[axis], label, coords)
+                np.maximum.at(high[axis], label, coords)
+                coord_sums[axis] += np.bincount(label, weights=coords, minlength=n + 1)
+    counts = counts.reshape(n + 1, K)
+    ids = np.flatnonzero(counts.sum(axis=1) > 0)
+    ids = ids[ids > 0]
+    counts, area = counts[ids], counts[ids].sum(axis=1)
     table = pd.DataFrame({
         "image": name,
-        "cell_id": props["label"],
-        "class": [(classes or {}).get(int(i), "cell") for i in props["label"]],
-        "score": [(scores or {}).get(int(i), np.nan) for i in props["label"]],
-        "bbox_x0": props["bbox-1"], "bbox_y0": props["bbox-0"], "bbox_x1": props["bbox-3"], "bbox_y1": props["bbox-2"],
-        "centroid_x": props["centroid-1"], "centroid_y": props["centroid-0"],
-        "area_px": counts.sum(axis=1),
+        "cell_id": ids,
+        "class": [(classes or {}).get(int(i), "cell") for i in ids],
+        "score": [(scores or {}).get(int(i), np.nan) for i in ids],
+        "bbox_x0": low[1, ids], "bbox_y0": low[0, ids], "bbox_x1": high[1, ids] + 1, "bbox_y1": high[0, ids] + 1,
+        "centroid_x": coord_sums[1, ids] / area if len(ids) else [], "centroid_y": coord_sums[0, ids] / area if len(ids) else [],
+        "area_px": area.astype(np.int64),
     })
     for k, part_name in enumerate(part_names[1:], start=1):
-        table[f"{part_name}_area_px"] = counts[:, k]
+        table[f"{part_name}_area_px"] = counts[:, k].astype(np.int64)
     if pixel_size:
         for column in [c for c in table.columns if c.endswith("area_px")]:
             table[column.replace("_px", "_um2")] = table[column] * pixel_size**2
     if "nucleus" in part_names and "cytoplasm" in part_names:
         cyto = table["cytoplasm_area_px"].astype(float)
         table["nc_ratio"] = table["nucleus_area_px"] / cyto.where(cyto > 0)
-    pixels = image[cells > 0].astype(np.float64)
-    for k, part_name in enumerate(part_names[1:], start=1):
-        for c in range(C):
-            sums = np.bincount(index * K + part, weights=pixels[:, c], minlength=len(ids) * K).reshape(len(ids), K)
-            table[f"mean_{part_name}_c{c}"] = sums[:, k] / np.where(counts[:, k] > 0, counts[:, k], np.nan)
-    return table
+    channels = sums.shape[0] if sums is not None else (image.shape[-1] if hasattr(image, "shape") else 3)
+    means = {f"mean_{part_name}_c{c}": (sums[c].reshape(n + 1, K)[ids, k] if sums is not None else np.zeros(0))
+             / np.where(counts[:, k] > 0, counts[:, k], np.nan)
+             for k, part_name in enumerate(part_names[1:], start=1) for c in range(channels)}
+    return pd.concat([table, pd.DataFrame(means, index=table.index)], axis=1)
 
 
 @dataclass
@@ -118,95 +154,185 @@ class PathResult:
     error: str | None = None
 
 
+#: Side of a tile in network pixels when no tile size is given: the image resized by the prediction scale
+#: is cut into tiles of about this size.
+NETWORK_TILE = 1024
+
+
+def prediction_scale(model: ModelConfig, scale: float | None = None, cell_diameter: float | None = None) -> float | None:
+    """The factor by which images are resized for the network at prediction.
+
+    Parameters
+    ----------
+    model : ModelConfig
+        The model's config, with the scale it was trained at (``input_scale``, ``cell_size``).
+    scale : float, optional
+        Resize factor given by the user (image pixels to network pixels).
+    cell_diameter : float, optional
+        Typical cell diameter in the new images, in pixels: the factor makes
+        cells as wide as the model saw them in training (``cell_size``).
+
+    Returns
+    -------
+    float or None
+        ``scale``; else ``cell_size / cell_diameter``; else the training
+        scale; None (each image resized to ``min_size``) for models that did
+        not record it.
+
+    Raises
+    ------
+    ValueError
+        Both given, a value not positive, or a cell diameter for a model without a recorded cell size.
+    """
+    if scale is not None and cell_diameter is not None:
+        raise ValueError("give the scale or the cell diameter, not both")
+    for label, value in (("scale", scale), ("cell diameter", cell_diameter)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"the {label} must be a positive number, got {value}")
+    if scale is not None:
+        return float(scale)
+    if cell_diameter is not None:
+        if model.cell_size is None:
+            raise ValueError("this model does not record the cell size it was trained at (trained before it was "
+                             "recorded); give the scale (--scale) instead of the cell diameter")
+        return model.cell_size / cell_diameter
+    return model.input_scale
+
+
 class Predictor:
     """A trained model ready to predict images the way it was trained to read them.
+
+    Images are resized by the scale the model was trained at (see
+    :func:`prediction_scale`), and an image larger than one tile is cut into
+    overlapping tiles whose labels are stitched into one field
+    (:mod:`cellrcnn.tiles`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model built by :func:`cellrcnn.build_model`.
+    config : Config
+        The run's config (channels, normalisation, parts, training scale).
+    device : str or torch.device
+        Where the model runs.
+    scale, cell_diameter : float, optional
+        Override the training scale; see :func:`prediction_scale`.
 
     Examples
     --------
     >>> predictor = Predictor.from_checkpoint("runs/wbc/best.pt")
     >>> result = predictor.predict("cell_001.tif")
     >>> result.cells, result.parts, result.table
+    >>> field = predictor.predict("field.tif", tile=1024, overlap=64, progress=True)
     """
 
-    def __init__(self, model: torch.nn.Module, config: Config, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, config: Config, device: str | torch.device = "cpu",
+                 scale: float | None = None, cell_diameter: float | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = config
+        self.scale = prediction_scale(config.model, scale, cell_diameter)
+        if isinstance(getattr(model, "transform", None), PartRCNNTransform):
+            self.model.transform.fixed_scale = self.scale
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scale: float | None = None,
+                        cell_diameter: float | None = None) -> "Predictor":
         """Load ``best.pt`` or ``last.pt`` of a run; ``device="auto"`` picks CUDA when present."""
         model, config = model_from_checkpoint(path, map_location="cpu")
-        return cls(model, config, resolve_device(device))
+        return cls(model, config, resolve_device(device), scale, cell_diameter)
 
     @property
     def parts(self) -> tuple[str, ...]:
         return self.config.model.parts
 
-    def _load(self, image) -> tuple[str, np.ndarray]:
+    def tiles(self, shape: tuple[int, int], tile: int | None = None, overlap: int | None = None) -> list[Tile]:
+        """The tiles an image of ``shape`` (H, W) is predicted in (one tile: the whole image).
+
+        ``tile`` defaults to :data:`NETWORK_TILE` network pixels in image
+        pixels; ``overlap`` to about one cell diameter (from the recorded cell
+        size), at most a quarter of the tile.
+        """
+        scale = self.scale or 1.0
+        if tile is None:
+            tile = max(64, int(round(NETWORK_TILE / scale)))
+        if overlap is None:
+            cell = self.config.model.cell_size
+            overlap = int(math.ceil(cell / scale)) if cell else tile // 8
+            overlap = min(overlap, tile // 4)
+        return tile_grid(shape, tile, overlap)
+
+    def _open(self, image, name: str | None = None) -> ImageField:
+        if isinstance(image, ImageField):
+            return image
         if isinstance(image, (str, os.PathLike)):
-            return Path(image).stem, read_image(image, self.config.data.percentiles)
-        return "image", normalize_image(np.asarray(image), self.config.data.percentiles)
+            return open_field(image, self.config.data)
+        return field_from_array(np.asarray(image), self.config.data, name or "image")
 
     @torch.no_grad()
+    def _forward(self, arrays: list[np.ndarray], score_threshold: float) -> list[dict]:
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(self.device) for a in arrays]
+        heads = getattr(self.model, "roi_heads", None)
+        before = getattr(heads, "score_thresh", None)
+        if before is not None:  # detections below the threshold are dropped anyway: do not paste their masks
+            heads.score_thresh = max(before, score_threshold)
+        try:
+            return [{k: v.cpu() for k, v in out.items()} for out in self.model(tensors)]
+        finally:
+            if before is not None:
+                heads.score_thresh = before
+
+    def _stitch(self, stitcher: Stitcher, tile: Tile, output: dict, score_threshold: float) -> None:
+        labels = to_label_images(output, score_threshold)
+        kept = labels["kept"]
+        stitcher.add(tile, labels["cells"].numpy(), labels["parts"].numpy(), output["scores"][kept].tolist(),
+                     output["labels"][kept].tolist())
+
     def predict_batch(self, images: list, names: list[str] | None = None, score_threshold: float = 0.5,
                       largest: bool = False, max_cells: int | None = None,
                       pixel_size: float | None = None) -> list[Prediction]:
-        """Predict several images (paths or arrays) in one forward pass; see :meth:`predict`."""
-        loaded = [self._load(img) for img in images]
-        names = names or [n for n, _ in loaded]
-        tensors = [torch.from_numpy(arr).permute(2, 0, 1).to(self.device) for _, arr in loaded]
-        outputs = self.model(tensors)
-        return [self._finish(name, arr, out, score_threshold, largest, max_cells, pixel_size)
-                for name, (_, arr), out in zip(names, loaded, outputs)]
+        """Predict several images (paths or arrays) whole, in one forward pass; see :meth:`predict`."""
+        fields = [self._open(img, n) for img, n in zip(images, names or [None] * len(images))]
+        arrays = [f.read(0, f.shape[0], 0, f.shape[1]) for f in fields]
+        predictions = []
+        for field, array, output in zip(fields, arrays, self._forward(arrays, score_threshold)):
+            stitcher = Stitcher(field.shape)
+            self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output, score_threshold)
+            predictions.append(self._finish(field.name, array, stitcher, largest, max_cells, pixel_size))
+        return predictions
 
-    def predict_paths(self, paths: list, batch_size: int = 1, **options) -> Iterator[PathResult]:
-        """Predict image files in batches, one result per file, in order.
+    def predict_tiled(self, image, name: str | None = None, tile: int | None = None, overlap: int | None = None,
+                      batch_size: int = 1, progress: bool = False, score_threshold: float = 0.5,
+                      largest: bool = False, max_cells: int | None = None,
+                      pixel_size: float | None = None) -> Prediction:
+        """Predict an image in overlapping tiles stitched into one field; see :meth:`predict`.
 
-        A batch holding an unreadable file is predicted again file by file, so one
-        bad file costs only itself: its result carries the error instead of a
-        prediction, and the rest go on.
-
-        Parameters
-        ----------
-        paths : list of path
-            Image files (see :func:`cellrcnn.io.list_images`).
-        batch_size : int
-            Images per forward pass.
-        **options
-            Passed to :meth:`predict_batch` (``score_threshold``, ``largest``,
-            ``max_cells``, ``pixel_size``).
-
-        Yields
-        ------
-        PathResult
-            ``path``, and ``prediction`` or ``error`` (one line naming the file).
+        Only the label images and one batch of tiles are held: an uncompressed
+        TIFF is read window by window (:func:`cellrcnn.io.open_field`), and the
+        prediction's ``image`` is None.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        for start in range(0, len(paths), batch_size):
-            batch = list(paths[start:start + batch_size])
-            try:
-                predictions = self.predict_batch(batch, **options)
-            except DataError as err:
-                if len(batch) > 1:  # find the bad file; the others still get predicted
-                    yield from self.predict_paths(batch, 1, **options)
-                else:
-                    logger.error("failed: %s", err)
-                    yield PathResult(Path(batch[0]), error=str(err))
-                continue
-            for path, prediction in zip(batch, predictions):
-                yield PathResult(Path(path), prediction=prediction)
+        field = self._open(image, name)
+        tiles = self.tiles(field.shape, tile, overlap)
+        stitcher = Stitcher(field.shape)
+        with tqdm(total=len(tiles), desc=field.name, unit="tile", disable=not progress, leave=False) as bar:
+            for start in range(0, len(tiles), batch_size):
+                batch = tiles[start:start + batch_size]
+                outputs = self._forward([field.read(t.y0, t.y1, t.x0, t.x1) for t in batch], score_threshold)
+                for t, output in zip(batch, outputs):
+                    self._stitch(stitcher, t, output, score_threshold)
+                bar.update(len(batch))
+        return self._finish(field.name, field, stitcher, largest, max_cells, pixel_size)
 
     def predict(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool = False,
-                max_cells: int | None = None, pixel_size: float | None = None) -> Prediction:
-        """Predict one image.
+                max_cells: int | None = None, pixel_size: float | None = None, tile: int | None = None,
+                overlap: int | None = None, batch_size: int = 1, progress: bool = False) -> Prediction:
+        """Predict one image, in tiles when it is larger than one tile.
 
         Parameters
         ----------
-        image : path or np.ndarray
-            A file (read as in training) or an array ``[H, W]``, ``[H, W, C]`` or
-            ``[C, H, W]``, normalised with the run's saved settings.
+        image : path, np.ndarray or ImageField
+            A file (read as in training: the run's channels and normalisation)
+            or an array ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``.
         name : str, optional
             Name for the table (default: the file stem, or "image").
         score_threshold : float
@@ -217,28 +343,101 @@ class Predictor:
             Keep at most this many cells, the best-scoring ones.
         pixel_size : float, optional
             Micrometres per pixel, for areas in square micrometres.
+        tile, overlap : int, optional
+            Tile side and overlap in image pixels (see :meth:`tiles`).
+        batch_size : int
+            Tiles per forward pass.
+        progress : bool
+            Show a progress bar over the tiles.
         """
-        return self.predict_batch([image], [name] if name else None, score_threshold, largest, max_cells,
-                                  pixel_size)[0]
+        field = self._open(image, name)
+        options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
+                   "pixel_size": pixel_size}
+        if len(self.tiles(field.shape, tile, overlap)) > 1:
+            return self.predict_tiled(field, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress,
+                                      **options)
+        return self.predict_batch([field], **options)[0]
 
-    def _finish(self, name, image, output, score_threshold, largest, max_cells, pixel_size) -> Prediction:
-        output = {k: v.cpu() for k, v in output.items()}
-        labels = to_label_images(output, score_threshold)
-        cells, parts, kept = labels["cells"].numpy(), labels["parts"].numpy(), labels["kept"].numpy()
+    def predict_paths(self, paths: list, batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
+                      progress: bool = False, **options) -> Iterator[PathResult]:
+        """Predict image files, one result per file, in order.
+
+        Images that fit in one tile are predicted ``batch_size`` at a time;
+        larger ones in tiles, ``batch_size`` tiles at a time. A file that cannot
+        be read costs only itself: its result carries the error instead of a
+        prediction, and the rest go on.
+
+        Parameters
+        ----------
+        paths : list of path
+            Image files (see :func:`cellrcnn.io.list_images`).
+        batch_size : int
+            Images (or tiles) per forward pass.
+        tile, overlap : int, optional
+            As in :meth:`predict`.
+        progress : bool
+            A progress bar over the tiles of large images.
+        **options
+            Passed to :meth:`predict` (``score_threshold``, ``largest``,
+            ``max_cells``, ``pixel_size``).
+
+        Yields
+        ------
+        PathResult
+            ``path``, and ``prediction`` or ``error`` (one line naming the file).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        pending: list[tuple[Path, ImageField]] = []
+
+        def flush() -> Iterator[PathResult]:
+            if pending:
+                predictions = self.predict_batch([f for _, f in pending], **options)
+                yield from (PathResult(path, prediction=p) for (path, _), p in zip(pending, predictions))
+                pending.clear()
+
+        for path in map(Path, paths):
+            try:
+                field = open_field(path, self.config.data)
+                tiled = len(self.tiles(field.shape, tile, overlap)) > 1
+                if tiled:
+                    yield from flush()
+                    yield PathResult(path, prediction=self.predict_tiled(field, tile=tile, overlap=overlap,
+                                                                         batch_size=batch_size, progress=progress,
+                                                                         **options))
+                    continue
+            except DataError as err:
+                logger.error("failed: %s", err)
+                yield from flush()
+                yield PathResult(path, error=str(err))
+                continue
+            pending.append((path, field))
+            if len(pending) == batch_size:
+                yield from flush()
+        yield from flush()
+
+    def _finish(self, name: str, image, stitcher: Stitcher, largest: bool, max_cells: int | None,
+                pixel_size: float | None) -> Prediction:
+        """Labels, the cells chosen (``largest``, ``max_cells``) and their table."""
+        field = stitcher.finish()
+        cells, parts, scores, classes = field["cells"], field["parts"], field["scores"], field["classes"]
+        keep = np.arange(1, len(scores) + 1)
         if max_cells is not None:
-            cells = np.where(cells > max_cells, 0, cells)  # labels follow descending score
-        if largest:
-            cells = np.where(cells == largest_complete_label(cells), cells, 0)
-        # Renumber the cells still present 1..N (a cell fully covered by better ones vanishes), in score order.
-        present = np.unique(cells[cells > 0])
-        lut = np.zeros(int(cells.max()) + 1, dtype=np.int64)
-        lut[present] = np.arange(1, len(present) + 1)
-        cells = lut[cells]
-        parts = np.where(cells > 0, parts, 0).astype(np.uint8)
+            keep = keep[:max_cells]  # labels follow descending score
+        if largest and len(keep):
+            border = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
+            keep = keep[[largest_complete(field["areas"][keep - 1], ~np.isin(keep, border))]]
+        if len(keep) < len(scores):
+            lut = np.zeros(len(scores) + 1, dtype=cells.dtype)
+            lut[keep] = np.arange(1, len(keep) + 1)
+            for y in range(0, cells.shape[0], 512):  # in bands, as Stitcher.finish
+                cells[y:y + 512] = lut[cells[y:y + 512]]
+                parts[y:y + 512] *= cells[y:y + 512] > 0
+            scores, classes = scores[keep - 1], classes[keep - 1]
         class_names = self.config.data.class_names
-        detections = {new: int(kept[old - 1]) for new, old in enumerate(present, start=1)}
-        scores = {new: float(output["scores"][d]) for new, d in detections.items()}
-        classes = {new: class_names[min(int(output["labels"][d]), len(class_names)) - 1]
-                   for new, d in detections.items()}
-        table = measure_cells(cells, parts, image, self.parts, scores, classes, pixel_size, name)
-        return Prediction(name=name, image=image, cells=cells.astype(np.uint16), parts=parts, table=table)
+        ids = range(1, len(scores) + 1)
+        table = measure_cells(cells, parts, image, self.parts, dict(zip(ids, map(float, scores))),
+                              {i: class_names[min(int(c), len(class_names)) - 1] for i, c in zip(ids, classes)},
+                              pixel_size, name)
+        return Prediction(name=name, image=image if isinstance(image, np.ndarray) else None, cells=cells, parts=parts,
+                          table=table)

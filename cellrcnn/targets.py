@@ -13,7 +13,7 @@ from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
 __all__ = ["whole_cell_targets", "instance_targets", "parts_from_instances", "select_largest",
-           "largest_complete_label"]
+           "largest_complete", "largest_complete_label"]
 
 
 def instance_targets(cells: np.ndarray, parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:
@@ -74,8 +74,16 @@ def parts_from_instances(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     return parts
 
 
-def _largest_complete(areas: np.ndarray, complete: np.ndarray) -> int:
-    """Index of the largest cell among the complete ones (among all when none is complete)."""
+def largest_complete(areas: np.ndarray, complete: np.ndarray) -> int:
+    """Index of the largest cell among the complete ones (among all when none is complete).
+
+    Parameters
+    ----------
+    areas : np.ndarray
+        ``[N]`` cell areas, ``N >= 1``.
+    complete : np.ndarray
+        bool ``[N]``, True for a cell that does not touch the image border.
+    """
     pool = np.flatnonzero(complete) if complete.any() else np.arange(len(areas))
     return int(pool[np.argmax(areas[pool])])
 
@@ -92,7 +100,7 @@ def select_largest(target: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     H, W = masks.shape[1:]
     areas = (masks > 0).reshape(len(masks), -1).sum(axis=1)
     x0, y0, x1, y1 = target["boxes"].T
-    keep = _largest_complete(areas, (x0 > 0) & (y0 > 0) & (x1 < W) & (y1 < H))
+    keep = largest_complete(areas, (x0 > 0) & (y0 > 0) & (x1 < W) & (y1 < H))
     return {k: v[keep : keep + 1] for k, v in target.items()}
 
 
@@ -102,4 +110,4 @@ def largest_complete_label(cells: np.ndarray) -> int:
     if len(ids) == 0:
         return 0
     border = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
-    return int(ids[_largest_complete(counts, ~np.isin(ids, border))])
+    return int(ids[largest_complete(counts, ~np.isin(ids, border))])

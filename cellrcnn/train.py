@@ -25,11 +25,12 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from tqdm.auto import tqdm
 
 from . import hooks
-from .config import Config, TrainConfig
-from .data import CellDataset, cell_sizes, collate, derived_seed, make_splits, write_split_csv
+from .config import Config, ModelConfig, TrainConfig
+from .data import CellDataset, cell_sizes, collate, derived_seed, load_sample, make_splits, write_split_csv
 from .io import atomic_write
 from .metrics import part_dice
 from .model import build_model, load_checkpoint, resolve_device, resolve_norm, to_label_images
+from .predict import Predictor
 
 __all__ = ["Trainer", "fit", "sweep", "new_run_dir", "latest_run", "Runtime", "validate", "lr_factor",
            "save_checkpoint", "epoch_seed"]
@@ -146,8 +147,8 @@ def _losses_without_touching_batch_norm(model):
 
 @torch.no_grad()
 def validate(model, loader: DataLoader, parts: tuple[str, ...], runtime: Runtime, score_threshold: float = 0.5,
-             quiet: bool = False) -> dict[str, float]:
-    """Validation losses and mean per-image Dice of each part and of the whole cell."""
+             quiet: bool = False, dice: bool = True) -> dict[str, float]:
+    """Validation losses and (``dice``) mean per-image Dice of each part and of the whole cell."""
     sums: dict[str, float] = {}
     with _losses_without_touching_batch_norm(model):
         for images, targets in tqdm(loader, desc="val loss", leave=False, disable=quiet, unit="batch"):
@@ -156,6 +157,11 @@ def validate(model, loader: DataLoader, parts: tuple[str, ...], runtime: Runtime
                 losses = model(images, targets)
             for k, v in losses.items():
                 sums[f"val_{k}"] = sums.get(f"val_{k}", 0.0) + v.item() * len(images)
+    count = len(loader.dataset)
+    result = {k: v / count for k, v in sums.items()}
+    result["val_loss"] = sum(result.values())
+    if not dice:
+        return result
     model.eval()
     scores: list[dict[str, float]] = []
     for images, targets in tqdm(loader, desc="val dice", leave=False, disable=quiet, unit="batch"):
@@ -167,11 +173,27 @@ def validate(model, loader: DataLoader, parts: tuple[str, ...], runtime: Runtime
             masks = target["masks"]
             truth = masks.max(dim=0).values if len(masks) else torch.zeros(masks.shape[1:], dtype=torch.uint8)
             scores.append(part_dice(predicted, truth.cpu().numpy(), parts))
-    count = len(loader.dataset)
-    result = {k: v / count for k, v in sums.items()}
-    result["val_loss"] = sum(result.values())
     result.update({k: float(v) for k, v in pd.DataFrame(scores).mean().items()})
     return result
+
+
+def tiled_dice(model, config: Config, pairs: Sequence, device: torch.device,
+               score_threshold: float = 0.5) -> dict[str, float]:
+    """Mean per-image Dice of whole images predicted in tiles of ``config.data.crop`` pixels at the training
+    scale, against their part maps (the model is left in eval mode, its transform as it was)."""
+    transform = getattr(model, "transform", None)
+    before = getattr(transform, "fixed_scale", None)
+    try:
+        predictor = Predictor(model, config, device)
+        scores = []
+        for pair in pairs:
+            truth = load_sample(pair, config.data)["parts"]
+            predicted = predictor.predict(pair.image, score_threshold=score_threshold, tile=config.data.crop).parts
+            scores.append(part_dice(predicted, truth, config.model.parts))
+    finally:
+        if transform is not None:
+            transform.fixed_scale = before
+    return {k: float(v) for k, v in pd.DataFrame(scores).mean().items()}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -280,7 +302,8 @@ class Trainer:
         splits = make_splits(self.data_dir, self.config.data)
         train = CellDataset(splits["train"], self.config.data, augment=self.config.data.augment,
                             seed=self.config.train.seed)
-        val = CellDataset(splits["val"], self.config.data) if splits["val"] else None
+        # Seeded: with crops, validation sees the same windows every epoch.
+        val = CellDataset(splits["val"], self.config.data, seed=self.config.train.seed) if splits["val"] else None
         if self.runtime.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_split_csv(self.out / "split.csv", splits, overwrite=True)
@@ -298,10 +321,19 @@ class Trainer:
         return loaders
 
     def validate(self) -> dict[str, float]:
-        """Validation losses and Dice of the current model (rank 0)."""
-        cfg = self.config.train
-        return validate(self.raw_model, self.loaders["val"], self.config.model.parts, self.runtime,
-                        cfg.val_score_threshold, self.quiet)
+        """Validation losses and Dice of the current model (rank 0).
+
+        Training on crops, the losses come from the validation images' crops and
+        the Dice from whole images predicted in tiles of the crop size, as
+        :class:`~cellrcnn.Predictor` predicts them.
+        """
+        cfg, crop = self.config.train, self.config.data.crop
+        result = validate(self.raw_model, self.loaders["val"], self.config.model.parts, self.runtime,
+                          cfg.val_score_threshold, self.quiet, dice=crop is None)
+        if crop is not None:
+            result.update(tiled_dice(self.raw_model, self.config, self.datasets["val"].pairs, self.runtime.device,
+                                     cfg.val_score_threshold))
+        return result
 
     def build_hooks(self) -> list:
         """The default hooks (rank 0 only) followed by those passed in; see :mod:`cellrcnn.hooks`."""
@@ -360,8 +392,8 @@ class Trainer:
         self.datasets = self.build_datasets()
         if self.datasets["val"] is None and self.runtime.is_main:
             logger.warning("no validation images (val_fraction 0 and no val_dir): best.pt follows the last epoch")
-        if self.runtime.is_main and self.checkpoint is None and getattr(self.datasets["train"], "pairs", None):
-            self._check_cell_scale(self.datasets["train"].pairs)
+        if self.checkpoint is None and getattr(self.datasets["train"], "pairs", None):  # a resumed run keeps its own
+            self.config = dataclasses.replace(self.config, model=self._measure_scale(self.datasets["train"].pairs))
         self.raw_model = self.build_model().to(self.runtime.device)
         if self.checkpoint is None:  # record the normalisation built (read off the model, not the weights file again)
             model = resolve_norm(self.config.model, self.raw_model.state_dict())
@@ -389,26 +421,33 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self.config.to_json(self.out / "config.json", command=self.command)
 
-    def _check_cell_scale(self, pairs) -> None:
-        """Say how large cells are once images are resized to ``min_size``, and what to set when the anchors
-        (32-512 px) miss them: images of any size go through one workflow, but cell size in pixels matters."""
-        model = self.config.model
+    def _measure_scale(self, pairs) -> ModelConfig:
+        """The model config with the scale of training recorded (``input_scale``, ``cell_size``), for prediction.
+
+        Also says how large cells are once images (or crops) are resized to
+        ``min_size``, and what to set when the anchors (32-512 px) miss them:
+        images of any size go through one workflow, but cell size in pixels matters.
+        """
+        model, crop = self.config.model, self.config.data.crop
         table = cell_sizes(pairs, self.config.data)
         if table.empty:
-            return
+            return model
+        sides = table[["height", "width"]].clip(upper=crop) if crop else table[["height", "width"]]
         # torchvision's resize: the short side to min_size unless the long side would exceed max_size
-        scale = np.minimum(model.min_size / table[["height", "width"]].min(axis=1),
-                           model.max_size / table[["height", "width"]].max(axis=1))
+        scale = np.minimum(model.min_size / sides.min(axis=1), model.max_size / sides.max(axis=1))
         side = float((table["cell_side"] * scale).median())
-        native = float(table["cell_side"].median())
-        logger.info("cells span about %.0f px (median of %d cells in %d images); resized to min_size %d they span "
-                    "about %.0f px", native, len(table), table["image"].nunique(), model.min_size, side)
-        if not 32 <= side <= 512:
-            factor = 128 / side
-            sizes = [max(32, int(round(s * factor / 32)) * 32) for s in (model.min_size, model.max_size)]
-            logger.warning("cells of about %.0f px after resizing fall outside the anchor sizes (32-512 px); set "
-                           "min_size and max_size (--min-size, --max-size) to about %d and %d so they span about "
-                           "128 px", side, *sizes)
+        if self.runtime.is_main:
+            logger.info("cells span about %.0f px (median of %d cells in %d images); resized to min_size %d%s they "
+                        "span about %.0f px", float(table["cell_side"].median()), len(table), table["image"].nunique(),
+                        model.min_size, f" (crops of {crop} px)" if crop else "", side)
+            if not 32 <= side <= 512:
+                factor = 128 / side
+                sizes = [max(32, int(round(s * factor / 32)) * 32) for s in (model.min_size, model.max_size)]
+                logger.warning("cells of about %.0f px after resizing fall outside the anchor sizes (32-512 px); set "
+                               "min_size and max_size (--min-size, --max-size) to about %d and %d so they span about "
+                               "128 px", side, *sizes)
+        per_image = scale.groupby(table["image"]).first()
+        return dataclasses.replace(model, input_scale=float(per_image.median()), cell_size=side)
 
     def _call(self, event: str) -> None:
         for hook in self.hooks:

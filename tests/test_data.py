@@ -249,3 +249,22 @@ def test_check_data_on_a_missing_or_empty_folder(tmp_path):
     assert missing.returncode == 2 and "folder not found" in missing.stderr
     empty = check_data(tmp_path)
     assert empty.returncode == 1 and "no images matching" in empty.stdout
+
+
+def test_crops_rebuild_targets_and_follow_the_seed(tmp_path):
+    from cellrcnn.synthetic import synthetic_field, write_field
+
+    write_field(tmp_path, synthetic_field(256, seed=2, cell_diameter=30), name="field")
+    config = DataConfig(encoding="cells+parts", crop=64, min_area=20)
+    pairs = find_pairs(tmp_path, config)
+    dataset = CellDataset(pairs, config, seed=5)
+    image, target = dataset[0]
+    assert image.shape == (3, 64, 64) and target["masks"].shape[1:] == (64, 64)
+    assert len(target["boxes"]) >= 1 and (target["boxes"] >= 0).all() and (target["boxes"] <= 64).all()
+    assert ((target["masks"] > 0).flatten(1).sum(1) >= 20).all()  # cut cells keep only visible parts of min_area
+    again, _ = dataset[0]
+    assert torch.equal(image, again)
+    dataset.set_epoch(1)
+    assert not torch.equal(image, dataset[0][0])
+    whole = CellDataset(pairs, DataConfig(encoding="cells+parts"))[0][0]
+    assert any(torch.equal(image, whole[:, y:y + 64, x:x + 64]) for y in range(193) for x in range(193))

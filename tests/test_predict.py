@@ -166,3 +166,64 @@ def test_predict_and_evaluate_commands(checkpoint, tmp_path):
     assert (tmp_path / "ev" / "worst_images.png").is_file()
     bad = run("evaluate.py", data, "--out", tmp_path / "ev2")
     assert bad.returncode == 2 and "--pred-dir" in bad.stderr
+
+
+def test_training_records_its_scale_and_prediction_follows_it(checkpoint):
+    from cellrcnn.predict import prediction_scale
+
+    model = Predictor.from_checkpoint(checkpoint, device="cpu").config.model
+    assert model.input_scale == 1.0  # 128-px sample images at min_size 128
+    assert 20 < model.cell_size < 128
+    assert prediction_scale(model) == 1.0
+    assert prediction_scale(model, scale=0.5) == 0.5
+    assert prediction_scale(model, cell_diameter=model.cell_size / 2) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="not both"):
+        prediction_scale(model, scale=1.0, cell_diameter=10.0)
+    legacy = ModelConfig(weights="none", backbone="resnet18_fpn")
+    assert prediction_scale(legacy) is None
+    with pytest.raises(ValueError, match="--scale"):
+        prediction_scale(legacy, cell_diameter=30.0)
+
+
+def test_large_image_is_predicted_in_tiles_into_one_field(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    images = [imread(SAMPLE / "images" / f"sample_{i:02d}.png") for i in range(4)]
+    mosaic = np.concatenate([np.concatenate(images[:2], axis=1), np.concatenate(images[2:], axis=1)], axis=0)
+    # Tiles that are exactly the four images give exactly their own predictions, in field coordinates.
+    tiled = predictor.predict(mosaic, tile=128, overlap=0, batch_size=3)
+    assert tiled.image is None and tiled.cells.shape == (256, 256)
+    one_by_one = np.zeros((256, 256), dtype=np.int64)
+    for k, (y, x) in enumerate([(0, 0), (0, 128), (128, 0), (128, 128)]):
+        cells = predictor.predict(images[k]).cells.astype(np.int64)
+        one_by_one[y:y + 128, x:x + 128] = np.where(cells > 0, cells + one_by_one.max(), 0)
+    pairs = np.unique(np.stack([tiled.cells.ravel(), one_by_one.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))  # same cells, renumbered
+    assert tiled.cells.max() >= 4 and tiled.table["bbox_x1"].max() > 128 and tiled.table["centroid_y"].max() > 128
+    # Overlapping tiles: one table row per label, labels 1..N by descending score.
+    assert len(predictor.tiles(mosaic.shape[:2], tile=160, overlap=40)) == 4
+    overlapping = predictor.predict(mosaic, tile=160, overlap=40)
+    n = int(overlapping.cells.max())
+    assert n >= 4 and sorted(overlapping.table["cell_id"]) == list(range(1, n + 1))
+    assert overlapping.table["score"].is_monotonic_decreasing
+
+
+def test_predict_command_on_a_two_channel_16bit_field(checkpoint, tmp_path):
+    from cellrcnn.synthetic import synthetic_field, write_field
+
+    write_field(tmp_path / "in", synthetic_field(300, seed=1, cell_diameter=40), name="field", pixel_size=0.5)
+    (tmp_path / "in" / "field_cells.tif").unlink()
+    (tmp_path / "in" / "field_masks.tif").unlink()
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), str(checkpoint),
+                           str(tmp_path / "in" / "field.tif"), "--out", str(out), "--tile", "128", "--overlap", "32",
+                           "--pixel-size", "0.5", "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with tifffile.TiffFile(out / "field_cells.tif") as tif:
+        assert tif.asarray().shape == (300, 300)
+        assert tif.pages[0].tags["XResolution"].value == (2, 1) and tif.imagej_metadata["unit"] == "micron"
+    table = pd.read_csv(out / "cells.csv")
+    assert (table["bbox_x1"] <= 300).all() and "area_um2" in table
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), str(checkpoint),
+                          str(tmp_path / "in" / "field.tif"), "--out", str(out), "--scale", "1", "--cell-diameter", "3"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not allowed with argument" in bad.stderr and "Traceback" not in bad.stderr

@@ -206,9 +206,12 @@ def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, 
     split = pd.read_csv(out / "split.csv")
     assert (split["split"] == "val").sum() == 2 and len(split) == 6
     model, config = cellrcnn.model_from_checkpoint(out / "best.pt")
-    # The run records the normalisation it built ("auto" resolved: group norm from scratch), the rest as given.
+    # The run records the normalisation it built ("auto" resolved: group norm from scratch) and the scale it
+    # trained at (sample images of 128 px resized to 64: factor 0.5, cells of about 42 px at 21), the rest as given.
     expected = tiny_config()
-    assert config == dataclasses.replace(expected, model=dataclasses.replace(expected.model, norm="group"))
+    assert config.model.input_scale == 0.5 and 15 < config.model.cell_size < 30
+    assert config == dataclasses.replace(expected, model=dataclasses.replace(
+        expected.model, norm="group", input_scale=0.5, cell_size=config.model.cell_size))
     assert not model.training
     assert "epoch 2/2" in (out / "train.log").read_text()
 
@@ -294,7 +297,8 @@ def test_finetune_from_a_run_takes_its_model_settings_and_weights(small_sample, 
     assert adapted.model.max_size == 80  # the flag given wins
     # All else is the run's, and the stages it trained (all: it was trained from scratch) keep training.
     assert adapted.model == dataclasses.replace(source.model, weights=adapted.model.weights, max_size=80,
-                                                trainable_backbone_layers=5)
+                                                trainable_backbone_layers=5, cell_size=adapted.model.cell_size)
+    assert adapted.model.cell_size is not None  # measured again on the new data, not taken from the source
     assert adapted.train.lr == 0.001  # fine-tuning from trained weights: the fine-tuning protocol
     assert f"tensors from {tmp_path / 'run' / 'best.pt'}; none left fresh" in result.stdout
     # Other classes and parts: their counts follow the names given; weights of dropped parts go.
@@ -449,3 +453,21 @@ def test_finetune_bad_flags_exit_2_with_one_line(small_sample, tmp_path, args, m
     result = finetune(small_sample, "--out", tmp_path / "run", *args)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_training_on_crops_of_fields_validates_tiled_and_records_the_scale(tmp_path):
+    from cellrcnn.synthetic import synthetic_field, write_field
+
+    for seed in range(3):
+        write_field(tmp_path / "fields", synthetic_field(224, seed=seed, cell_diameter=24), name=f"field{seed}")
+    config = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none", min_size=64, max_size=64,
+                                      rpn_batch_size_per_image=32, box_batch_size_per_image=32),
+                    data=DataConfig(encoding="cells+parts", crop=96, channels=(1, 0), val_fraction=0.34),
+                    train=TrainConfig(epochs=1, batch_size=2, accumulate=2, workers=0, device="cpu"))
+    history = cellrcnn.fit(config, tmp_path / "fields", tmp_path / "run", quiet=True)
+    assert {"val_loss", "cytoplasm_dice", "cell_dice"} <= set(history.columns)
+    assert history["cell_dice"].notna().all()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["input_scale"] == pytest.approx(64 / 96)  # crops of 96 px seen at 64 px
+    assert saved["model"]["cell_size"] == pytest.approx(24 * 64 / 96, rel=0.3)
+    assert saved["data"]["channels"] == [1, 0] and saved["data"]["crop"] == 96

@@ -1,0 +1,232 @@
+"""Whole fields of view in tiles: the tile grid, and tile label images stitched into one field.
+
+The rule, for a cell seen by several overlapping tiles:
+
+1. A view of a cell is *complete* in its tile when it does not touch an inner
+   tile edge (an edge that is not the field's border); otherwise it is *cut*.
+2. Two views from different tiles are the same cell when, inside the area both
+   tiles saw, their intersection covers at least ``match`` (half) of the
+   smaller one. (Not IoU over the whole masks: a cut view is only part of its
+   cell, and cells merged from cut views are only partly seen by a new tile.)
+3. Of two views of one cell a complete view beats a cut one, and of two
+   complete views the one farther from its tile's inner edges wins, provided
+   the winner covers at least half of the view it replaces (so a small false
+   detection inside a cell never replaces the cell). Two cut views (a cell
+   wider than the overlap, which no tile sees whole) are merged into one cell.
+4. Views that match nothing are new cells; where two cells claim a pixel, the
+   one laid down first keeps it.
+
+Tiles are added one at a time and only the label images and a few numbers per
+cell are kept, so memory is the two label images plus one tile's working set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.measure import regionprops
+
+__all__ = ["Tile", "tile_grid", "Stitcher"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window ``[y0:y1, x0:x1]`` of a field."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    count = math.ceil((length - overlap) / stride)
+    # The last tile ends at the field's edge, so every tile has the full size.
+    return sorted({min(i * stride, length - tile) for i in range(count)})
+
+
+def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
+    """Overlapping tiles covering a field of ``shape`` (H, W), row by row.
+
+    Neighbouring tiles overlap by at least ``overlap`` pixels; the last tile of a
+    row or column is moved back to end at the field's edge. A side no longer
+    than ``tile`` is one tile.
+
+    Raises
+    ------
+    ValueError
+        ``tile`` is not positive or ``overlap`` is not in ``[0, tile / 2]``.
+    """
+    if tile < 1 or not 0 <= overlap <= tile // 2:
+        raise ValueError(f"tile must be positive and overlap between 0 and half the tile; got tile {tile}, "
+                         f"overlap {overlap}")
+    H, W = shape
+    return [Tile(y, min(y + tile, H), x, min(x + tile, W))
+            for y in _starts(H, tile, overlap) for x in _starts(W, tile, overlap)]
+
+
+@dataclass
+class _Cell:
+    """What the stitcher keeps of a cell: where it is, where its view came from, how it was seen."""
+
+    bbox: list[int]  # y0, y1, x0, x1 in the field
+    window: list[int]  # the tile (or union of tiles) that saw it
+    cut: bool
+    margin: float
+    score: float
+    cls: int
+
+
+class Stitcher:
+    """Tile label images stitched into one cell label image and one part label image.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the field.
+    match : float
+        Overlap (intersection over the smaller, inside the area two tiles share)
+        from which two views are one cell.
+
+    Examples
+    --------
+    >>> stitcher = Stitcher((4000, 4000))
+    >>> for tile in tile_grid((4000, 4000), 1024, 128):
+    ...     stitcher.add(tile, cells, parts, scores, classes)  # cells, parts: the tile's label images
+    >>> field = stitcher.finish()
+    """
+
+    def __init__(self, shape: tuple[int, int], match: float = 0.5) -> None:
+        self.shape = tuple(shape)
+        self.match = match
+        self.cells = np.zeros(self.shape, dtype=np.uint16)
+        self.parts = np.zeros(self.shape, dtype=np.uint8)
+        self._cells: list[_Cell] = []  # label i + 1
+
+    def add(self, tile: Tile, cells: np.ndarray, parts: np.ndarray, scores, classes) -> None:
+        """Stitch one tile's labels in.
+
+        Parameters
+        ----------
+        tile : Tile
+            Where the tile lies in the field.
+        cells : np.ndarray
+            Integer ``[h, w]`` cell labels of the tile, 0 background, label ``i``
+            the detection ``i - 1`` of ``scores``.
+        parts : np.ndarray
+            uint8 ``[h, w]`` part labels.
+        scores, classes : sequence
+            Detection score and class of each label.
+        """
+        if cells.shape != tile.shape or parts.shape != tile.shape:
+            raise ValueError(f"tile labels of shape {cells.shape} and {parts.shape} do not fit tile {tile}")
+        H, W = self.shape
+        h, w = tile.shape
+        inner = {"top": tile.y0 > 0, "bottom": tile.y1 < H, "left": tile.x0 > 0, "right": tile.x1 < W}
+        for region in regionprops(np.asarray(cells, dtype=np.int64)):
+            r0, c0, r1, c1 = region.bbox
+            gaps = {"top": r0, "bottom": h - r1, "left": c0, "right": w - c1}
+            inner_gaps = [gaps[side] for side, is_inner in inner.items() if is_inner]
+            margin = float(min(inner_gaps)) if inner_gaps else math.inf
+            view = _Cell(bbox=[tile.y0 + r0, tile.y0 + r1, tile.x0 + c0, tile.x0 + c1],
+                         window=[tile.y0, tile.y1, tile.x0, tile.x1], cut=margin == 0, margin=margin,
+                         score=float(scores[region.label - 1]), cls=int(classes[region.label - 1]))
+            self._place(view, region.image, parts[r0:r1, c0:c1])
+
+    def _place(self, view: _Cell, mask: np.ndarray, parts: np.ndarray) -> None:
+        y0, y1, x0, x1 = view.bbox
+        under = self.cells[y0:y1, x0:x1][mask]
+        found, counts = np.unique(under[under > 0], return_counts=True)
+        match, covers = None, False
+        for label in found[np.argsort(-counts)]:
+            inter, ours, theirs = self._shared_overlap(int(label), view, mask)
+            if inter >= self.match * max(min(ours, theirs), 1):
+                match, covers = int(label), inter >= 0.5 * theirs
+                break
+        if match is None:
+            self._cells.append(view)
+            self._write(len(self._cells), view, mask, parts)
+            return
+        kept = self._cells[match - 1]
+        if view.cut and kept.cut:  # neither tile saw it whole: merge the views
+            self._write(match, view, mask, parts)
+            kept.bbox = [min(kept.bbox[0], y0), max(kept.bbox[1], y1), min(kept.bbox[2], x0), max(kept.bbox[3], x1)]
+            kept.window = [min(kept.window[0], view.window[0]), max(kept.window[1], view.window[1]),
+                           min(kept.window[2], view.window[2]), max(kept.window[3], view.window[3])]
+            kept.margin, kept.score = max(kept.margin, view.margin), max(kept.score, view.score)
+        elif not view.cut and (kept.cut or view.margin > kept.margin) and covers:
+            self._clear(match)
+            self._cells[match - 1] = view
+            self._write(match, view, mask, parts)
+
+    def _shared_overlap(self, label: int, view: _Cell, mask: np.ndarray) -> tuple[int, int, int]:
+        """Pixels of ``view`` and cell ``label`` in common, and of each, inside the area both their tiles saw."""
+        kept = self._cells[label - 1]
+        wy0, wy1 = max(view.window[0], kept.window[0]), min(view.window[1], kept.window[1])
+        wx0, wx1 = max(view.window[2], kept.window[2]), min(view.window[3], kept.window[3])
+        y0, y1 = max(wy0, min(view.bbox[0], kept.bbox[0])), min(wy1, max(view.bbox[1], kept.bbox[1]))
+        x0, x1 = max(wx0, min(view.bbox[2], kept.bbox[2])), min(wx1, max(view.bbox[3], kept.bbox[3]))
+        if y1 <= y0 or x1 <= x0:
+            return 0, 0, 0
+        ours = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        vy0, vy1, vx0, vx1 = view.bbox
+        sy0, sy1, sx0, sx1 = max(y0, vy0), min(y1, vy1), max(x0, vx0), min(x1, vx1)
+        if sy1 > sy0 and sx1 > sx0:
+            ours[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = mask[sy0 - vy0:sy1 - vy0, sx0 - vx0:sx1 - vx0]
+        theirs = self.cells[y0:y1, x0:x1] == label
+        return np.count_nonzero(ours & theirs), np.count_nonzero(ours), np.count_nonzero(theirs)
+
+    def _write(self, label: int, view: _Cell, mask: np.ndarray, parts: np.ndarray) -> None:
+        if label > np.iinfo(self.cells.dtype).max:
+            self.cells = self.cells.astype(np.uint32)  # more cells than uint16 holds: rare, worth one copy
+        y0, y1, x0, x1 = view.bbox
+        cells = self.cells[y0:y1, x0:x1]
+        free = mask & ((cells == 0) | (cells == label))
+        cells[free] = label
+        self.parts[y0:y1, x0:x1][free] = parts[free]
+
+    def _clear(self, label: int) -> None:
+        y0, y1, x0, x1 = self._cells[label - 1].bbox
+        cells = self.cells[y0:y1, x0:x1]
+        own = cells == label
+        cells[own] = 0
+        self.parts[y0:y1, x0:x1][own] = 0
+
+    def finish(self, band: int = 512) -> dict:
+        """The field's labels, renumbered 1..N by descending score (cells that lost every pixel dropped).
+
+        Returns
+        -------
+        dict
+            ``cells`` uint16 ``[H, W]`` (uint32 beyond 65535 cells), ``parts``
+            uint8 ``[H, W]``, ``scores`` float ``[N]`` and ``classes`` int ``[N]``
+            of cells 1..N, ``areas`` int ``[N]`` (pixels).
+        """
+        n = len(self._cells)
+        counts = np.zeros(n + 1, dtype=np.int64)
+        for y in range(0, self.shape[0], band):  # in bands: no temporary the size of the field
+            counts += np.bincount(self.cells[y:y + band].ravel(), minlength=n + 1)
+        scores = np.array([c.score for c in self._cells])
+        classes = np.array([c.cls for c in self._cells], dtype=np.int64)
+        alive = np.flatnonzero(counts[1:] > 0)
+        order = alive[np.argsort(-scores[alive], kind="stable")]
+        lut = np.zeros(n + 1, dtype=self.cells.dtype)
+        lut[order + 1] = np.arange(1, len(order) + 1)
+        for y in range(0, self.shape[0], band):
+            self.cells[y:y + band] = lut[self.cells[y:y + band]]
+        if len(order) <= np.iinfo(np.uint16).max and self.cells.dtype != np.uint16:
+            self.cells = self.cells.astype(np.uint16)
+        return {"cells": self.cells, "parts": self.parts, "scores": scores[order], "classes": classes[order],
+                "areas": counts[order + 1]}
