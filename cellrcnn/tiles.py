@@ -48,21 +48,24 @@ class Tile:
         return self.y1 - self.y0, self.x1 - self.x0
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
+def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of the fewest tiles of at most ``tile`` pixels, overlapping by at least ``overlap``,
+    that cover ``length``: all of one size, spread evenly, so no field size wastes a nearly empty last tile."""
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    count = math.ceil((length - overlap) / stride)
-    # The last tile ends at the field's edge, so every tile has the full size.
-    return sorted({min(i * stride, length - tile) for i in range(count)})
+        return [(0, length)]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    size = math.ceil((length + (count - 1) * overlap) / count)
+    return [(start, start + size) for start in
+            sorted({round(i * (length - size) / (count - 1)) for i in range(count)})]
 
 
 def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
     """Overlapping tiles covering a field of ``shape`` (H, W), row by row.
 
-    Neighbouring tiles overlap by at least ``overlap`` pixels; the last tile of a
-    row or column is moved back to end at the field's edge. A side no longer
-    than ``tile`` is one tile.
+    Along each side the fewest tiles of at most ``tile`` pixels that overlap
+    by at least ``overlap`` are spread evenly, all of one size (a side no longer
+    than ``tile`` is one tile), so the pixels predicted twice stay a steady
+    fraction of the field whatever its size.
 
     Raises
     ------
@@ -73,8 +76,7 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
         raise ValueError(f"tile must be positive and overlap between 0 and half the tile; got tile {tile}, "
                          f"overlap {overlap}")
     H, W = shape
-    return [Tile(y, min(y + tile, H), x, min(x + tile, W))
-            for y in _starts(H, tile, overlap) for x in _starts(W, tile, overlap)]
+    return [Tile(y0, y1, x0, x1) for y0, y1 in _spans(H, tile, overlap) for x0, x1 in _spans(W, tile, overlap)]
 
 
 @dataclass
@@ -149,27 +151,47 @@ class Stitcher:
         y0, y1, x0, x1 = view.bbox
         under = self.cells[y0:y1, x0:x1][mask]
         found, counts = np.unique(under[under > 0], return_counts=True)
-        match, covers = None, False
+        matches = []  # (label, whether the view covers at least half of it)
         for label in found[np.argsort(-counts)]:
             inter, ours, theirs = self._shared_overlap(int(label), view, mask)
             if inter >= self.match * max(min(ours, theirs), 1):
-                match, covers = int(label), inter >= 0.5 * theirs
-                break
-        if match is None:
+                matches.append((int(label), inter >= 0.5 * theirs))
+        if not matches:
             self._cells.append(view)
             self._write(len(self._cells), view, mask, parts)
             return
-        kept = self._cells[match - 1]
-        if view.cut and kept.cut:  # neither tile saw it whole: merge the views
-            self._write(match, view, mask, parts)
-            kept.bbox = [min(kept.bbox[0], y0), max(kept.bbox[1], y1), min(kept.bbox[2], x0), max(kept.bbox[3], x1)]
-            kept.window = [min(kept.window[0], view.window[0]), max(kept.window[1], view.window[1]),
-                           min(kept.window[2], view.window[2]), max(kept.window[3], view.window[3])]
-            kept.margin, kept.score = max(kept.margin, view.margin), max(kept.score, view.score)
-        elif not view.cut and (kept.cut or view.margin > kept.margin) and covers:
-            self._clear(match)
-            self._cells[match - 1] = view
-            self._write(match, view, mask, parts)
+        if view.cut:  # merged with the cut views of the cell (a complete view, if any, wins)
+            pieces = [label for label, _ in matches if self._cells[label - 1].cut]
+            if not pieces:
+                return
+            for label in pieces[1:]:  # this view bridges pieces kept apart so far
+                self._absorb(pieces[0], label)
+            self._absorb(pieces[0], view)
+            self._write(pieces[0], view, mask, parts)
+            return
+        if any(not self._cells[label - 1].cut and self._cells[label - 1].margin >= view.margin
+               for label, _ in matches):
+            return  # a complete view farther from its tile's edges is kept
+        beaten = [label for label, covers in matches if covers]
+        if beaten:  # every cut piece (or nearer-the-edge view) it covers makes way
+            for label in beaten:
+                self._clear(label)
+            self._cells[beaten[0] - 1] = view
+            self._write(beaten[0], view, mask, parts)
+
+    def _absorb(self, label: int, other) -> None:
+        """Cell ``label`` takes over cut piece ``other`` (a label, or a view about to be written as ``label``)."""
+        kept = self._cells[label - 1]
+        piece = self._cells[other - 1] if isinstance(other, int) else other
+        if isinstance(other, int):
+            y0, y1, x0, x1 = piece.bbox
+            cells = self.cells[y0:y1, x0:x1]
+            cells[cells == other] = label
+        kept.bbox = [min(kept.bbox[0], piece.bbox[0]), max(kept.bbox[1], piece.bbox[1]),
+                     min(kept.bbox[2], piece.bbox[2]), max(kept.bbox[3], piece.bbox[3])]
+        kept.window = [min(kept.window[0], piece.window[0]), max(kept.window[1], piece.window[1]),
+                       min(kept.window[2], piece.window[2]), max(kept.window[3], piece.window[3])]
+        kept.margin, kept.score = max(kept.margin, piece.margin), max(kept.score, piece.score)
 
     def _shared_overlap(self, label: int, view: _Cell, mask: np.ndarray) -> tuple[int, int, int]:
         """Pixels of ``view`` and cell ``label`` in common, and of each, inside the area both their tiles saw."""

@@ -50,10 +50,13 @@ def test_grid_covers_the_field_with_full_tiles_and_the_overlap():
     covered = np.zeros((1000, 700), dtype=int)
     for t in tiles:
         covered[t.y0:t.y1, t.x0:t.x1] += 1
-        assert t.shape == (256, 256)
     assert covered.min() >= 1
-    xs = sorted({t.x0 for t in tiles})
-    assert all(b - a <= 256 - 32 for a, b in zip(xs, xs[1:])) and xs[-1] + 256 == 700
+    assert len({t.shape for t in tiles}) == 1 and max(tiles[0].shape) <= 256
+    xs, side = sorted({t.x0 for t in tiles}), tiles[0].shape[1]
+    assert all(b - a <= side - 32 for a, b in zip(xs, xs[1:])) and xs[-1] + side == 700
+    assert len(tiles) == 5 * 3  # the fewest that cover it
+    # 2048 px in tiles of at most 1024 overlapping by 128: three of 768, not a third tile of 1024 mostly repeated
+    assert {t.shape for t in tile_grid((2048, 2048), 1024, 128)} == {(768, 768)}
     assert tile_grid((100, 120), 256, 32) == [Tile(0, 100, 0, 120)]
     with pytest.raises(ValueError, match="overlap"):
         tile_grid((100, 100), 64, 40)
