@@ -138,7 +138,8 @@ def measure_cells(cells: np.ndarray, parts: np.ndarray, image, part_names: tuple
     if "nucleus" in part_names and "cytoplasm" in part_names:
         cyto = table["cytoplasm_area_px"].astype(float)
         table["nc_ratio"] = table["nucleus_area_px"] / cyto.where(cyto > 0)
-    channels = sums.shape[0] if sums is not None else (image.shape[-1] if hasattr(image, "shape") else 3)
+    # without any cell pixel, the channel count comes from the image (an ImageField always gives three)
+    channels = sums.shape[0] if sums is not None else (image.shape[-1] if isinstance(image, np.ndarray) else 3)
     means = {f"mean_{part_name}_c{c}": (sums[c].reshape(n + 1, K)[ids, k] if sums is not None else np.zeros(0))
              / np.where(counts[:, k] > 0, counts[:, k], np.nan)
              for k, part_name in enumerate(part_names[1:], start=1) for c in range(channels)}

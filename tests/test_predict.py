@@ -227,3 +227,21 @@ def test_predict_command_on_a_two_channel_16bit_field(checkpoint, tmp_path):
                           str(tmp_path / "in" / "field.tif"), "--out", str(out), "--scale", "1", "--cell-diameter", "3"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not allowed with argument" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_measurements_read_a_field_block_by_block_as_the_whole_image():
+    from cellrcnn.io import field_from_array
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 4000, (300, 260), dtype=np.uint16)
+    cells = np.zeros((300, 260), np.uint16)
+    cells[10:120, 20:90], cells[150:290, 100:250] = 1, 2
+    parts = np.where(cells > 0, 1, 0).astype(np.uint8)
+    parts[40:80, 40:70] = 2
+    field = field_from_array(raw, name="f")
+    whole = measure_cells(cells, parts, field.read(0, 300, 0, 260), PARTS)
+    blocks = measure_cells(cells, parts, field, PARTS, block=64)
+    pd.testing.assert_frame_equal(whole, blocks)
+    empty = measure_cells(np.zeros_like(cells), parts * 0, field, PARTS)
+    assert empty.empty and [c for c in empty.columns if c.startswith("mean_nucleus")] == [
+        "mean_nucleus_c0", "mean_nucleus_c1", "mean_nucleus_c2"]

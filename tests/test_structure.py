@@ -15,6 +15,7 @@ CHAINS = [
     ("config", "io", "augment", "targets", "data", "train"),
     ("losses", "roi_heads", "model", "train"),
     ("model", "predict", "export"),
+    ("tiles", "predict"),  # tiles are pure numpy: stitching knows nothing of models
     ("metrics", "report"),
 ]
 
