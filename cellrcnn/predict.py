@@ -20,7 +20,7 @@ from .config import Config, ModelConfig
 from .io import DataError, ImageField, field_from_array, open_field
 from .model import PartRCNNTransform, model_from_checkpoint, resolve_device, to_label_images
 from .targets import largest_complete
-from .tiles import Stitcher, Tile, tile_grid
+from .tiles import Stitcher, Tile, relabel, tile_grid
 
 __all__ = ["Prediction", "PathResult", "Predictor", "measure_cells", "prediction_scale", "NETWORK_TILE"]
 
@@ -431,9 +431,7 @@ class Predictor:
         if len(keep) < len(scores):
             lut = np.zeros(len(scores) + 1, dtype=cells.dtype)
             lut[keep] = np.arange(1, len(keep) + 1)
-            for y in range(0, cells.shape[0], 512):  # in bands, as Stitcher.finish
-                cells[y:y + 512] = lut[cells[y:y + 512]]
-                parts[y:y + 512] *= cells[y:y + 512] > 0
+            relabel(cells, lut, parts)
             scores, classes = scores[keep - 1], classes[keep - 1]
         class_names = self.config.data.class_names
         ids = range(1, len(scores) + 1)

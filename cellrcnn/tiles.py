@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.measure import regionprops
 
-__all__ = ["Tile", "tile_grid", "Stitcher"]
+__all__ = ["Tile", "tile_grid", "Stitcher", "relabel"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,15 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
                          f"overlap {overlap}")
     H, W = shape
     return [Tile(y0, y1, x0, x1) for y0, y1 in _spans(H, tile, overlap) for x0, x1 in _spans(W, tile, overlap)]
+
+
+def relabel(cells: np.ndarray, lut: np.ndarray, parts: np.ndarray | None = None, band: int = 512) -> None:
+    """Replace each label ``l`` of ``cells`` by ``lut[l]`` in place, band by band (no temporary the size of the
+    field); where a cell becomes background, ``parts`` (if given) does too."""
+    for y in range(0, cells.shape[0], band):
+        cells[y:y + band] = lut[cells[y:y + band]]
+        if parts is not None:
+            parts[y:y + band] *= cells[y:y + band] > 0
 
 
 @dataclass
@@ -246,8 +255,7 @@ class Stitcher:
         order = alive[np.argsort(-scores[alive], kind="stable")]
         lut = np.zeros(n + 1, dtype=self.cells.dtype)
         lut[order + 1] = np.arange(1, len(order) + 1)
-        for y in range(0, self.shape[0], band):
-            self.cells[y:y + band] = lut[self.cells[y:y + band]]
+        relabel(self.cells, lut, band=band)
         if len(order) <= np.iinfo(np.uint16).max and self.cells.dtype != np.uint16:
             self.cells = self.cells.astype(np.uint16)
         return {"cells": self.cells, "parts": self.parts, "scores": scores[order], "classes": classes[order],
