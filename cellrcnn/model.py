@@ -36,7 +36,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from .config import BACKBONE_TABLE, Config, ModelConfig
 from .roi_heads import AlignedMultiScaleRoIAlign, PartRoIHeads
 
-__all__ = ["build_model", "build_backbone", "resolve_device", "load_checkpoint", "model_from_checkpoint", "to_label_images",
+__all__ = ["build_model", "build_backbone", "resolve_device", "load_checkpoint", "model_from_checkpoint", "to_label_images", "paste_labels",
            "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict", "resolve_norm",
            "model_config_from_run"]
 
@@ -100,6 +100,45 @@ def paste_parts_in_image(part_probs: Tensor, boxes: Tensor, image_size: tuple[in
     return {"masks": masks, "part_masks": part_masks}
 
 
+def paste_labels(part_probs: Tensor, boxes: Tensor, scores: Tensor, image_size: tuple[int, int],
+                 threshold: float = 0.5, aligned: bool = True) -> dict[str, Tensor]:
+    """Paste per-RoI part probabilities straight into one cell label image and one part label image.
+
+    The same pixels and labels as :func:`to_label_images` applied to the output
+    of :func:`paste_parts_in_image`, without the ``[N, H, W]`` stack of
+    per-detection images: memory is the two label images plus one box at a
+    time, whatever the number of cells. Detections are laid down by descending
+    score, and a pixel claimed by several goes to the best-scoring one.
+
+    Parameters
+    ----------
+    part_probs, boxes, image_size, threshold, aligned
+        As in :func:`paste_parts_in_image`.
+    scores : Tensor
+        float ``[N]`` detection scores.
+
+    Returns
+    -------
+    dict
+        ``cells`` int64 ``[H, W]`` (0 background, label ``k`` the detection
+        ``order[k - 1]``), ``parts`` uint8 ``[H, W]`` and ``order`` int64 ``[N]``,
+        the detections by descending score.
+    """
+    H, W = image_size
+    order = torch.argsort(scores, descending=True)
+    cells = torch.zeros((H, W), dtype=torch.int64, device=part_probs.device)
+    parts = torch.zeros((H, W), dtype=torch.uint8, device=part_probs.device)
+    if len(order) == 0:
+        return {"cells": cells, "parts": parts, "order": order}
+    regions = _sample_exact if aligned else _sample_torchvision
+    for rank, (ys, xs), fg in regions(part_probs[order, 1:], boxes[order], H, W):
+        held, held_parts = cells[ys, xs], parts[ys, xs]  # views: written in place
+        free = (fg.sum(dim=0) > threshold) & (held == 0)
+        held.copy_(torch.where(free, rank + 1, held))  # no boolean indexing: no device sync per detection
+        held_parts.copy_(torch.where(free, fg.argmax(dim=0).to(torch.uint8) + 1, held_parts))
+    return {"cells": cells, "parts": parts, "order": order}
+
+
 def _sample_exact(fg: Tensor, boxes: Tensor, H: int, W: int):
     """Yield ``(i, (rows, cols), fg [K-1, h, w])``: the maps sampled at the pixel centres around box i."""
     M = fg.shape[-1]
@@ -141,7 +180,8 @@ def to_label_images(output: dict[str, Tensor], score_threshold: float = 0.5) -> 
     Parameters
     ----------
     output : dict
-        One image's output of the model in eval mode (``scores``, ``part_masks``).
+        One image's output of the model in eval mode (``scores``, ``part_masks``),
+        or with ``cells``, ``parts`` and ``order`` from :func:`paste_labels`.
     score_threshold : float
         Minimum score of a kept detection.
 
@@ -152,6 +192,11 @@ def to_label_images(output: dict[str, Tensor], score_threshold: float = 0.5) -> 
         ``parts`` uint8 ``[H, W]`` part labels and ``kept`` int64 ``[N]``, the
         indices of the kept detections in ``output``, in label order.
     """
+    if "order" in output:  # pasted by paste_labels: labels already follow descending score
+        kept = output["order"][output["scores"][output["order"]] >= score_threshold]
+        dropped = output["cells"] > len(kept)
+        return {"cells": output["cells"].masked_fill(dropped, 0), "parts": output["parts"].masked_fill(dropped, 0),
+                "kept": kept}
     order = torch.argsort(output["scores"], descending=True)
     kept = order[output["scores"][order] >= score_threshold]
     part_masks = output["part_masks"][kept]
@@ -189,6 +234,10 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
         #: In eval mode, resize every image by this factor instead of to ``min_size`` (None): prediction at the
         #: scale the model was trained at, whatever the image size (set by :class:`cellrcnn.Predictor`).
         self.fixed_scale: float | None = None
+        #: In eval mode, paste the detections straight into ``cells`` and ``parts`` label images
+        #: (:func:`paste_labels`) instead of per-detection ``masks`` and ``part_masks``: a tile with hundreds
+        #: of cells then costs two images, not hundreds (set by :class:`cellrcnn.Predictor` while it predicts).
+        self.labels_only = False
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
         if self.fixed_scale is not None and not self.training:
@@ -213,7 +262,10 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
             del r["masks"]  # pasted below, with the parts
         result = super().postprocess(result, image_shapes, original_image_sizes)
         for r, probs, size in zip(result, part_probs, original_image_sizes):
-            r.update(paste_parts_in_image(probs, r["boxes"], size, self.mask_threshold, self.aligned))
+            if self.labels_only:
+                r.update(paste_labels(probs, r["boxes"], r["scores"], size, self.mask_threshold, self.aligned))
+            else:
+                r.update(paste_parts_in_image(probs, r["boxes"], size, self.mask_threshold, self.aligned))
         return result
 
 

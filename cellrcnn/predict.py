@@ -20,9 +20,9 @@ from .config import Config, ModelConfig
 from .io import DataError, ImageField, field_from_array, open_field
 from .model import PartRCNNTransform, model_from_checkpoint, resolve_device, to_label_images
 from .targets import largest_complete
-from .tiles import Stitcher, Tile, relabel, tile_grid
+from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 
-__all__ = ["Prediction", "PathResult", "Predictor", "measure_cells", "prediction_scale", "NETWORK_TILE"]
+__all__ = ["Prediction", "PathResult", "Predictor", "measure_cells", "prediction_scale", "NETWORK_TILE", "EDGE_MARGIN"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,10 @@ class PathResult:
 #: is cut into tiles of about this size.
 NETWORK_TILE = 1024
 
+#: A detection within this many network pixels of an inner tile edge counts as cut by the tile (see
+#: :mod:`cellrcnn.tiles`): predicted masks stop a few pixels short of the edge that cuts them.
+EDGE_MARGIN = 8
+
 
 def prediction_scale(model: ModelConfig, scale: float | None = None, cell_diameter: float | None = None) -> float | None:
     """The factor by which images are resized for the network at prediction.
@@ -274,14 +278,20 @@ class Predictor:
     def _forward(self, arrays: list[np.ndarray], score_threshold: float) -> list[dict]:
         tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(self.device) for a in arrays]
         heads = getattr(self.model, "roi_heads", None)
+        transform = getattr(self.model, "transform", None)
         before = getattr(heads, "score_thresh", None)
+        labels_only = getattr(transform, "labels_only", None)
         if before is not None:  # detections below the threshold are dropped anyway: do not paste their masks
             heads.score_thresh = max(before, score_threshold)
+        if isinstance(transform, PartRCNNTransform):  # two label images per tile, not one image per cell
+            transform.labels_only = True
         try:
             return [{k: v.cpu() for k, v in out.items()} for out in self.model(tensors)]
         finally:
             if before is not None:
                 heads.score_thresh = before
+            if isinstance(transform, PartRCNNTransform):
+                transform.labels_only = labels_only
 
     def _stitch(self, stitcher: Stitcher, tile: Tile, output: dict, score_threshold: float) -> None:
         labels = to_label_images(output, score_threshold)
@@ -314,7 +324,8 @@ class Predictor:
         """
         field = self._open(image, name)
         tiles = self.tiles(field.shape, tile, overlap)
-        stitcher = Stitcher(field.shape)
+        stitcher = Stitcher(field.shape, edge=int(math.ceil(EDGE_MARGIN / (self.scale or 1.0))),
+                            core=grid_overlap(tiles) // 2)
         with tqdm(total=len(tiles), desc=field.name, unit="tile", disable=not progress, leave=False) as bar:
             for start in range(0, len(tiles), batch_size):
                 batch = tiles[start:start + batch_size]

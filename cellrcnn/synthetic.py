@@ -577,7 +577,7 @@ def write_field(folder_or_path: str | os.PathLike, field: dict[str, Any], name: 
 # --- a mosaic of real crops -------------------------------------------------------------------------------
 
 def wbc_mosaic(pairs: Sequence[Pair], config: DataConfig, columns: int, size: tuple[int, int] | None = None,
-               fill: Sequence[int] | None = None) -> dict[str, Any]:
+               fill: Sequence[int] | None = None, gap: int = 0) -> dict[str, Any]:
     """Real single-cell crops tiled edge to edge into one large image, with their ground truth in place.
 
     Made for the white-blood-cell crops (``DataConfig(image_glob="*.bmp", mask_glob="*.png",
@@ -601,7 +601,11 @@ def wbc_mosaic(pairs: Sequence[Pair], config: DataConfig, columns: int, size: tu
         smaller than that). None: every image must already have one size (DataError naming the first that
         differs).
     fill : sequence of int, optional
-        RGB colour of empty grid places; by default the median colour of the crops' background.
+        RGB colour of empty grid places and gaps; by default the median colour of the crops' background.
+    gap : int
+        Pixels of ``fill`` between neighbouring crops (default 0: edge to edge). Edge to edge, the cut
+        borders of two unrelated crops meet at every seam, which no real field has; a gap of background
+        gives each cell the surroundings it had in its own crop.
 
     Returns
     -------
@@ -620,6 +624,9 @@ def wbc_mosaic(pairs: Sequence[Pair], config: DataConfig, columns: int, size: tu
         raise ValueError("wbc_mosaic needs at least one image/mask pair")
     if not (isinstance(columns, int) and columns > 0):
         raise ValueError(f"columns must be a positive integer, got {columns!r}")
+    if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
+        raise ValueError(f"gap must be a non-negative integer, got {gap!r}")
+    gap = int(gap)
     rows = -(-len(pairs) // columns)
     h = w = None
     if size is not None:
@@ -638,12 +645,13 @@ def wbc_mosaic(pairs: Sequence[Pair], config: DataConfig, columns: int, size: tu
         if H < h or W < w:
             raise DataError(f"{pair.image}: {W}x{H} pixels, smaller than the {w}x{h} crop asked for")
         if image is None:
-            image = np.zeros((rows * h, columns * w, 3), dtype=np.uint8)
-            parts = np.zeros((rows * h, columns * w), dtype=np.uint8)
-            cells = np.zeros((rows * h, columns * w), dtype=np.int32)
+            shape = (rows * h + (rows - 1) * gap, columns * w + (columns - 1) * gap)
+            image = np.zeros((*shape, 3), dtype=np.uint8)
+            parts = np.zeros(shape, dtype=np.uint8)
+            cells = np.zeros(shape, dtype=np.int32)
         cy, cx = (H - h) // 2, (W - w) // 2
         window = (slice(cy, cy + h), slice(cx, cx + w))
-        y0, x0 = (i // columns) * h, (i % columns) * w
+        y0, x0 = (i // columns) * (h + gap), (i % columns) * (w + gap)
         place = (slice(y0, y0 + h), slice(x0, x0 + w))
         image[place] = np.rint(sample["image"][window] * 255)
         parts[place] = sample["parts"][window]
@@ -658,15 +666,13 @@ def wbc_mosaic(pairs: Sequence[Pair], config: DataConfig, columns: int, size: tu
         windows.append((y0, y0 + h, x0, x0 + w))
         crops.append((cy, cy + h, cx, cx + w))
         names.append(pair.name)
-    if len(pairs) < rows * columns:
+    covered = np.zeros(parts.shape, dtype=bool)
+    for y0, y1, x0, x1 in windows:
+        covered[y0:y1, x0:x1] = True
+    if not covered.all():
         if fill is None:
-            covered = np.zeros(parts.shape, dtype=bool)
-            for y0, y1, x0, x1 in windows:
-                covered[y0:y1, x0:x1] = True
             background = image[covered & (parts == 0)]
             fill = np.median(background, axis=0) if len(background) else (0, 0, 0)
-        for i in range(len(pairs), rows * columns):
-            y0, x0 = (i // columns) * h, (i % columns) * w
-            image[y0:y0 + h, x0:x0 + w] = np.asarray(fill, dtype=np.float64).round().astype(np.uint8)
+        image[~covered] = np.asarray(fill, dtype=np.float64).round().astype(np.uint8)
     logger.debug("mosaic of %d crops (%d x %d grid of %dx%d), %d cells", len(pairs), rows, columns, w, h, count)
     return {"image": image, "parts": parts, "cells": cells, "windows": windows, "crops": crops, "names": names}

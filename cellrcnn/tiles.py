@@ -2,8 +2,13 @@
 
 The rule, for a cell seen by several overlapping tiles:
 
-1. A view of a cell is *complete* in its tile when it does not touch an inner
-   tile edge (an edge that is not the field's border); otherwise it is *cut*.
+1. A view of a cell is *complete* in its tile when it keeps more than ``edge``
+   pixels from every inner tile edge (an edge that is not the field's border);
+   otherwise it is *cut*. The margin matters: a predicted mask rarely reaches
+   the exact edge of its tile (the mask head draws 28 x 28 cells per box), and
+   a cut view mistaken for a complete one would replace the whole cell by its
+   piece, while a complete view mistaken for a cut one is only merged with the
+   other views of its cell.
 2. Two views from different tiles are the same cell when, inside the area both
    tiles saw, their intersection covers at least ``match`` (half) of the
    smaller one. (Not IoU over the whole masks: a cut view is only part of its
@@ -14,7 +19,13 @@ The rule, for a cell seen by several overlapping tiles:
    detection inside a cell never replaces the cell). Two cut views (a cell
    wider than the overlap, which no tile sees whole) are merged into one cell.
 4. Views that match nothing are new cells; where two cells claim a pixel, the
-   one laid down first keeps it.
+   one laid down first keeps it (unless it is an unconfirmed view, rule 5).
+5. A view whose centre lies within ``core`` pixels of an inner tile edge (half
+   the overlap) sits where the neighbouring tile sees farther from its own
+   edges. It is kept only when a view from another tile confirms it (matches
+   it, whichever wins); alone, it is an artefact of the tile edge (a model
+   fires on the cut edges of a tile) and is dropped. Until confirmed it holds
+   no pixel against another view, so dropping it leaves no hole in a cell.
 
 Tiles are added one at a time and only the label images and a few numbers per
 cell are kept, so memory is the two label images plus one tile's working set.
@@ -29,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.measure import regionprops
 
-__all__ = ["Tile", "tile_grid", "Stitcher", "relabel"]
+__all__ = ["Tile", "tile_grid", "grid_overlap", "Stitcher", "relabel"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +90,15 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
     return [Tile(y0, y1, x0, x1) for y0, y1 in _spans(H, tile, overlap) for x0, x1 in _spans(W, tile, overlap)]
 
 
+def grid_overlap(tiles: list[Tile]) -> int:
+    """The smallest overlap in pixels between neighbouring tiles of a :func:`tile_grid` (0 for one tile)."""
+    overlaps = []
+    for start, end in (("y0", "y1"), ("x0", "x1")):
+        spans = sorted({(getattr(t, start), getattr(t, end)) for t in tiles})
+        overlaps += [a[1] - b[0] for a, b in zip(spans, spans[1:])]
+    return min(overlaps, default=0)
+
+
 def relabel(cells: np.ndarray, lut: np.ndarray, parts: np.ndarray | None = None, band: int = 512) -> None:
     """Replace each label ``l`` of ``cells`` by ``lut[l]`` in place, band by band (no temporary the size of the
     field); where a cell becomes background, ``parts`` (if given) does too."""
@@ -98,6 +118,7 @@ class _Cell:
     margin: float
     score: float
     cls: int
+    confirmed: bool = True  # False: near an inner tile edge and not (yet) seen by another tile
 
 
 class Stitcher:
@@ -110,6 +131,13 @@ class Stitcher:
     match : float
         Overlap (intersection over the smaller, inside the area two tiles share)
         from which two views are one cell.
+    edge : int
+        A view within this many pixels of an inner tile edge counts as cut
+        (:class:`~cellrcnn.predict.Predictor` uses a few network pixels).
+    core : int
+        A view whose centre lies within this many pixels of an inner tile edge
+        needs a view from another tile to confirm it (rule 5; the predictor
+        uses half the overlap). 0: every view stands on its own.
 
     Examples
     --------
@@ -119,12 +147,17 @@ class Stitcher:
     >>> field = stitcher.finish()
     """
 
-    def __init__(self, shape: tuple[int, int], match: float = 0.5) -> None:
+    def __init__(self, shape: tuple[int, int], match: float = 0.5, edge: int = 0, core: int = 0) -> None:
+        if edge < 0 or core < 0:
+            raise ValueError(f"edge and core must be at least 0 pixels, got {edge} and {core}")
         self.shape = tuple(shape)
         self.match = match
+        self.edge = edge
+        self.core = core
         self.cells = np.zeros(self.shape, dtype=np.uint16)
         self.parts = np.zeros(self.shape, dtype=np.uint8)
         self._cells: list[_Cell] = []  # label i + 1
+        self._pending: set[int] = set()  # labels of views not (yet) confirmed: any other view may take their pixels
 
     def add(self, tile: Tile, cells: np.ndarray, parts: np.ndarray, scores, classes) -> None:
         """Stitch one tile's labels in.
@@ -151,9 +184,13 @@ class Stitcher:
             gaps = {"top": r0, "bottom": h - r1, "left": c0, "right": w - c1}
             inner_gaps = [gaps[side] for side, is_inner in inner.items() if is_inner]
             margin = float(min(inner_gaps)) if inner_gaps else math.inf
+            cy, cx = (r0 + r1) / 2, (c0 + c1) / 2
+            centre_gaps = {"top": cy, "bottom": h - cy, "left": cx, "right": w - cx}
+            near = any(is_inner and centre_gaps[side] < self.core for side, is_inner in inner.items())
             view = _Cell(bbox=[tile.y0 + r0, tile.y0 + r1, tile.x0 + c0, tile.x0 + c1],
-                         window=[tile.y0, tile.y1, tile.x0, tile.x1], cut=margin == 0, margin=margin,
-                         score=float(scores[region.label - 1]), cls=int(classes[region.label - 1]))
+                         window=[tile.y0, tile.y1, tile.x0, tile.x1], cut=margin <= self.edge, margin=margin,
+                         score=float(scores[region.label - 1]), cls=int(classes[region.label - 1]),
+                         confirmed=not near)
             self._place(view, region.image, parts[r0:r1, c0:c1])
 
     def _place(self, view: _Cell, mask: np.ndarray, parts: np.ndarray) -> None:
@@ -167,8 +204,14 @@ class Stitcher:
                 matches.append((int(label), inter >= 0.5 * theirs))
         if not matches:
             self._cells.append(view)
+            if not view.confirmed:
+                self._pending.add(len(self._cells))
             self._write(len(self._cells), view, mask, parts)
             return
+        view.confirmed = True  # another tile saw this cell
+        for label, _ in matches:
+            self._cells[label - 1].confirmed = True
+            self._pending.discard(label)
         if view.cut:  # merged with the cut views of the cell (a complete view, if any, wins)
             pieces = [label for label, _ in matches if self._cells[label - 1].cut]
             if not pieces:
@@ -225,6 +268,10 @@ class Stitcher:
         y0, y1, x0, x1 = view.bbox
         cells = self.cells[y0:y1, x0:x1]
         free = mask & ((cells == 0) | (cells == label))
+        if self._pending:  # an unconfirmed view (a likely tile-edge artefact) never holds pixels against another
+            held = [k for k in np.unique(cells[mask]).tolist() if k in self._pending and k != label]
+            if held:
+                free |= mask & np.isin(cells, held)
         cells[free] = label
         self.parts[y0:y1, x0:x1][free] = parts[free]
 
@@ -251,11 +298,12 @@ class Stitcher:
             counts += np.bincount(self.cells[y:y + band].ravel(), minlength=n + 1)
         scores = np.array([c.score for c in self._cells])
         classes = np.array([c.cls for c in self._cells], dtype=np.int64)
-        alive = np.flatnonzero(counts[1:] > 0)
+        confirmed = np.array([c.confirmed for c in self._cells], dtype=bool)
+        alive = np.flatnonzero((counts[1:] > 0) & confirmed)
         order = alive[np.argsort(-scores[alive], kind="stable")]
         lut = np.zeros(n + 1, dtype=self.cells.dtype)
         lut[order + 1] = np.arange(1, len(order) + 1)
-        relabel(self.cells, lut, band=band)
+        relabel(self.cells, lut, self.parts, band=band)  # unconfirmed views leave no parts behind
         if len(order) <= np.iinfo(np.uint16).max and self.cells.dtype != np.uint16:
             self.cells = self.cells.astype(np.uint16)
         return {"cells": self.cells, "parts": self.parts, "scores": scores[order], "classes": classes[order],

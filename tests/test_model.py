@@ -18,7 +18,7 @@ from cellrcnn import (Config, DataConfig, ModelConfig, PartRoIHeads, build_model
                       model_from_checkpoint,
                       part_mask_loss, paste_parts_in_image, part_dice, project_parts_on_boxes)
 from cellrcnn.data import CellDataset, build_target, collate, load_sample
-from cellrcnn.model import resolve_norm
+from cellrcnn.model import paste_labels, resolve_norm, to_label_images
 from cellrcnn.roi_heads import AlignedMultiScaleRoIAlign
 
 from conftest import WBC_DIR
@@ -174,6 +174,26 @@ def test_exact_round_trip_keeps_the_cell_where_it_is():
         assert part_dice(pasted.astype(np.uint8), cell.astype(np.uint8), ("background", "cell"))["cell_dice"] > 0.97
     assert max(map(abs, drift[True])) < 0.05, drift
     assert max(map(abs, drift[False])) > 0.3, drift  # torchvision's geometry moves the cell
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_paste_labels_equals_the_label_images_of_the_full_paste(aligned):
+    """The compact paste (label images, one box at a time) gives the pixels of the per-detection paste."""
+    g = torch.Generator().manual_seed(2)
+    lo = torch.rand(60, 2, generator=g) * 90
+    boxes = torch.cat([lo, lo + 4 + torch.rand(60, 2, generator=g) * 40], dim=1)  # overlapping, some past the edge
+    probs = torch.rand(60, 3, 28, 28, generator=g).softmax(dim=1)
+    scores = torch.rand(60, generator=g)
+    full = paste_parts_in_image(probs, boxes, (100, 120), aligned=aligned)
+    compact = paste_labels(probs, boxes, scores, (100, 120), aligned=aligned)
+    assert compact["cells"].max() > 40  # most detections keep pixels: the overlap rule is exercised
+    for threshold in (0.0, 0.5):
+        want = to_label_images({"scores": scores, **full}, threshold)
+        got = to_label_images({"scores": scores, **compact}, threshold)
+        for key in ("cells", "parts", "kept"):
+            assert torch.equal(got[key], want[key]), (threshold, key)
+    empty = paste_labels(probs[:0], boxes[:0], scores[:0], (30, 40))
+    assert empty["cells"].shape == (30, 40) and empty["cells"].max() == 0 and len(empty["order"]) == 0
 
 
 def test_paste_with_no_detections_gives_empty_maps():

@@ -3,7 +3,9 @@
 import shutil
 
 import nbformat
+import numpy as np
 import pytest
+import tifffile
 from nbclient import NotebookClient
 
 from conftest import REPO
@@ -71,7 +73,17 @@ def test_finetune_and_predict_notebooks_leave_runs_and_exports(executed):
     sweeps = list((root / "runs" / "notebooks").glob("*/cytoplasm_weight_*/best.pt"))
     assert len(sweeps) == 2
     exports = list((root / "runs" / "notebooks" / "predictions").glob("*/*_cells.tif"))
-    assert len(exports) == 12 and list((root / "runs" / "notebooks" / "predictions").glob("*/cells.csv"))
+    assert len(exports) == 13 and list((root / "runs" / "notebooks" / "predictions").glob("*/cells.csv"))
+    # the whole field of view: a 4096 x 4096 two-channel 16-bit TIFF, its labels written with the pixel size
+    field = next(p for p in exports if p.name == "field_cells.tif")
+    with tifffile.TiffFile(root / "runs" / "notebooks" / "synthetic_field" / "field.tif") as source:
+        assert source.series[0].shape == (2, 4096, 4096) and source.series[0].dtype == np.uint16
+    with tifffile.TiffFile(field) as tif:
+        page = tif.pages[0]
+        assert page.shape == (4096, 4096) and tif.imagej_metadata["unit"] == "micron"
+        numerator, denominator = page.tags["XResolution"].value
+        assert numerator / denominator == pytest.approx(1 / 0.325)
+    assert (field.parent / "field_cells.csv").exists() and (field.parent / "field_parts.tif").exists()
     sweep_cell = next(c for c in books["02_finetune.ipynb"].cells if "cellrcnn.sweep(" in c.source)
     table = "".join(str(o.get("data", {}).get("text/plain", "")) for o in sweep_cell.outputs)
     assert all(word in table for word in ("part", "weight", "cytoplasm_dice", "best_epoch")), table

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import roifile
 import tifffile
+import torch
 from skimage.io import imread
+from skimage.measure import regionprops
 
 import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
@@ -17,10 +19,11 @@ from cellrcnn.export import export_prediction, write_label_tiff
 from cellrcnn.predict import Prediction, Predictor, measure_cells
 from cellrcnn.targets import largest_complete_label
 from cellrcnn.report import Scored, evaluate
-from conftest import REPO
+from conftest import REPO, WBC_DIR
 
 SAMPLE = REPO / "data" / "sample"
 PARTS = ("background", "cytoplasm", "nucleus")
+WBC = DataConfig(image_glob="*.bmp", mask_glob="*.png", part_values=(0, 128, 255))
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,23 @@ def test_largest_complete_label():
     assert largest_complete_label(cells) == 2
     assert largest_complete_label(np.where(cells == 1, 1, 0)) == 1
     assert largest_complete_label(np.zeros((4, 4), int)) == 0
+
+
+def test_prediction_leaves_the_model_settings_as_it_found_them(checkpoint):
+    # The predictor raises the score threshold and pastes label images only while it predicts; a model a user
+    # holds keeps its own settings, and its eval output keeps torchvision's per-detection masks.
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    heads, transform = predictor.model.roi_heads, predictor.model.transform
+    threshold = heads.score_thresh
+    image = imread(SAMPLE / "images" / "sample_02.png")
+    for labels_only in (False, True):
+        transform.labels_only = labels_only
+        predictor.predict(image, score_threshold=0.9)
+        assert heads.score_thresh == threshold and transform.labels_only is labels_only
+    transform.labels_only = False
+    with torch.no_grad():
+        output = predictor.model([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
+    assert output["part_masks"].shape[1:] == image.shape[:2] and "cells" not in output
 
 
 def test_predictor_gives_documented_types_and_a_table_per_cell(checkpoint):
@@ -245,3 +265,83 @@ def test_measurements_read_a_field_block_by_block_as_the_whole_image():
     empty = measure_cells(np.zeros_like(cells), parts * 0, field, PARTS)
     assert empty.empty and [c for c in empty.columns if c.startswith("mean_nucleus")] == [
         "mean_nucleus_c0", "mean_nucleus_c1", "mean_nucleus_c2"]
+
+
+def _wbc_pairs_at_least(side):
+    """The WBC pairs whose images are at least ``side`` pixels square (a few are smaller)."""
+    return [p for p in cellrcnn.find_pairs(WBC_DIR, WBC) if min(imread(p.image).shape[:2]) >= side]
+
+
+@pytest.fixture(scope="module")
+def wbc_mosaic_model(tmp_path_factory):
+    """A model trained on random 240-px crops (``--crop 240``) of eight 3 x 3 WBC mosaics: under two minutes on
+    two cores. Weak (a lab's model trains far longer), but it finds the cells."""
+    from cellrcnn.synthetic import wbc_mosaic
+
+    pairs = _wbc_pairs_at_least(120)
+    folder = tmp_path_factory.mktemp("mosaics")
+    for i in range(8):
+        mosaic = wbc_mosaic(pairs[9 * i:9 * (i + 1)], WBC, columns=3, size=(120, 120))
+        tifffile.imwrite(folder / f"m{i}.tif", mosaic["image"])
+        tifffile.imwrite(folder / f"m{i}_cells.tif", mosaic["cells"].astype(np.uint16))
+        tifffile.imwrite(folder / f"m{i}_masks.tif", mosaic["parts"])
+    config = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
+                                      rpn_batch_size_per_image=32, box_batch_size_per_image=32),
+                    data=DataConfig(encoding="cells+parts", crop=240, val_fraction=0.0),
+                    train=TrainConfig(epochs=25, lr=0.01, lr_step=12, accumulate=2, workers=0, device="cpu", seed=0))
+    run = tmp_path_factory.mktemp("run") / "run"
+    cellrcnn.fit(config, folder, run, quiet=True)
+    return Predictor.from_checkpoint(run / "best.pt", device="cpu"), pairs[72:136]  # 64 crops not trained on
+
+
+@pytest.mark.wbc
+def test_tiled_wbc_mosaic_against_each_crop_on_its_own(wbc_mosaic_model):
+    from cellrcnn.metrics import matching, part_dice
+    from cellrcnn.synthetic import wbc_mosaic
+
+    predictor, pairs = wbc_mosaic_model
+    mosaic = wbc_mosaic(pairs, WBC, columns=8, size=(120, 120))  # 960 x 960, 64 cells
+    truth, image = mosaic["cells"], mosaic["image"]
+    alone_cells, alone_parts, offset = np.zeros_like(truth), np.zeros_like(mosaic["parts"]), 0
+    for y0, y1, x0, x1 in mosaic["windows"]:
+        crop = predictor.predict(image[y0:y1, x0:x1])
+        alone_cells[y0:y1, x0:x1] = np.where(crop.cells > 0, crop.cells + offset, 0)
+        alone_parts[y0:y1, x0:x1] = crop.parts
+        offset += int(crop.cells.max())
+
+    def scores(cells, parts):
+        dice = [part_dice(parts[y0:y1, x0:x1], mosaic["parts"][y0:y1, x0:x1], PARTS)["part_dice"]
+                for y0, y1, x0, x1 in mosaic["windows"]]
+        return matching(truth, cells, thresholds=(0.5,))["f1"][0], float(np.mean(dice))
+
+    f1_alone, dice_alone = scores(alone_cells, alone_parts)
+    assert f1_alone > 0.8, "the model must find the cells for the comparison to mean anything"
+    # tiles that are the crops (no overlap): each crop is seen as it is alone, and scores exactly the same
+    assert len(predictor.tiles(truth.shape, 120, 0)) == 64
+    as_crops = predictor.predict(image, tile=120, overlap=0)
+    assert scores(as_crops.cells, as_crops.parts) == (f1_alone, dice_alone)
+    assert np.array_equal(as_crops.parts, alone_parts) and np.array_equal(as_crops.cells > 0, alone_cells > 0)
+
+    # tiles of 200 px overlapping by 40, half a cell: many cells lie whole in no tile and exist only as pieces
+    tiles = predictor.tiles(truth.shape, 200, 40)
+    regions = regionprops(truth)
+    assert 40 < np.median([max(r.bbox[2] - r.bbox[0], r.bbox[3] - r.bbox[1]) for r in regions])
+    unseen = [r for r in regions if not any(t.y0 <= r.bbox[0] and r.bbox[2] <= t.y1 and t.x0 <= r.bbox[1]
+                                            and r.bbox[3] <= t.x1 for t in tiles)]
+    assert len(unseen) >= 20
+    tiled = predictor.predict(image, tile=200, overlap=40)
+    sizes = np.bincount(tiled.cells.ravel())
+
+    def best_iou(cells, mask):
+        found = np.unique(cells[mask])
+        return max((np.count_nonzero((cells == k) & mask) / np.count_nonzero((cells == k) | mask)
+                    for k in found[found > 0]), default=0.0)
+
+    for region in unseen:  # no cell is split across two labels
+        mask = truth == region.label
+        found, counts = np.unique(tiled.cells[mask], return_counts=True)
+        pieces = (found > 0) & (counts >= 0.5 * sizes[found]) & (counts >= 0.1 * mask.sum())
+        assert pieces.sum() <= 1, (region.label, dict(zip(found[pieces], counts[pieces])))
+    stitched = np.median([best_iou(tiled.cells, truth == r.label) for r in unseen])
+    alone = np.median([best_iou(alone_cells, truth == r.label) for r in unseen])
+    assert stitched >= 0.6 and stitched >= 0.75 * alone, (stitched, alone)

@@ -246,6 +246,13 @@ def test_mosaic_of_generated_crops(tmp_path):
     assert mosaic["windows"][3] == (64, 128, 72, 144) and mosaic["crops"][3] == (3, 67, 4, 76)
     check_mosaic(mosaic, pairs, config, size=(64, 72))
     assert (mosaic["parts"][128:, 72:] == 0).all() and (mosaic["cells"][128:, 72:] == 0).all()
+    apart = wbc_mosaic(pairs, config, columns=2, size=(64, 72), fill=(10, 20, 30), gap=5)
+    assert apart["image"].shape == (3 * 64 + 2 * 5, 2 * 72 + 5, 3) and apart["windows"][3] == (69, 133, 77, 149)
+    check_mosaic(apart, pairs, config, size=(64, 72))
+    assert (apart["image"][64:69] == (10, 20, 30)).all() and (apart["image"][:, 72:77] == (10, 20, 30)).all()
+    assert not apart["cells"][64:69].any() and not apart["parts"][:, 72:77].any()
+    with pytest.raises(ValueError, match="gap"):
+        wbc_mosaic(pairs, config, columns=2, size=(64, 72), gap=-1)
 
 
 @pytest.mark.wbc

@@ -5,7 +5,7 @@ import pytest
 from skimage.draw import disk
 from skimage.measure import label as connected
 
-from cellrcnn.tiles import Stitcher, Tile, tile_grid
+from cellrcnn.tiles import Stitcher, Tile, grid_overlap, tile_grid
 
 
 def discs(shape, centres, radius, rng=None):
@@ -98,6 +98,31 @@ def test_complete_view_farthest_from_an_edge_wins_over_a_cut_view():
     assert np.array_equal(field["cells"] > 0, cells > 0) and field["cells"].max() == 1
 
 
+def test_piece_that_stops_short_of_its_tile_edge_is_still_cut():
+    # A model's mask of a cell cut by a tile edge often stops a few pixels short of that edge. Without a
+    # margin the corner piece looks complete and replaces the whole cell; with it the pieces are merged.
+    shape = (300, 300)
+    cells, parts = discs(shape, [(150, 150)], 45)  # 90 px across, the overlap is 40: no tile sees it whole
+    tiles = tile_grid(shape, 170, 40)
+    assert len(tiles) == 4 and all((cells[t.y0:t.y1, t.x0:t.x1] > 0).sum() < (cells > 0).sum() for t in tiles)
+
+    def run(edge):
+        stitcher = Stitcher(shape, edge=edge)
+        for t in tiles:
+            view_cells, view_parts, scores, classes = tile_view(cells, parts, t)
+            inner = np.zeros(t.shape, dtype=bool)  # 3 px short of every inner edge, as a model draws it
+            inner[3 if t.y0 else 0:t.shape[0] - (3 if t.y1 < 300 else 0),
+                  3 if t.x0 else 0:t.shape[1] - (3 if t.x1 < 300 else 0)] = True
+            stitcher.add(t, view_cells * inner, view_parts * inner, scores, classes)
+        return stitcher.finish()
+
+    whole, short = run(edge=4), run(edge=0)
+    assert whole["cells"].max() == 1 and (whole["cells"] > 0).sum() >= 0.95 * (cells > 0).sum()
+    assert (short["cells"] > 0).sum() < 0.6 * (cells > 0).sum()  # without it, pieces replace the cell
+    with pytest.raises(ValueError, match="edge"):
+        Stitcher(shape, edge=-1)
+
+
 def test_different_cells_that_touch_across_tiles_stay_apart():
     shape = (200, 400)
     cells = np.zeros(shape, dtype=np.int32)
@@ -131,3 +156,36 @@ def test_synthetic_cell_exactly_on_a_tile_boundary_gets_one_label():
         assert len(labels) == 1 and labels[0] > 0
         assert connected(stitched["cells"] == labels[0]).max() == 1
     assert same_partition(stitched["cells"], field["cells"])
+
+
+def test_view_near_an_inner_edge_needs_the_neighbouring_tile_to_confirm_it():
+    # A model fires on the cut edge of a tile; the neighbouring tile sees that spot far from its own edges.
+    shape = (200, 300)
+    cells, parts = discs(shape, [(100, 150)], 12)  # a real cell in the middle of the overlap (130-170)
+    artefact = np.zeros(shape, dtype=np.int32)
+    artefact[90:110, 160:168] = 1  # only the left tile "sees" this, at its right edge
+    left, right = Tile(0, 200, 0, 170), Tile(0, 200, 130, 300)
+    for core, kept in ((20, 1), (0, 2)):
+        stitcher = Stitcher(shape, core=core)
+        stitcher.add(left, *tile_view(cells, parts, left))
+        stitcher.add(right, *tile_view(cells, parts, right))
+        stitcher.add(left, artefact[:, :170], (artefact[:, :170] > 0).astype(np.uint8), [0.7], [1])
+        field = stitcher.finish()
+        assert field["cells"].max() == kept and field["cells"][100, 150] > 0
+        assert (field["parts"] > 0).sum() == (field["cells"] > 0).sum()  # a dropped view leaves no parts
+    assert grid_overlap(tile_grid((600, 600), 256, 48)) >= 48 and grid_overlap([Tile(0, 9, 0, 9)]) == 0
+
+
+def test_a_dropped_edge_artefact_leaves_no_hole_in_the_cell_it_touched():
+    shape = (200, 300)
+    cells, parts = discs(shape, [(100, 160)], 25)  # whole in the right tile, cut by the left tile's edge
+    artefact = np.zeros((200, 170), dtype=np.int32)
+    artefact[20:140, 162:170] = 1  # the left tile fires along its right edge, over a strip of the cell
+    assert 0 < ((artefact > 0) & (cells[:, :170] > 0)).sum() < 0.5 * (cells > 0).sum()
+    left, right = Tile(0, 200, 0, 170), Tile(0, 200, 130, 300)
+    stitcher = Stitcher(shape, core=20)
+    stitcher.add(left, artefact, (artefact > 0).astype(np.uint8), [0.8], [1])  # laid down first
+    stitcher.add(right, *tile_view(cells, parts, right))
+    field = stitcher.finish()
+    assert field["cells"].max() == 1 and np.array_equal(field["cells"] > 0, cells > 0)
+    assert np.array_equal(field["parts"], parts)
