@@ -232,7 +232,8 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
         self.mask_threshold = mask_threshold
         self.aligned = aligned
         #: In eval mode, resize every image by this factor instead of to ``min_size`` (None): prediction at the
-        #: scale the model was trained at, whatever the image size (set by :class:`cellrcnn.Predictor`).
+        #: scale the model was trained at, whatever the image size (set by :class:`cellrcnn.Predictor` while it
+        #: predicts).
         self.fixed_scale: float | None = None
         #: In eval mode, paste the detections straight into ``cells`` and ``parts`` label images
         #: (:func:`paste_labels`) instead of per-detection ``masks`` and ``part_masks``: a tile with hundreds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -237,8 +238,6 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.config = config
         self.scale = prediction_scale(config.model, scale, cell_diameter)
-        if isinstance(getattr(model, "transform", None), PartRCNNTransform):
-            self.model.transform.fixed_scale = self.scale
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scale: float | None = None,
@@ -274,24 +273,32 @@ class Predictor:
             return open_field(image, self.config.data)
         return field_from_array(np.asarray(image), self.config.data, name or "image")
 
+    @contextmanager
+    def _settings(self, score_threshold: float):
+        """The model set up to predict, and put back as it was afterwards (it may be a user's, or the one being
+        trained): the training scale, no detections below the threshold (their masks would be pasted for
+        nothing), and two label images per tile instead of one image per cell."""
+        changes = []
+        heads = getattr(self.model, "roi_heads", None)
+        if hasattr(heads, "score_thresh"):
+            changes.append((heads, "score_thresh", max(heads.score_thresh, score_threshold)))
+        transform = getattr(self.model, "transform", None)
+        if isinstance(transform, PartRCNNTransform):
+            changes += [(transform, "fixed_scale", self.scale), (transform, "labels_only", True)]
+        before = [getattr(owner, name) for owner, name, _ in changes]
+        for owner, name, value in changes:
+            setattr(owner, name, value)
+        try:
+            yield
+        finally:
+            for (owner, name, _), value in zip(changes, before):
+                setattr(owner, name, value)
+
     @torch.no_grad()
     def _forward(self, arrays: list[np.ndarray], score_threshold: float) -> list[dict]:
         tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(self.device) for a in arrays]
-        heads = getattr(self.model, "roi_heads", None)
-        transform = getattr(self.model, "transform", None)
-        before = getattr(heads, "score_thresh", None)
-        labels_only = getattr(transform, "labels_only", None)
-        if before is not None:  # detections below the threshold are dropped anyway: do not paste their masks
-            heads.score_thresh = max(before, score_threshold)
-        if isinstance(transform, PartRCNNTransform):  # two label images per tile, not one image per cell
-            transform.labels_only = True
-        try:
+        with self._settings(score_threshold):
             return [{k: v.cpu() for k, v in out.items()} for out in self.model(tensors)]
-        finally:
-            if before is not None:
-                heads.score_thresh = before
-            if isinstance(transform, PartRCNNTransform):
-                transform.labels_only = labels_only
 
     def _stitch(self, stitcher: Stitcher, tile: Tile, output: dict, score_threshold: float) -> None:
         labels = to_label_images(output, score_threshold)
@@ -323,7 +330,12 @@ class Predictor:
         prediction's ``image`` is None.
         """
         field = self._open(image, name)
-        tiles = self.tiles(field.shape, tile, overlap)
+        return self._predict_tiles(field, self.tiles(field.shape, tile, overlap), batch_size, progress,
+                                   score_threshold, largest, max_cells, pixel_size)
+
+    def _predict_tiles(self, field: ImageField, tiles: list[Tile], batch_size: int, progress: bool,
+                       score_threshold: float = 0.5, largest: bool = False, max_cells: int | None = None,
+                       pixel_size: float | None = None) -> Prediction:
         stitcher = Stitcher(field.shape, edge=int(math.ceil(EDGE_MARGIN / (self.scale or 1.0))),
                             core=grid_overlap(tiles) // 2)
         with tqdm(total=len(tiles), desc=field.name, unit="tile", disable=not progress, leave=False) as bar:
@@ -365,9 +377,9 @@ class Predictor:
         field = self._open(image, name)
         options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
                    "pixel_size": pixel_size}
-        if len(self.tiles(field.shape, tile, overlap)) > 1:
-            return self.predict_tiled(field, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress,
-                                      **options)
+        tiles = self.tiles(field.shape, tile, overlap)
+        if len(tiles) > 1:
+            return self._predict_tiles(field, tiles, batch_size, progress, **options)
         return self.predict_batch([field], **options)[0]
 
     def predict_paths(self, paths: list, batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
@@ -411,12 +423,11 @@ class Predictor:
         for path in map(Path, paths):
             try:
                 field = open_field(path, self.config.data)
-                tiled = len(self.tiles(field.shape, tile, overlap)) > 1
-                if tiled:
+                tiles = self.tiles(field.shape, tile, overlap)
+                if len(tiles) > 1:
                     yield from flush()
-                    yield PathResult(path, prediction=self.predict_tiled(field, tile=tile, overlap=overlap,
-                                                                         batch_size=batch_size, progress=progress,
-                                                                         **options))
+                    yield PathResult(path, prediction=self._predict_tiles(field, tiles, batch_size, progress,
+                                                                          **options))
                     continue
             except DataError as err:
                 logger.error("failed: %s", err)

@@ -180,19 +180,13 @@ def validate(model, loader: DataLoader, parts: tuple[str, ...], runtime: Runtime
 def tiled_dice(model, config: Config, pairs: Sequence, device: torch.device,
                score_threshold: float = 0.5) -> dict[str, float]:
     """Mean per-image Dice of whole images predicted in tiles of ``config.data.crop`` pixels at the training
-    scale, against their part maps (the model is left in eval mode, its transform as it was)."""
-    transform = getattr(model, "transform", None)
-    before = getattr(transform, "fixed_scale", None)
-    try:
-        predictor = Predictor(model, config, device)
-        scores = []
-        for pair in pairs:
-            truth = load_sample(pair, config.data)["parts"]
-            predicted = predictor.predict(pair.image, score_threshold=score_threshold, tile=config.data.crop).parts
-            scores.append(part_dice(predicted, truth, config.model.parts))
-    finally:
-        if transform is not None:
-            transform.fixed_scale = before
+    scale, against their part maps (the model is left in eval mode; the predictor puts its settings back)."""
+    predictor = Predictor(model, config, device)
+    scores = []
+    for pair in pairs:
+        truth = load_sample(pair, config.data)["parts"]
+        predicted = predictor.predict(pair.image, score_threshold=score_threshold, tile=config.data.crop).parts
+        scores.append(part_dice(predicted, truth, config.model.parts))
     return {k: float(v) for k, v in pd.DataFrame(scores).mean().items()}
 
 

@@ -81,6 +81,7 @@ def test_prediction_leaves_the_model_settings_as_it_found_them(checkpoint):
         transform.labels_only = labels_only
         predictor.predict(image, score_threshold=0.9)
         assert heads.score_thresh == threshold and transform.labels_only is labels_only
+        assert transform.fixed_scale is None and predictor.scale is not None  # the scale applies while predicting
     transform.labels_only = False
     with torch.no_grad():
         output = predictor.model([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
