@@ -23,6 +23,7 @@ _API = {
     "metrics": ("dice", "part_dice", "matching", "coco_mask_ap"),
     "predict": ("Prediction", "Predictor", "measure_cells"),
     "export": ("export_prediction",),
+    "share": ("PackageInfo", "export_model"),
     "report": ("Scored", "evaluate", "score_folder"),
     "style": ("PART_COLOURS", "part_colour"),
     "train": ("Trainer", "fit", "sweep", "new_run_dir", "latest_run"),
@@ -35,7 +36,7 @@ _INTERNAL = {
     "data": ("collate", "write_split_csv"),
 }
 _SUBMODULES = ("plots", "hooks", "config", "io", "augment", "targets", "data", "losses", "roi_heads", "model",
-               "train", "predict", "export", "metrics", "report", "style", "synthetic", "cli")
+               "train", "predict", "export", "metrics", "report", "style", "synthetic", "cli", "zoo", "share", "tiles")
 _WHERE = {name: module for table in (_INTERNAL, _API) for module, names in table.items() for name in names}
 
 __all__ = [name for names in _API.values() for name in names] + ["plots", "hooks"]

@@ -18,7 +18,7 @@ from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, ENCODINGS, MASK_ALIGNM
 from .io import DataError
 
 __all__ = ["add_config_arguments", "config_overrides", "data_config_from_args", "check_data_main", "finetune_main",
-           "predict_main", "evaluate_main"]
+           "predict_main", "evaluate_main", "export_model_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +318,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="cellrcnn-predict", formatter_class=_HelpFormatter,
                      description="Segment cells with a trained model and write label TIFFs, a per-cell table "
                                  "and, on request, ImageJ ROI sets and overlay PNGs.")
-    parser.add_argument("model", type=Path, help="checkpoint of a run (best.pt)")
+    parser.add_argument("model", type=Path, help="checkpoint of a run (best.pt), a run folder, or a bioimage.io "
+                                                 "package exported by cellrcnn-export-model (model.zip)")
     parser.add_argument("input", type=Path, help="an image file or a folder of images")
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")
     sel = parser.add_argument_group("which cells")
@@ -365,22 +366,22 @@ def predict_main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.pixel_size is not None and not args.pixel_size > 0:
         parser.error(f"--pixel-size must be positive, got {args.pixel_size}")
-    if not args.model.is_file():
-        parser.error(f"{args.model}: checkpoint not found")
+    if not args.model.exists():
+        parser.error(f"{args.model}: model not found (give best.pt, a run folder or a package .zip)")
     if not args.input.exists():
         parser.error(f"{args.input}: no such file or folder")
     _setup_logging(args.quiet)
     import pandas as pd  # the heavy imports, after the arguments are checked
 
-    from .export import OUTPUT_SUFFIXES, export_prediction, output_paths
-    from .io import atomic_write, list_images
+    from .export import OUTPUT_SUFFIXES, export_prediction, output_paths, write_table
+    from .io import list_images
     from .predict import Predictor
 
     try:
         predictor = Predictor.from_checkpoint(args.model, device=args.device, scale=args.scale,
                                               cell_diameter=args.cell_diameter)
         images = list_images(args.input, args.image_glob, OUTPUT_SUFFIXES + ("_masks",))
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except (DataError, ValueError, FileNotFoundError, ImportError) as err:
         logger.error("error: %s", err)
         return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
     table_path = args.out / "cells.csv"
@@ -415,8 +416,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         tables.append(result.prediction.table)
         logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
     if tables:
-        table = pd.concat(tables, ignore_index=True)
-        atomic_write(table_path, lambda tmp: table.to_csv(tmp, index=False), overwrite=args.overwrite)
+        write_table(pd.concat(tables, ignore_index=True), table_path, overwrite=args.overwrite)
     done = len(images) - len(failed)
     logger.info("%d of %d images done, %d cells; results in %s", done, len(images),
                 sum(len(t) for t in tables), args.out)
@@ -506,4 +506,61 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     at50 = result["summary"].query("threshold == 0.5").set_index("metric")["value"]
     logger.info("at IoU 0.5: precision %.3f, recall %.3f, F1 %.3f, PQ %.3f; results in %s",
                 at50["precision"], at50["recall"], at50["f1"], at50["pq"], args.out)
+    return 0
+
+
+def export_model_main(argv: list[str] | None = None) -> int:
+    """``cellrcnn-export-model RUN/best.pt --out model.zip``: exit 0 written, 1 failed, 2 bad arguments."""
+    parser = _Parser(prog="cellrcnn-export-model", formatter_class=_HelpFormatter,
+                     description="Write a trained model as a BioImage Model Zoo (bioimage.io) package: rdf.yaml, "
+                                 "weights, documentation, cover, test image and labels. The package is checked "
+                                 "with bioimageio.core's model test before it is written.")
+    parser.add_argument("model", type=Path, help="checkpoint of a run (best.pt) or a run folder")
+    parser.add_argument("--out", type=Path, required=True, help="the package to write (*.zip)")
+    about = parser.add_argument_group("what the package says")
+    about.add_argument("--name", default=None, help="model name (default: 'cellrcnn model <run folder>')")
+    about.add_argument("--description", default=None, help="one sentence: what it segments, in which images")
+    about.add_argument("--author", action="append", default=[], metavar="NAME",
+                       help="who trained it; repeat for several (default: the login name)")
+    about.add_argument("--license", default="CC-BY-4.0",
+                       help="SPDX licence id of the weights; it must allow what the training data's licence asks")
+    about.add_argument("--cite", nargs=2, action="append", default=[], metavar=("TEXT", "DOI"),
+                       help="a paper to cite besides Mask R-CNN (the data set's, yours); repeat for several")
+    how = parser.add_argument_group("test image and checks")
+    how.add_argument("--test-image", type=Path, default=None,
+                     help="the package's test image (default: the run's first validation image, from split.csv)")
+    how.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score of the package")
+    how.add_argument("--skip-test", action="store_true", help="do not run bioimageio.core's model test first")
+    how.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    args = parser.parse_args(argv)
+    if args.out.suffix.lower() != ".zip":
+        parser.error(f"--out must name a .zip file, got {args.out}")
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to replace it")
+    if not args.out.parent.is_dir():
+        parser.error(f"{args.out.parent}: no such folder for --out")
+    if not args.model.exists():
+        parser.error(f"{args.model}: checkpoint not found")
+    if args.test_image is not None and not args.test_image.is_file():
+        parser.error(f"{args.test_image}: test image not found")
+    if not 0 <= args.score_threshold < 1:
+        parser.error(f"--score-threshold must lie in [0, 1), got {args.score_threshold}")
+    _setup_logging()
+    try:
+        from .share import PackageInfo, export_model
+
+        defaults = PackageInfo()
+        info = PackageInfo(name=args.name, description=args.description or defaults.description,
+                           authors=tuple(args.author), license=args.license, cite=tuple(map(tuple, args.cite)))
+        export_model(args.model, args.out, args.test_image, info, args.score_threshold, check=not args.skip_test,
+                     overwrite=args.overwrite)
+    except ImportError as err:
+        logger.error("error: %s; install it with: pip install 'cellrcnn[bioimageio]'", err)
+        return 1
+    except (DataError, ValueError, FileNotFoundError, FileExistsError) as err:
+        logger.error("error: %s", err)
+        return 1
+    except (RuntimeError, KeyError, OSError) as err:  # a checkpoint that does not fit its config, a disk problem
+        logger.error("error: cannot export %s: %s", args.model, str(err).splitlines()[0] if str(err) else err)
+        return 1
     return 0

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import roifile
 import tifffile
 from skimage.io import imsave
@@ -20,7 +21,8 @@ from .io import atomic_write
 from .predict import Prediction
 from .style import part_colour
 
-__all__ = ["OUTPUTS", "OUTPUT_SUFFIXES", "output_paths", "write_label_tiff", "write_rois", "write_overlay", "export_prediction"]
+__all__ = ["OUTPUTS", "OUTPUT_SUFFIXES", "output_paths", "write_label_tiff", "write_rois", "write_overlay", "write_table",
+           "export_prediction"]
 
 #: The file written for each image, by kind: ``<image stem><suffix>``.
 OUTPUTS = {"cells": "_cells.tif", "parts": "_parts.tif", "rois": "_rois.zip", "overlay": "_overlay.png"}
@@ -80,6 +82,11 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, cells: np.ndarray,
     rgb[find_boundaries(cells, mode="inner")] = part_colour("cell")
     return atomic_write(path, lambda tmp: imsave(tmp, rgb, check_contrast=False),
                         overwrite=overwrite)
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The per-cell table as CSV (``cells.csv`` of ``cellrcnn-predict``), written atomically."""
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
 
 
 def export_prediction(prediction: Prediction, out_dir: str | os.PathLike, part_names: tuple[str, ...],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,8 @@ import pandas as pd
 from .io import atomic_write
 from .plots import HISTORY_FIGSIZE, dice_columns, plot_history
 
-__all__ = ["HookBase", "Validation", "BestCheckpoint", "HistoryWriter", "EpochLog", "EarlyStopping", "Callback"]
+__all__ = ["HookBase", "Validation", "BestCheckpoint", "HistoryWriter", "EpochLog", "EarlyStopping", "Callback",
+           "Cancel", "Cancelled"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +171,35 @@ class Callback(HookBase):
 
     def after_epoch(self, trainer) -> None:
         self.function(trainer.row, pd.DataFrame(trainer.history))
+
+
+class Cancelled(Exception):
+    """Training was stopped by :meth:`Cancel.cancel`; the run folder holds the last complete epoch."""
+
+
+class Cancel(HookBase):
+    """Stop training from another thread (a GUI's Cancel button) at the next batch.
+
+    :meth:`cancel` may be called from any thread. The trainer then raises
+    :class:`Cancelled` before its next batch: the epoch under way is dropped,
+    and ``last.pt`` (written atomically at the end of each epoch) holds the last
+    complete one, so ``fit(..., resume=True)`` continues from there.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def before_step(self, trainer) -> None:
+        if self._event.is_set():
+            raise Cancelled(f"training cancelled in epoch {trainer.epoch + 1}; {trainer.out / 'last.pt'} holds "
+                            f"epoch {trainer.epoch} and resumes from there" if trainer.epoch else
+                            "training cancelled in its first epoch; nothing to resume")
+
+    before_epoch = before_step

@@ -22,7 +22,7 @@ from .config import DataConfig
 __all__ = ["DataError", "Pair", "IMAGE_EXTENSIONS", "LEVEL_PIXELS", "list_images", "read_raw", "read_raw_axes",
            "select_channels", "normalize_image", "image_from_array", "read_image", "ImageField", "open_field",
            "field_from_array", "read_labels", "map_part_values", "Matching", "match_files", "find_pairs",
-           "read_classes_csv", "class_of", "atomic_write"]
+           "read_classes_csv", "class_of", "atomic_write", "safe_stem", "write_pair"]
 
 logger = logging.getLogger(__name__)
 
@@ -815,3 +815,49 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = False) -> Pat
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def safe_stem(name: str) -> str:
+    """``name`` as a file stem: characters other than letters, digits, ``-`` and ``_`` become ``_``."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "image"
+
+
+def write_pair(folder: str | os.PathLike, name: str, image: np.ndarray, parts: np.ndarray,
+               overwrite: bool = False) -> Pair:
+    """Write an image and its part-label mask as a training pair: ``<name>.tif`` and ``<name>_masks.tif``.
+
+    For training on pixels held in memory (napari layers): the folder then
+    reads with the default :class:`~cellrcnn.DataConfig` (``encoding="parts"``,
+    part values 0, 1, 2...).
+
+    Parameters
+    ----------
+    folder : path
+        Created if missing.
+    name : str
+        File stem; characters other than letters, digits, ``-`` and ``_`` become ``_``.
+    image : np.ndarray
+        ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]`` pixels, as stored.
+    parts : np.ndarray
+        Integer ``[H, W]`` part labels (0 background, 1 cytoplasm, 2 nucleus...).
+
+    Raises
+    ------
+    DataError
+        The mask is not 2-D integers, or its size differs from the image's.
+    """
+    image, parts = np.asarray(image), np.asarray(parts)
+    shape = _layout(image.shape, None, None, "none", name)
+    if parts.ndim != 2 or parts.dtype.kind not in "ui" or parts.shape != (shape.height, shape.width):
+        raise DataError(f"{name}: the labels must be 2-D integers of the image's size {shape.height}x{shape.width}, "
+                        f"got {parts.dtype} {parts.shape}")
+    if parts.max(initial=0) > 255 or parts.min(initial=0) < 0:
+        raise DataError(f"{name}: part labels must lie in 0..255 (0 background, 1 cytoplasm, 2 nucleus), "
+                        f"got {parts.min()}..{parts.max()}")
+    stem = safe_stem(name)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = Pair(image=folder / f"{stem}.tif", parts=folder / f"{stem}_masks.tif")
+    atomic_write(pair.image, lambda tmp: tifffile.imwrite(tmp, image), overwrite=overwrite)
+    atomic_write(pair.parts, lambda tmp: tifffile.imwrite(tmp, parts.astype(np.uint8)), overwrite=overwrite)
+    return pair

@@ -8,7 +8,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from .config import Config, ModelConfig
 from .io import DataError, ImageField, field_from_array, open_field
-from .model import PartRCNNTransform, model_from_checkpoint, resolve_device, to_label_images
+from .model import PartRCNNTransform, build_model, model_from_checkpoint, resolve_device, to_label_images
 from .targets import largest_complete
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
+from .zoo import is_package, read_package
 
 __all__ = ["Prediction", "PathResult", "Predictor", "measure_cells", "prediction_scale", "NETWORK_TILE", "EDGE_MARGIN"]
 
@@ -242,8 +243,24 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scale: float | None = None,
                         cell_diameter: float | None = None) -> "Predictor":
-        """Load ``best.pt`` or ``last.pt`` of a run; ``device="auto"`` picks CUDA when present."""
-        model, config = model_from_checkpoint(path, map_location="cpu")
+        """Load a trained model: ``best.pt`` or ``last.pt`` of a run, a run folder (its ``best.pt``), or a
+        bioimage.io package exported by cellrcnn (``model.zip``, see :func:`cellrcnn.share.export_model`).
+
+        ``device="auto"`` picks CUDA when present. Reading a package needs ``bioimageio.spec``
+        (``pip install 'cellrcnn[bioimageio]'``).
+        """
+        path = Path(path)
+        if path.is_dir() and not is_package(path):
+            if not (path / "best.pt").is_file():
+                raise FileNotFoundError(f"{path} holds no best.pt; give a run folder of cellrcnn-finetune, a "
+                                        f"checkpoint file or a bioimage.io package (.zip)")
+            path = path / "best.pt"
+        if is_package(path):
+            state, config = read_package(path)
+            model = build_model(config.model, load_weights=False)
+            model.load_state_dict(state)
+        else:
+            model, config = model_from_checkpoint(path, map_location="cpu")
         return cls(model, config, resolve_device(device), scale, cell_diameter)
 
     @property
@@ -336,16 +353,55 @@ class Predictor:
     def _predict_tiles(self, field: ImageField, tiles: list[Tile], batch_size: int, progress: bool,
                        score_threshold: float = 0.5, largest: bool = False, max_cells: int | None = None,
                        pixel_size: float | None = None) -> Prediction:
+        steps = self._tile_steps(field, tiles, batch_size, score_threshold, largest, max_cells, pixel_size)
+        with tqdm(total=len(tiles), desc=field.name, unit="tile", disable=not progress, leave=False) as bar:
+            while True:
+                try:
+                    done, _ = next(steps)
+                except StopIteration as end:
+                    return end.value
+                bar.update(done - bar.n)
+
+    def _tile_steps(self, field: ImageField, tiles: list[Tile], batch_size: int, score_threshold: float = 0.5,
+                    largest: bool = False, max_cells: int | None = None,
+                    pixel_size: float | None = None) -> Generator[tuple[int, int], None, Prediction]:
         stitcher = Stitcher(field.shape, edge=int(math.ceil(EDGE_MARGIN / (self.scale or 1.0))),
                             core=grid_overlap(tiles) // 2)
-        with tqdm(total=len(tiles), desc=field.name, unit="tile", disable=not progress, leave=False) as bar:
-            for start in range(0, len(tiles), batch_size):
-                batch = tiles[start:start + batch_size]
-                outputs = self._forward([field.read(t.y0, t.y1, t.x0, t.x1) for t in batch], score_threshold)
-                for t, output in zip(batch, outputs):
-                    self._stitch(stitcher, t, output, score_threshold)
-                bar.update(len(batch))
+        for start in range(0, len(tiles), batch_size):
+            batch = tiles[start:start + batch_size]
+            outputs = self._forward([field.read(t.y0, t.y1, t.x0, t.x1) for t in batch], score_threshold)
+            for t, output in zip(batch, outputs):
+                self._stitch(stitcher, t, output, score_threshold)
+            yield start + len(batch), len(tiles)
         return self._finish(field.name, field, stitcher, largest, max_cells, pixel_size)
+
+    def predict_steps(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool = False,
+                      max_cells: int | None = None, pixel_size: float | None = None, tile: int | None = None,
+                      overlap: int | None = None,
+                      batch_size: int = 1) -> Generator[tuple[int, int], None, Prediction]:
+        """:meth:`predict` one batch of tiles at a time, for a GUI that shows progress and can stop.
+
+        Yields ``(tiles done, tiles in all)`` after each batch (an image of one
+        tile: ``(0, 1)`` before and ``(1, 1)`` after) and returns the
+        :class:`Prediction` (``StopIteration.value``; ``yield from`` gives it).
+        Closing the generator between batches stops the work. Arguments as in
+        :meth:`predict`.
+
+        Examples
+        --------
+        >>> steps = predictor.predict_steps("field.tif")
+        >>> for done, total in steps: ...     # napari's thread_worker yields these
+        """
+        field = self._open(image, name)
+        options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
+                   "pixel_size": pixel_size}
+        tiles = self.tiles(field.shape, tile, overlap)
+        if len(tiles) > 1:
+            return (yield from self._tile_steps(field, tiles, batch_size, **options))
+        yield 0, 1
+        prediction = self.predict_batch([field], **options)[0]
+        yield 1, 1
+        return prediction
 
     def predict(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool = False,
                 max_cells: int | None = None, pixel_size: float | None = None, tile: int | None = None,

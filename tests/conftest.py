@@ -1,17 +1,23 @@
 """Shared fixtures: tiny models and synthetic targets that run in seconds on a CPU."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cellrcnn import ModelConfig
+import cellrcnn
+from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
 from cellrcnn.synthetic import synthetic_sample
 from cellrcnn.targets import whole_cell_targets
 
+# Qt without a display, for the napari widget tests (read when the QApplication is made, by the first test).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 REPO = Path(__file__).resolve().parents[1]
 WBC_DIR = REPO.parent / "shared" / "datasets" / "wbc_jtsc"
+SAMPLE = REPO / "data" / "sample"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,6 +28,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "wbc" in item.keywords and not WBC_DIR.is_dir():
             item.add_marker(skip_wbc)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A model trained for eight epochs on the sample: weak, but it finds cells (best.pt of its run)."""
+    out = tmp_path_factory.mktemp("run")
+    config = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
+                                      rpn_batch_size_per_image=64, box_batch_size_per_image=64),
+                    data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=8, workers=0, device="cpu"))
+    cellrcnn.fit(config, SAMPLE, out / "run", quiet=True)
+    return out / "run" / "best.pt"
 
 
 @pytest.fixture

@@ -409,3 +409,22 @@ def test_a_large_field_takes_its_levels_from_a_regular_sample(tmp_path, monkeypa
         np.testing.assert_allclose(field.read(y0, y1, x0, x1), exact[y0:y1, x0:x1], atol=2e-3)
     low, high = np.percentile(image, (1.0, 99.8))
     assert abs(field._low[0] - low) < 0.002 * (high - low) and abs(field._high[0] - high) < 0.002 * (high - low)
+
+
+def test_write_pair_makes_a_folder_that_trains_as_it_is(tmp_path):
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 4000, (40, 50, 2), dtype=np.uint16)
+    parts = rng.integers(0, 3, (40, 50)).astype(np.int64)
+    pair = cellrcnn.io.write_pair(tmp_path / "data", "my cells #1", image, parts)
+    assert (pair.image.name, pair.parts.name) == ("my_cells__1.tif", "my_cells__1_masks.tif")
+    found = find_pairs(tmp_path / "data", DataConfig())
+    assert [(p.image, p.parts) for p in found] == [(pair.image, pair.parts)]
+    np.testing.assert_array_equal(tifffile.imread(pair.image), image)
+    np.testing.assert_array_equal(read_labels(pair.parts), parts)
+    with pytest.raises(FileExistsError):
+        cellrcnn.io.write_pair(tmp_path / "data", "my cells #1", image, parts)
+    with pytest.raises(DataError, match="wrong: the labels must be 2-D integers of the image's size 40x50"):
+        cellrcnn.io.write_pair(tmp_path / "other", "wrong", image, parts[:20])
+    with pytest.raises(DataError, match="0..255"):
+        cellrcnn.io.write_pair(tmp_path / "other", "big", image, parts * 200)
+    assert not (tmp_path / "other").exists()

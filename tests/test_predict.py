@@ -26,17 +26,6 @@ PARTS = ("background", "cytoplasm", "nucleus")
 WBC = DataConfig(image_glob="*.bmp", mask_glob="*.png", part_values=(0, 128, 255))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A model trained for eight epochs on the sample: weak, but it finds cells."""
-    out = tmp_path_factory.mktemp("run")
-    config = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
-                                      rpn_batch_size_per_image=64, box_batch_size_per_image=64),
-                    data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=8, workers=0, device="cpu"))
-    cellrcnn.fit(config, SAMPLE, out / "run", quiet=True)
-    return out / "run" / "best.pt"
-
-
 def test_measurements_on_a_hand_made_cell():
     cells = np.zeros((10, 10), int)
     cells[1:7, 1:7] = 1   # 36 pixels
@@ -226,6 +215,29 @@ def test_large_image_is_predicted_in_tiles_into_one_field(checkpoint):
     n = int(overlapping.cells.max())
     assert n >= 4 and sorted(overlapping.table["cell_id"]) == list(range(1, n + 1))
     assert overlapping.table["score"].is_monotonic_decreasing
+
+
+def test_predict_steps_report_each_batch_of_tiles_and_return_the_prediction(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    images = [imread(SAMPLE / "images" / f"sample_{i:02d}.png") for i in range(4)]
+    mosaic = np.concatenate([np.concatenate(images[:2], axis=1), np.concatenate(images[2:], axis=1)], axis=0)
+    steps = predictor.predict_steps(mosaic, tile=128, overlap=0, batch_size=3)
+    seen = []
+    while True:
+        try:
+            seen.append(next(steps))
+        except StopIteration as end:
+            result = end.value
+            break
+    assert seen == [(3, 4), (4, 4)]
+    expected = predictor.predict(mosaic, tile=128, overlap=0, batch_size=3)
+    np.testing.assert_array_equal(result.cells, expected.cells)
+    np.testing.assert_array_equal(result.parts, expected.parts)
+    single = predictor.predict_steps(images[0])
+    assert next(single) == (0, 1) and next(single) == (1, 1)
+    with pytest.raises(StopIteration) as end:
+        next(single)
+    np.testing.assert_array_equal(end.value.value.cells, predictor.predict(images[0]).cells)
 
 
 def test_predict_command_on_a_two_channel_16bit_field(checkpoint, tmp_path):

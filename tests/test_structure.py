@@ -15,6 +15,7 @@ CHAINS = [
     ("config", "io", "augment", "targets", "data", "train"),
     ("losses", "roi_heads", "model", "train"),
     ("model", "predict", "export"),
+    ("model", "zoo", "predict", "export", "share"),  # zoo: the packaged module and reading packages; share: writing
     ("tiles", "predict"),  # tiles are pure numpy: stitching knows nothing of models
     ("metrics", "report"),
 ]

@@ -1,0 +1,202 @@
+"""The Predict widget: a trained model applied to an image layer, giving cell and part Labels layers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton,
+                              SpinBox, Table)
+from napari.qt.threading import create_worker
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error, show_info
+
+from cellrcnn import Predictor
+from cellrcnn.export import export_prediction, output_paths, write_table
+from cellrcnn.io import safe_stem
+from cellrcnn.style import part_colour
+
+__all__ = ["PredictWidget"]
+
+logger = logging.getLogger(__name__)
+
+
+def _predict(model: Path, loaded: dict, image: np.ndarray, name: str, options: dict):
+    """Worker body: load the model once per file, then yield progress and return the prediction."""
+    key = (str(model), model.stat().st_mtime if model.exists() else None)
+    if loaded.get("key") != key:
+        loaded.update(key=key, predictor=Predictor.from_checkpoint(model))
+    prediction = yield from loaded["predictor"].predict_steps(image, name=name, **options)
+    return loaded["predictor"], prediction
+
+
+def part_colormap(parts: tuple[str, ...]) -> DirectLabelColormap:
+    """Part labels in the colours of the exported overlays; background transparent."""
+    colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    colours.update({k: (*part_colour(name, k, 1.0), 1.0) for k, name in enumerate(parts) if k})
+    return DirectLabelColormap(color_dict=colours)
+
+
+class PredictWidget(Container):
+    """Predict cells and parts in an image layer with a cellrcnn model.
+
+    Adds ``<image> cells`` (one label per cell, the per-cell table as its
+    features, also shown below) and ``<image> parts`` (background, cytoplasm,
+    nucleus in the overlay colours), and saves them as ``cellrcnn-predict``
+    does.
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.model_path = FileEdit(label="Model", mode="r", filter="*.pt *.zip",
+                                   tooltip="best.pt of a run, a run folder (type its path), or a bioimage.io "
+                                           "package exported by cellrcnn (.zip)")
+        self.image = ComboBox(label="Image", choices=self._image_layers, nullable=True)
+        self.score_threshold = FloatSpinBox(label="Score threshold", value=0.5, min=0.0, max=0.99, step=0.05)
+        self.largest = CheckBox(text="Largest complete cell only")
+        self.tile = SpinBox(label="Tile (px)", value=0, min=0, max=100_000, step=64,
+                            tooltip="0: automatic (1024 network pixels); images larger than one tile are "
+                                    "predicted in overlapping tiles")
+        self.pixel_size = FloatSpinBox(label="Pixel size (µm)", value=0.0, min=0.0, max=1000.0, step=0.0001,
+                                       tooltip="0: none (areas in pixels only); taken from the layer's scale "
+                                               "when it has one")
+        self.run_button = PushButton(text="Predict")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.status = Label(value="")
+        self.table = Table(label="Cells")
+        self.out_dir = FileEdit(label="Save to", mode="d")
+        self.overwrite = CheckBox(text="Replace existing files")
+        self.save_button = PushButton(text="Save TIFFs, ROIs and CSV", enabled=False)
+        self.extend([self.model_path, self.image, self.score_threshold, self.largest, self.tile, self.pixel_size,
+                     self.run_button, self.cancel_button, self.progress, self.status, self.table, self.out_dir,
+                     self.overwrite, self.save_button])
+        self._loaded: dict = {}
+        self.predictor: Predictor | None = None
+        self.prediction = None
+        self._pixel_size: float | None = None  # the one the prediction's table was measured with
+        self.worker = None
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.save_button.changed.connect(self.save)
+        self.image.changed.connect(self._pixel_size_from_layer)
+        events = (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed)
+        for event in events:
+            event.connect(self._refresh)
+        # a closed dock leaves no handler behind on the viewer, and no worker running
+        self.native.destroyed.connect(lambda: [event.disconnect(self._refresh) for event in events])
+        self.native.destroyed.connect(lambda: getattr(self, "worker", None) and self.worker.quit())
+        self._refresh()
+
+    def _refresh(self, _event=None) -> None:
+        """Follow the viewer's layers; with none chosen, take the first image."""
+        self.image.reset_choices()
+        if self.image.value is None and len(self.image.choices) > 1:
+            self.image.value = self.image.choices[1]  # choices[0] is None (nullable)
+        self._pixel_size_from_layer(self.image.value)
+
+    def _image_layers(self, _widget=None) -> list:
+        return [(layer.name, layer) for layer in self.viewer.layers if layer._type_string == "image"]
+
+    def _pixel_size_from_layer(self, layer) -> None:
+        if layer is None:
+            return
+        square = layer.scale[-1] == layer.scale[-2]
+        self.pixel_size.value = float(layer.scale[-1]) if square and layer.scale[-1] != 1 else 0.0
+
+    def _plane(self, layer) -> tuple[np.ndarray, str]:
+        """The layer's 2-D image (RGB kept whole; for a stack, the plane on screen) and a note saying which."""
+        data = layer.data[0] if layer.multiscale else layer.data
+        spatial = 3 if layer.rgb else 2
+        if data.ndim <= spatial:
+            return np.asarray(data), ""
+        position = np.round(layer.world_to_data(self.viewer.dims.point)).astype(int)[:data.ndim - spatial]
+        index = tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(position, data.shape))
+        return np.asarray(data[index]), f" (the plane on screen, {index})"
+
+    def _fail(self, message: str) -> None:
+        self.status.value = message
+        show_error(message)
+
+    def run(self) -> None:
+        """Predict the chosen image in a thread worker (progress in the bar; Cancel stops between tiles)."""
+        model, layer = Path(self.model_path.value), self.image.value
+        if not str(self.model_path.value) or str(self.model_path.value) == "." or not model.exists():
+            return self._fail(f"choose a model: best.pt, a run folder or a package .zip (got {model})")
+        if layer is None:
+            return self._fail("choose an image layer (open an image in napari first)")
+        self._pixel_size = self.pixel_size.value or None
+        options = {"score_threshold": self.score_threshold.value, "largest": self.largest.value,
+                   "pixel_size": self._pixel_size, "tile": self.tile.value or None}
+        image, which = self._plane(layer)
+        # errors go to the status line, not re-raised in Qt's event loop
+        self.worker = create_worker(_predict, model, self._loaded, image, safe_stem(layer.name), options,
+                                    _connect={"errored": lambda err: self._fail(f"prediction failed: {err}")},
+                                    _start_thread=False)
+        self.worker.yielded.connect(self._progress)
+        self.worker.returned.connect(lambda result: self._show(layer, *result))
+        self.worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
+        self.worker.finished.connect(self._idle)
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = f"predicting {layer.name}{which}..."
+        self.worker.start()
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _idle(self) -> None:
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _progress(self, step: tuple[int, int]) -> None:
+        done, total = step
+        self.progress.max, self.progress.value = total, done
+
+    def _show(self, layer, predictor: Predictor, prediction) -> None:
+        self.predictor, self.prediction = predictor, prediction
+        parts = self._layer(f"{layer.name} parts", prediction.parts, layer.scale,
+                            colormap=part_colormap(predictor.parts))
+        parts.metadata["parts"] = predictor.parts
+        # cell outlines over the filled parts; the table is the cells' features (one row per label)
+        features = prediction.table.assign(index=prediction.table["cell_id"])
+        cells = self._layer(f"{layer.name} cells", prediction.cells, layer.scale, features=features)
+        cells.contour = 2
+        self.table.value = prediction.table
+        self.save_button.enabled = True
+        self.status.value = f"{layer.name}: {len(prediction.table)} cells"
+
+    def _layer(self, name: str, data: np.ndarray, scale, **properties):
+        # a new prediction of the same image is a new layer (napari numbers the name): a layer corrected with
+        # the brush is never replaced
+        return self.viewer.add_labels(data, name=name, scale=scale[-2:], **properties)
+
+    def save(self) -> dict[str, Path] | None:
+        """Write ``<image>_cells.tif``, ``_parts.tif``, ``_rois.zip`` and ``_cells.csv`` to the chosen folder.
+
+        They hold the prediction as made (not later edits of its layers; save those with napari's File menu).
+        """
+        if self.prediction is None:
+            return self._fail("nothing to save yet: predict an image first")
+        out = Path(self.out_dir.value)
+        if not str(self.out_dir.value) or str(self.out_dir.value) == ".":
+            return self._fail("choose a folder to save to")
+        name, overwrite = self.prediction.name, self.overwrite.value
+        table_path = out / f"{name}_cells.csv"
+        try:
+            clashes = [p for p in [*output_paths(out, name, rois=True).values(), table_path] if p.exists()]
+            if clashes and not overwrite:  # checked first: never a part of the set written
+                raise FileExistsError(f"{clashes[0]} exists" + (f" (and {len(clashes) - 1} more)"
+                                                                 if len(clashes) > 1 else ""))
+            out.mkdir(parents=True, exist_ok=True)
+            paths = export_prediction(self.prediction, out, self.predictor.parts, self._pixel_size, rois=True,
+                                      overwrite=overwrite)
+            paths["table"] = write_table(self.prediction.table, table_path, overwrite=overwrite)
+        except FileExistsError as err:
+            return self._fail(f"{err}; tick 'Replace existing files' or choose another folder")
+        except OSError as err:
+            return self._fail(f"cannot save to {out}: {err}")
+        show_info(f"saved {len(paths)} files to {out}")
+        self.status.value = f"saved to {out}"
+        return paths
