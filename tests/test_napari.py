@@ -83,11 +83,14 @@ def test_predict_widget_adds_the_predictors_labels_and_saves_them(make_napari_vi
     widget.overwrite.value = True
     assert widget.save() is not None
 
-    # a second prediction is a new layer: a corrected one is never replaced
+    # a second prediction is a new layer: a corrected one is never replaced; a typed pixel size stays
     viewer.layers["field parts"].data[0, 0] = 2
+    widget.pixel_size.value = 0.0645
     widget.run()
     wait_idle(qtbot, widget.run_button)
     assert viewer.layers["field parts"].data[0, 0] == 2 and "field parts [1]" in viewer.layers
+    assert widget.pixel_size.value == 0.0645 and widget.prediction.table["area_um2"].iloc[0] == pytest.approx(
+        widget.prediction.table["area_px"].iloc[0] * 0.0645 ** 2)
     viewer.add_image(image[..., 0], name="plain")  # no pixel size in its scale: none carried over
     widget.image.value = viewer.layers["plain"]
     assert widget.pixel_size.value == 0.0

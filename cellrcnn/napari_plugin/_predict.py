@@ -91,11 +91,11 @@ class PredictWidget(Container):
         self._refresh()
 
     def _refresh(self, _event=None) -> None:
-        """Follow the viewer's layers; with none chosen, take the first image."""
+        """Follow the viewer's layers; with none chosen, take the first image (its pixel size follows through
+        ``image.changed``; a pixel size typed in is kept while the image stays the same)."""
         self.image.reset_choices()
         if self.image.value is None and len(self.image.choices) > 1:
             self.image.value = self.image.choices[1]  # choices[0] is None (nullable)
-        self._pixel_size_from_layer(self.image.value)
 
     def _image_layers(self, _widget=None) -> list:
         return [(layer.name, layer) for layer in self.viewer.layers if layer._type_string == "image"]
