@@ -21,7 +21,7 @@ from .io import atomic_write
 from .predict import Prediction
 from .style import part_colour
 
-__all__ = ["OUTPUTS", "OUTPUT_SUFFIXES", "output_paths", "write_label_tiff", "write_rois", "write_overlay", "write_table",
+__all__ = ["OUTPUTS", "OUTPUT_SUFFIXES", "output_paths", "write_label_tiff", "write_rois", "overlay_rgb", "write_overlay", "write_table",
            "export_prediction"]
 
 #: The file written for each image, by kind: ``<image stem><suffix>``.
@@ -71,17 +71,23 @@ def write_rois(path: str | os.PathLike, cells: np.ndarray, overwrite: bool = Fal
     return atomic_write(path, lambda tmp: roifile.roiwrite(tmp, rois, mode="w"), overwrite=overwrite)
 
 
-def write_overlay(path: str | os.PathLike, image: np.ndarray, cells: np.ndarray, parts: np.ndarray,
-                  part_names: tuple[str, ...], overwrite: bool = False) -> Path:
-    """The image with cell outlines and the outline of each part, in the part colours."""
+def overlay_rgb(image: np.ndarray, cells: np.ndarray, parts: np.ndarray, part_names: tuple[str, ...]) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: the image (values 0..1) with cell outlines and the outline of each part, in the part
+    colours."""
     rgb = (np.clip(image[..., :3], 0, 1) * 255).astype(np.uint8).copy()
     for k, name in enumerate(part_names):
         if k == 0 or name == "cytoplasm":  # the cytoplasm's outer edge is the cell outline
             continue
         rgb[find_boundaries(np.where(parts == k, cells, 0), mode="inner")] = part_colour(name, k)
     rgb[find_boundaries(cells, mode="inner")] = part_colour("cell")
-    return atomic_write(path, lambda tmp: imsave(tmp, rgb, check_contrast=False),
-                        overwrite=overwrite)
+    return rgb
+
+
+def write_overlay(path: str | os.PathLike, image: np.ndarray, cells: np.ndarray, parts: np.ndarray,
+                  part_names: tuple[str, ...], overwrite: bool = False) -> Path:
+    """:func:`overlay_rgb` as a PNG."""
+    rgb = overlay_rgb(image, cells, parts, part_names)
+    return atomic_write(path, lambda tmp: imsave(tmp, rgb, check_contrast=False), overwrite=overwrite)
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False) -> Path:

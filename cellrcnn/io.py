@@ -20,7 +20,7 @@ import tifffile
 from .config import DataConfig
 
 __all__ = ["DataError", "Pair", "IMAGE_EXTENSIONS", "LEVEL_PIXELS", "list_images", "read_raw", "read_raw_axes",
-           "select_channels", "normalize_image", "image_from_array", "read_image", "ImageField", "open_field",
+           "select_channels", "three_channels", "normalize_image", "image_from_array", "read_image", "ImageField", "open_field",
            "field_from_array", "read_labels", "map_part_values", "Matching", "match_files", "find_pairs",
            "read_classes_csv", "class_of", "atomic_write", "safe_stem", "write_pair"]
 
@@ -300,8 +300,7 @@ def _scale(image: np.ndarray, low: np.ndarray, high: np.ndarray, name: str) -> n
     """:func:`_pixels` output mapped through the levels to float32 ``[h, w, 3]`` in [0, 1].
 
     ``low`` becomes 0, ``high`` 1, values beyond are clipped, a constant channel
-    (``high == low``) becomes 0. One channel is repeated to three; two get a third
-    channel of zeros, not a copy, so the network sees which channel is which.
+    (``high == low``) becomes 0; channels are completed to three by :func:`three_channels`.
     """
     data = image.astype(np.float32)
     _check_finite(data, name)
@@ -310,11 +309,17 @@ def _scale(image: np.ndarray, low: np.ndarray, high: np.ndarray, name: str) -> n
     data /= np.where(span > 0, span, np.float32(1))
     np.clip(data, 0.0, 1.0, out=data)
     data *= span > 0
+    return np.ascontiguousarray(three_channels(data), dtype=np.float32)
+
+
+def three_channels(data: np.ndarray) -> np.ndarray:
+    """``[h, w, C]`` (C of 1 to 3) as the network's three channels: one repeated, two with a zero third (zeros,
+    not a copy of either, so the network sees which channel is which), three as they are."""
     if data.shape[-1] == 1:
-        data = np.repeat(data, 3, axis=-1)
-    elif data.shape[-1] == 2:
-        data = np.concatenate([data, np.zeros_like(data[..., :1])], axis=-1)
-    return np.ascontiguousarray(data, dtype=np.float32)
+        return np.repeat(data, 3, axis=-1)
+    if data.shape[-1] == 2:
+        return np.concatenate([data, np.zeros_like(data[..., :1])], axis=-1)
+    return data
 
 
 def _normalize(image: np.ndarray, percentiles: tuple[float, float], name: str) -> np.ndarray:

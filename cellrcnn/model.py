@@ -525,6 +525,22 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     return model.to(map_location).eval(), config
 
 
+def run_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file as given, or the ``best.pt`` of a run folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        A folder without ``best.pt``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "best.pt").is_file():
+            raise FileNotFoundError(f"{path} holds no best.pt; give a run folder of cellrcnn-finetune, or a checkpoint")
+        path = path / "best.pt"
+    return path
+
+
 def model_config_from_run(run: str | os.PathLike) -> ModelConfig:
     """The model settings of a trained run, starting from its weights: for adapting it to new images.
 
@@ -542,11 +558,7 @@ def model_config_from_run(run: str | os.PathLike) -> ModelConfig:
         with :func:`dataclasses.replace`; a different number of parts or classes
         starts only the predictors fresh.
     """
-    path = Path(run)
-    if path.is_dir():
-        path = path / "best.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{run} holds no best.pt; give a run folder of cellrcnn-finetune, or a checkpoint")
+    path = run_checkpoint(run)
     try:
         saved = Config.from_saved(load_checkpoint(path)["config"]).model
     except ValueError as err:

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .config import Config, ModelConfig
 from .io import DataError, ImageField, field_from_array, open_field
-from .model import PartRCNNTransform, build_model, model_from_checkpoint, resolve_device, to_label_images
+from .model import (PartRCNNTransform, build_model, model_from_checkpoint, resolve_device, run_checkpoint,
+                    to_label_images)
 from .targets import largest_complete
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 from .zoo import is_package, read_package
@@ -249,18 +250,12 @@ class Predictor:
         ``device="auto"`` picks CUDA when present. Reading a package needs ``bioimageio.spec``
         (``pip install 'cellrcnn[bioimageio]'``).
         """
-        path = Path(path)
-        if path.is_dir() and not is_package(path):
-            if not (path / "best.pt").is_file():
-                raise FileNotFoundError(f"{path} holds no best.pt; give a run folder of cellrcnn-finetune, a "
-                                        f"checkpoint file or a bioimage.io package (.zip)")
-            path = path / "best.pt"
         if is_package(path):
             state, config = read_package(path)
             model = build_model(config.model, load_weights=False)
             model.load_state_dict(state)
         else:
-            model, config = model_from_checkpoint(path, map_location="cpu")
+            model, config = model_from_checkpoint(run_checkpoint(path), map_location="cpu")
         return cls(model, config, resolve_device(device), scale, cell_diameter)
 
     @property

@@ -26,9 +26,9 @@ import torch
 
 from . import __version__
 from .config import Config
-from .export import write_overlay
-from .io import DataError, atomic_write, read_raw_axes, select_channels
-from .model import build_model, load_checkpoint
+from .export import overlay_rgb
+from .io import DataError, _pixels, atomic_write, read_raw_axes, select_channels, three_channels
+from .model import load_checkpoint, run_checkpoint
 from .predict import Predictor
 from .zoo import CellLabels
 
@@ -79,14 +79,6 @@ class PackageInfo:
                 raise ValueError(f"citation {text!r}: give its DOI as 10.xxxx/..., got {doi!r}")
 
 
-def _checkpoint_path(path: Path) -> Path:
-    if path.is_dir():
-        path = path / "best.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path.parent} holds no best.pt; give a run folder or a checkpoint file")
-    return path
-
-
 def _validation_image(run: Path) -> Path:
     """The first validation image of a run (``split.csv``), as the run recorded it."""
     split = run / "split.csv"
@@ -112,16 +104,11 @@ def input_pixels(path: str | os.PathLike, config: Config) -> np.ndarray:
     :data:`TEST_IMAGE_SIDE`, to a multiple of :data:`SIZE_STEP` pixels.
     """
     raw, axes = read_raw_axes(path)
-    pixels = select_channels(raw, axes, config.data.channels, config.data.projection, str(path))
-    if pixels.dtype == bool:
-        pixels = pixels.astype(np.uint8) * 255
+    # as the reader takes pixels before scaling them: bool as 8-bit, alpha dropped, odd types refused
+    pixels = _pixels(select_channels(raw, axes, config.data.channels, config.data.projection, str(path)), str(path))
     if pixels.dtype != np.uint8:
         pixels = pixels.astype(np.float32)  # the package's input is uint8 or float32 (percentile scaling)
-    pixels = pixels[..., :3]
-    if pixels.shape[-1] == 1:
-        pixels = np.repeat(pixels, 3, axis=-1)
-    elif pixels.shape[-1] == 2:
-        pixels = np.concatenate([pixels, np.zeros_like(pixels[..., :1])], axis=-1)
+    pixels = three_channels(pixels)
     H, W = pixels.shape[:2]
     side_h = min(H, TEST_IMAGE_SIDE) // SIZE_STEP * SIZE_STEP
     side_w = min(W, TEST_IMAGE_SIDE) // SIZE_STEP * SIZE_STEP
@@ -215,11 +202,10 @@ def _documentation(info: PackageInfo, name: str, config: Config, state: dict, te
 
 def _cover(path: Path, image: np.ndarray, cells: np.ndarray, parts: np.ndarray, names: tuple[str, ...]) -> Path:
     """The test image beside its outlines: a 2:1 cover."""
-    from skimage.io import imread, imsave
+    from skimage.io import imsave
 
-    overlay = imread(write_overlay(path.with_suffix(".overlay.png"), image, cells, parts, names))
     plain = (np.clip(image, 0, 1) * 255).astype(np.uint8)
-    imsave(path, np.concatenate([plain, overlay[..., :3]], axis=1), check_contrast=False)
+    imsave(path, np.concatenate([plain, overlay_rgb(image, cells, parts, names)], axis=1), check_contrast=False)
     return path
 
 
@@ -270,19 +256,19 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_ima
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     info = info or PackageInfo()
-    path = _checkpoint_path(Path(checkpoint))
+    path = run_checkpoint(checkpoint)
     state = load_checkpoint(path)
     config = Config.from_saved(state["config"])
     test_image = Path(test_image) if test_image is not None else _validation_image(path.parent)
     pixels = input_pixels(test_image, config)
     # cellrcnn's own prediction of the test image is the package's test output: the zoo's test then shows that its
     # preprocessing and the packaged module give what cellrcnn gives. Channels are already chosen in `pixels`.
-    plain = dataclasses.replace(config, data=dataclasses.replace(config.data, channels=None, projection="none"))
-    model = build_model(config.model, load_weights=False)
-    model.load_state_dict(state["model"])
-    prediction = Predictor(model, plain, "cpu").predict(pixels, name=test_image.stem, score_threshold=score_threshold)
     module = CellLabels(config.to_dict(), score_threshold)
     module.net.load_state_dict(state["model"])
+    # The Predictor borrows the packaged network: it sets the same scale and threshold while it predicts.
+    plain = dataclasses.replace(config, data=dataclasses.replace(config.data, channels=None, projection="none"))
+    prediction = Predictor(module.net, plain, "cpu").predict(pixels, name=test_image.stem,
+                                                             score_threshold=score_threshold)
     blocker = _torchscript_blocker(module)
     logger.info("no TorchScript weights: %s", blocker)
 

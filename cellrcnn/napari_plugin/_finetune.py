@@ -12,13 +12,15 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from superqt.utils import ensure_main_thread
 
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig, fit, load_checkpoint, model_config_from_run
 from cellrcnn.hooks import Callback, Cancel, Cancelled
 from cellrcnn.io import write_pair
 from cellrcnn.plots import plot_history
+
+from ._common import fail, follow_layers, given
 
 __all__ = ["FinetuneWidget"]
 
@@ -65,12 +67,7 @@ class FinetuneWidget(Container):
         self._cancel: Cancel | None = None
         self.train_button.changed.connect(self.train)
         self.cancel_button.changed.connect(self.cancel)
-        events = (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed)
-        for event in events:
-            event.connect(self._refresh)
-        # a closed dock leaves no handler behind on the viewer, and stops its training
-        self.native.destroyed.connect(lambda: [event.disconnect(self._refresh) for event in events])
-        self.native.destroyed.connect(self._stop)
+        follow_layers(self, napari_viewer, self._refresh, self._stop)
         self.reset_choices()
 
     def _refresh(self, _event=None) -> None:
@@ -80,12 +77,7 @@ class FinetuneWidget(Container):
         return lambda _widget=None: [(layer.name, layer) for layer in self.viewer.layers if layer._type_string == kind]
 
     def _fail(self, message: str) -> None:
-        self.status.value = message
-        show_error(message)
-
-    @staticmethod
-    def _given(edit: FileEdit) -> Path | None:
-        return Path(edit.value) if str(edit.value) not in ("", ".") else None
+        fail(self.status, message)
 
     def config(self) -> Config:
         """The run's config from the widget's settings.
@@ -95,7 +87,7 @@ class FinetuneWidget(Container):
         (one image) nothing is held out for validation.
         """
         weights = {"cytoplasm": self.cytoplasm_weight.value}
-        start = self._given(self.start)
+        start = given(self.start)
         data = DataConfig()
         model = ModelConfig()
         if start:
@@ -103,13 +95,13 @@ class FinetuneWidget(Container):
             read = Config.from_saved(load_checkpoint(model.weights)["config"]).data
             data = DataConfig(channels=read.channels, projection=read.projection, percentiles=read.percentiles)
         data = dataclasses.replace(data, part_values=tuple(range(len(model.parts))),
-                                   val_fraction=data.val_fraction if self._given(self.folder) else 0.0)
+                                   val_fraction=data.val_fraction if given(self.folder) else 0.0)
         return Config(model=dataclasses.replace(model, part_weights=weights), data=data,
                       train=TrainConfig(epochs=self.epochs.value, device=self.device.value, workers=0))
 
     def train(self) -> None:
         """Run :func:`cellrcnn.fit` in a thread worker."""
-        out, folder = self._given(self.out), self._given(self.folder)
+        out, folder = given(self.out), given(self.folder)
         if out is None:
             return self._fail("choose a run folder for the results")
         if out.exists() and any(out.iterdir()):
@@ -141,7 +133,7 @@ class FinetuneWidget(Container):
         self.worker.finished.connect(self._idle)
         self.train_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"training into {out}..." + (" (one image: losses only, no validation Dice)"
-                                                         if self._given(self.folder) is None else "")
+                                                         if given(self.folder) is None else "")
         self.worker.start()
 
     def _stop(self) -> None:

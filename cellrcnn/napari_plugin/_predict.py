@@ -10,12 +10,14 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               SpinBox, Table)
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
 from cellrcnn import Predictor
 from cellrcnn.export import export_prediction, output_paths, write_table
 from cellrcnn.io import safe_stem
 from cellrcnn.style import part_colour
+
+from ._common import fail, follow_layers, given
 
 __all__ = ["PredictWidget"]
 
@@ -82,12 +84,7 @@ class PredictWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self.save)
         self.image.changed.connect(self._pixel_size_from_layer)
-        events = (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed)
-        for event in events:
-            event.connect(self._refresh)
-        # a closed dock leaves no handler behind on the viewer, and no worker running
-        self.native.destroyed.connect(lambda: [event.disconnect(self._refresh) for event in events])
-        self.native.destroyed.connect(lambda: getattr(self, "worker", None) and self.worker.quit())
+        follow_layers(self, napari_viewer, self._refresh, self._stop)
         self._refresh()
 
     def _refresh(self, _event=None) -> None:
@@ -117,14 +114,19 @@ class PredictWidget(Container):
         return np.asarray(data[index]), f" (the plane on screen, {index})"
 
     def _fail(self, message: str) -> None:
-        self.status.value = message
-        show_error(message)
+        fail(self.status, message)
+
+    def _stop(self) -> None:
+        """On close: stop the worker, updating no widget (they may be gone already)."""
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.quit()
 
     def run(self) -> None:
         """Predict the chosen image in a thread worker (progress in the bar; Cancel stops between tiles)."""
-        model, layer = Path(self.model_path.value), self.image.value
-        if not str(self.model_path.value) or str(self.model_path.value) == "." or not model.exists():
-            return self._fail(f"choose a model: best.pt, a run folder or a package .zip (got {model})")
+        model, layer = given(self.model_path), self.image.value
+        if model is None or not model.exists():
+            return self._fail(f"choose a model: best.pt, a run folder or a package .zip (got {model or 'none'})")
         if layer is None:
             return self._fail("choose an image layer (open an image in napari first)")
         self._pixel_size = self.pixel_size.value or None
@@ -179,8 +181,8 @@ class PredictWidget(Container):
         """
         if self.prediction is None:
             return self._fail("nothing to save yet: predict an image first")
-        out = Path(self.out_dir.value)
-        if not str(self.out_dir.value) or str(self.out_dir.value) == ".":
+        out = given(self.out_dir)
+        if out is None:
             return self._fail("choose a folder to save to")
         name, overwrite = self.prediction.name, self.overwrite.value
         table_path = out / f"{name}_cells.csv"
