@@ -17,8 +17,22 @@ def _light() -> list:
     return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
 
 
+_NEAREST = {"mask_interpolation": 0, "border_mode": 0, "fill": 0, "fill_mask": 0}
+
+
+def _adapt() -> list:
+    # Another microscope differs first in stain and brightness, then in magnification: jitter those, mildly
+    # (cells after scale matching are already about the size the model knows; the lower bound stays near 1
+    # so little border is filled).
+    return _light() + [
+        A.Affine(scale=(0.9, 1.2), keep_ratio=True, p=0.5, **_NEAREST),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=25, val_shift_limit=0, p=0.5),
+    ]
+
+
 def _strong() -> list:
-    nearest = {"mask_interpolation": 0, "border_mode": 0, "fill": 0, "fill_mask": 0}
+    nearest = _NEAREST
     return _light() + [
         A.Affine(scale=(0.8, 1.25), rotate=(-45, 45), p=0.7, **nearest),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
@@ -35,13 +49,15 @@ def build_augmentation(spec: str | A.BaseCompose) -> A.BaseCompose | None:
     ----------
     spec : str or albumentations.BaseCompose
         ``"none"`` (no augmentation: returns None), ``"light"`` (flips and
-        90-degree rotations), ``"strong"`` (adds scale and rotation, brightness and
+        90-degree rotations), ``"adapt"`` (those, mild scale jitter of 0.9-1.2x,
+        brightness, contrast, hue and saturation jitter: the adaptation
+        recipe's), ``"strong"`` (adds scale and rotation, brightness and
         contrast, hue and saturation, blur or noise, elastic deformation), or a
         ``Compose`` of your own, used as given.
     """
     if isinstance(spec, A.BaseCompose):
         return spec
-    presets = {"none": None, "light": _light, "strong": _strong}
+    presets = {"none": None, "light": _light, "adapt": _adapt, "strong": _strong}
     if spec not in presets:
         raise ValueError(f"augmentation must be one of {', '.join(presets)} or an albumentations Compose, got {spec!r}")
     return None if presets[spec] is None else A.Compose(presets[spec]())

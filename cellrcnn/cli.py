@@ -13,8 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, ENCODINGS, MASK_ALIGNMENTS, MASK_SIZES, NORMS, PROJECTIONS,
-                     SCHEDULES, TARGETS, Config, DataConfig, ModelConfig, _field_types, parse_field_value)
+from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, ENCODINGS, LR_SCHEDULES, MASK_ALIGNMENTS, MASK_SIZES,
+                     NORMS, PROJECTIONS, SCHEDULES, TARGETS, Config, DataConfig, _field_types, parse_field_value)
 from .io import DataError
 
 __all__ = ["add_config_arguments", "config_overrides", "data_config_from_args", "check_data_main", "finetune_main",
@@ -52,14 +52,14 @@ _MODEL_FLAGS = (("model", "model", ("backbone", "weights", "min_size", "max_size
                                     "class_specific_parts", "mask_size", "norm", "mask_alignment",
                                     "mask_threshold")),)
 _TRAIN_FLAGS = (
-    ("training", "train", ("epochs", "batch_size", "accumulate", "lr", "lr_step", "lr_gamma", "lr_floor",
-                           "warmup_epochs", "momentum", "weight_decay", "clip_grad_norm", "device", "amp",
-                           "val_every", "best_metric", "patience")),
+    ("training", "train", ("epochs", "steps", "batch_size", "accumulate", "lr", "lr_schedule", "lr_step",
+                           "lr_gamma", "lr_floor", "warmup_epochs", "momentum", "weight_decay", "clip_grad_norm",
+                           "device", "amp", "val_every", "best_metric", "best_smoothing", "patience")),
     ("run", "train", ("seed", "workers")),
 )
 _CHOICES = {"data.encoding": ENCODINGS, "data.projection": PROJECTIONS, "data.targets": TARGETS, "data.augment": AUGMENTATIONS,
             "model.backbone": BACKBONES, "model.mask_size": MASK_SIZES, "model.norm": NORMS,
-            "model.mask_alignment": MASK_ALIGNMENTS}
+            "model.mask_alignment": MASK_ALIGNMENTS, "train.lr_schedule": LR_SCHEDULES}
 #: Defaults that depend on other settings, as their help says.
 _AUTO_HELP = {name: (f"; default {SCHEDULES['pretrained'][name]} with pretrained weights, "
                      f"{SCHEDULES['scratch'][name]} from scratch (--weights none)") for name in SCHEDULES["scratch"]}
@@ -215,9 +215,13 @@ def finetune_parser() -> argparse.ArgumentParser:
     files.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="start from this config (a run's config.json works as is)")
     files.add_argument("--from", type=Path, default=None, metavar="RUN", dest="from_run",
-                       help="adapt a trained model: take the model settings (backbone, input size, parts, mask "
-                            "settings, trained backbone stages) of this run folder (or checkpoint) and start from its best.pt; flags given "
-                            "still win, and a different number of parts or classes starts only the predictors fresh")
+                       help="adapt a trained model to new images: take the model settings (backbone, parts, mask "
+                            "settings, trained backbone stages) of this run folder (or checkpoint), start from its "
+                            "best.pt and train with the adaptation recipe: 150 optimizer steps of 2 images, lr 0.01 "
+                            "along a cosine, --augment adapt, and the images resized so their cells reach the size "
+                            "the run was trained at. Flags given still win (--epochs replaces the steps, --lr-step "
+                            "the cosine); with --config the file's training settings are kept. A different number "
+                            "of parts or classes starts only the predictors fresh")
     files.add_argument("--set", action="append", default=None, metavar="SECTION.FIELD=VALUE", dest="overrides",
                        help="set any config field, e.g. --set train.momentum=0.95 --set model.mask_threshold=0.4; "
                             "repeatable, applied last")
@@ -247,7 +251,7 @@ def config_from_finetune_args(args: argparse.Namespace) -> Config:
         sets[key.strip()] = value
     given = {**overrides, **sets}  # what the user named, which --from never replaces
     if args.from_run is not None:
-        overrides = {**_settings_of_run(args.from_run, given), **overrides}
+        overrides = {**_settings_of_run(args.from_run, given, recipe=not args.config), **overrides}
     if args.cytoplasm_weight is not None:
         weights = dict(overrides.get("model.part_weights", base.model.part_weights))
         weights["cytoplasm"] = args.cytoplasm_weight
@@ -264,23 +268,13 @@ def config_from_finetune_args(args: argparse.Namespace) -> Config:
     return base.with_overrides(overrides) if args.config else Config.from_overrides(overrides)
 
 
-def _settings_of_run(run: Path, given: dict) -> dict:
-    """The model fields of a trained run (``--from``) that the user did not give, as overrides."""
-    from .model import model_config_from_run  # loads torch: only when asked
+def _settings_of_run(run: Path, given: dict, recipe: bool) -> dict:
+    from .model import adaptation_overrides  # loads torch: only when asked
 
     try:
-        start = model_config_from_run(run)
+        return adaptation_overrides(run, given, recipe)
     except FileNotFoundError as err:
         raise ValueError(f"--from: {err}") from None
-    fields = {f"model.{f.name}": getattr(start, f.name) for f in dataclasses.fields(start)}
-    if "data.class_names" in given:  # the class count follows the class names given
-        del fields["model.num_classes"]
-    if "model.parts" in given and "model.part_weights" not in given:  # keep the weights of parts still there
-        parts = given["model.parts"]
-        if isinstance(parts, str):
-            parts = parse_field_value(_field_types(ModelConfig)["parts"], parts, "model.parts")
-        fields["model.part_weights"] = {k: v for k, v in start.part_weights.items() if k in parts}
-    return {k: v for k, v in fields.items() if k not in given}
 
 
 def finetune_main(argv: list[str] | None = None) -> int:
@@ -313,6 +307,46 @@ def finetune_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _cell_diameter(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
+
+
+def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scale and tile options of ``predict`` and ``evaluate``."""
+    scale = parser.add_argument_group(
+        "scale and tiles", "Images are resized by the scale the model was trained at (recorded in the checkpoint). "
+        "Set --cell-diameter when cells in your images are larger or smaller than in the training images (auto: "
+        "estimated in each image), or --scale for the resize factor itself. Images larger than one tile are "
+        "predicted in overlapping tiles stitched into one field.")
+    group = scale.add_mutually_exclusive_group()
+    group.add_argument("--scale", type=float, default=None,
+                       help="resize factor from image pixels to network pixels (default: the training scale)")
+    group.add_argument("--cell-diameter", type=_cell_diameter, default=None, metavar="PIXELS|auto",
+                       help="typical cell diameter in your images, in pixels, or auto to estimate it in each image "
+                            "from the cells the model finds at several scales; cells are resized to the size the "
+                            "model was trained at")
+    scale.add_argument("--tile", type=int, default=None,
+                       help="tile side in image pixels (default: 1024 network pixels at the prediction scale)")
+    scale.add_argument("--overlap", type=int, default=None,
+                       help="overlap of neighbouring tiles in image pixels (default: about one cell diameter)")
+
+
+def _check_scale_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("scale", "cell_diameter"):
+        value = getattr(args, name)
+        if value is not None and value != "auto" and not value > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.tile is not None and args.tile < 64:
+        parser.error(f"--tile must be at least 64 pixels, got {args.tile}")
+    if args.overlap is not None and not 0 <= args.overlap <= (args.tile or args.overlap * 2) // 2:
+        parser.error(f"--overlap must lie between 0 and half the tile, got {args.overlap}")
+
+
 def predict_main(argv: list[str] | None = None) -> int:
     """``cellrcnn-predict MODEL.pt INPUT --out OUT_DIR``: exit 0 done, 1 some images failed, 2 bad arguments."""
     parser = _Parser(prog="cellrcnn-predict", formatter_class=_HelpFormatter,
@@ -324,41 +358,23 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")
     sel = parser.add_argument_group("which cells")
     sel.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score")
-    sel.add_argument("--largest", action="store_true", help="keep only the largest complete cell per image")
+    sel.add_argument("--largest", action=argparse.BooleanOptionalAction, default=None,
+                     help="keep only the largest complete cell per image (--no-largest: every cell; default: the "
+                          "largest when the model was trained on single-cell crops, one cell an image)")
     sel.add_argument("--max-cells", type=int, default=None, help="keep at most this many cells per image")
     out = parser.add_argument_group("outputs")
     out.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel (areas in um^2)")
     out.add_argument("--rois", action="store_true", help="also write <image>_rois.zip (ImageJ ROI set)")
     out.add_argument("--overlays", action="store_true", help="also write <image>_overlay.png")
     out.add_argument("--overwrite", action="store_true", help="replace existing results")
-    scale = parser.add_argument_group(
-        "scale and tiles", "Images are resized by the scale the model was trained at (recorded in the checkpoint). "
-        "Set --cell-diameter when cells in your images are larger or smaller than in the training images, or "
-        "--scale for the resize factor itself. Images larger than one tile are predicted in overlapping tiles "
-        "stitched into one field.")
-    group = scale.add_mutually_exclusive_group()
-    group.add_argument("--scale", type=float, default=None,
-                       help="resize factor from image pixels to network pixels (default: the training scale)")
-    group.add_argument("--cell-diameter", type=float, default=None,
-                       help="typical cell diameter in your images, in pixels; cells are resized to the size the "
-                            "model was trained at")
-    scale.add_argument("--tile", type=int, default=None,
-                       help="tile side in image pixels (default: 1024 network pixels at the prediction scale)")
-    scale.add_argument("--overlap", type=int, default=None,
-                       help="overlap of neighbouring tiles in image pixels (default: about one cell diameter)")
+    _add_scale_arguments(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--image-glob", default="*", help="pattern of image files in a folder")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--batch-size", type=int, default=1, help="images (or tiles of a large image) per forward pass")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    for name in ("scale", "cell_diameter"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.tile is not None and args.tile < 64:
-        parser.error(f"--tile must be at least 64 pixels, got {args.tile}")
-    if args.overlap is not None and not 0 <= args.overlap <= (args.tile or args.overlap * 2) // 2:
-        parser.error(f"--overlap must lie between 0 and half the tile, got {args.overlap}")
+    _check_scale_arguments(parser, args)
     if not 0 <= args.score_threshold < 1:
         parser.error(f"--score-threshold must lie in [0, 1), got {args.score_threshold}")
     for name in ("max_cells", "batch_size"):
@@ -399,7 +415,10 @@ def predict_main(argv: list[str] | None = None) -> int:
     tables, failed = [], []
     options = {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells,
                "pixel_size": args.pixel_size}
-    if predictor.scale is not None:
+    if predictor.auto_scale:
+        logger.info("the scale of each image is estimated from the cells found in it (training scale %.3g)",
+                    predictor.config.model.input_scale)
+    elif predictor.scale is not None:
         logger.info("images resized by %.3g for the network (%s)", predictor.scale,
                     "given" if args.scale or args.cell_diameter else "the scale the model was trained at")
     results = predictor.predict_paths(images, args.batch_size, tile=args.tile, overlap=args.overlap,
@@ -442,11 +461,15 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=_names, default=("background", "cytoplasm", "nucleus"), metavar="NAME,...",
                         help="part names (with a model: the model's)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score")
-    parser.add_argument("--largest", action="store_true", help="keep only the largest complete predicted cell")
+    parser.add_argument("--largest", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep only the largest complete predicted cell (--no-largest: every cell; default: the "
+                             "largest when the model was trained on single-cell crops)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    _add_scale_arguments(parser)
     add_config_arguments(parser, _DATA_FLAGS)
     args = parser.parse_args(argv)
+    _check_scale_arguments(parser, args)
     from .data import CellDataset  # the heavy imports, after --help
     from .io import atomic_write, find_pairs
     from .model import load_checkpoint
@@ -468,6 +491,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         if len(args.paths) != 1:
             parser.error("with --pred-dir give only DATA_DIR")
         data_dir = args.paths[0]
+        given = [f"--{n.replace('_', '-')}" for n in ("scale", "cell_diameter", "tile", "overlap")
+                 if getattr(args, n) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} apply to a model's predictions, not to label TIFFs (--pred-dir)")
         if not args.pred_dir.is_dir():
             parser.error(f"{args.pred_dir}: folder not found")
     if not data_dir.is_dir():
@@ -484,8 +511,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         dataset = CellDataset(find_pairs(data_dir, config), config)
         if model_path is not None:
             from .predict import Predictor
-            source = Predictor.from_checkpoint(model_path, device=args.device)
-            options = {"score_threshold": args.score_threshold, "largest": args.largest}
+            source = Predictor.from_checkpoint(model_path, device=args.device, scale=args.scale,
+                                               cell_diameter=args.cell_diameter)
+            options = {"score_threshold": args.score_threshold, "largest": args.largest, "tile": args.tile,
+                       "overlap": args.overlap}
         else:
             source, options = args.pred_dir, {"cells_suffix": args.pred_cells_suffix,
                                               "parts_suffix": args.pred_parts_suffix}

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["BACKBONES", "WEIGHT_CHOICES", "MASK_SIZES", "MASK_ALIGNMENTS", "NORMS", "PREDICTOR_INITS", "ENCODINGS",
-           "TARGETS", "AUGMENTATIONS", "PROJECTIONS", "BEST_METRICS", "best_metrics", "SCHEDULES", "DataConfig", "ModelConfig", "TrainConfig",
+           "TARGETS", "AUGMENTATIONS", "LR_SCHEDULES", "PROJECTIONS", "BEST_METRICS", "best_metrics", "SCHEDULES",
+           "ADAPT_RECIPE", "DataConfig", "ModelConfig", "TrainConfig",
            "Config", "parse_field_value"]
 
 #: The one table of backbones: name -> torchvision's body builder, its ImageNet weights and the COCO detection
@@ -43,8 +44,10 @@ WEIGHT_CHOICES = ("coco", "imagenet", "none")
 ENCODINGS = ("parts", "cells+parts", "cells+nuclei")
 #: Which cells of an image become targets.
 TARGETS = ("whole-cell", "largest")
-#: Augmentation presets.
-AUGMENTATIONS = ("none", "light", "strong")
+#: Augmentation presets ("adapt": the adaptation recipe's flips, turns, stain and scale jitter).
+AUGMENTATIONS = ("none", "light", "adapt", "strong")
+#: How the lr falls: by ``lr_gamma`` every ``lr_step`` epochs, or along a half cosine over the optimizer steps.
+LR_SCHEDULES = ("step", "cosine")
 #: What becomes of a Z-stack or time series: refused, or its maximum projection.
 PROJECTIONS = ("none", "max")
 #: Backbones for which torchvision publishes COCO detection weights.
@@ -168,6 +171,17 @@ class ModelConfig(_Section):
         resizes new images by ``input_scale`` (or to make cells ``cell_size``
         wide, given their diameter) instead of each image to ``min_size``.
         None (models saved before they were recorded): each image to ``min_size``.
+    single_cell
+        Measured by training, not set by hand: True when every training image
+        sampled holds exactly one cell (single-cell crops, as in ``wbc_jtsc``).
+        Prediction then keeps only the largest complete cell unless told
+        otherwise: on such crops the other detections are false cells (on the
+        WBC images, precision at IoU 0.5 rose from 0.73 to 1.00). None: not recorded.
+    target_cell_size
+        Set ``min_size`` and ``max_size`` from the training images so that their
+        median cell spans this many network pixels (the adaptation recipe sets
+        it to the cell size of the model it adapts, so cells of a new microscope
+        reach the size that model was trained on). None: as given.
     """
 
     parts: tuple[str, ...] = ("background", "cytoplasm", "nucleus")
@@ -192,6 +206,8 @@ class ModelConfig(_Section):
     predictor_init: str = "chance"
     input_scale: float | None = None
     cell_size: float | None = None
+    single_cell: bool | None = None
+    target_cell_size: float | None = None
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON or a notebook) but store tuples: the config is frozen.
@@ -260,10 +276,12 @@ class ModelConfig(_Section):
         _check(self.predictor_init in PREDICTOR_INITS,
                f"predictor_init must be one of {', '.join(PREDICTOR_INITS)}; got {self.predictor_init!r}")
         _check(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
-        for name in ("input_scale", "cell_size"):
+        for name in ("input_scale", "cell_size", "target_cell_size"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, (int, float)) and math.isfinite(value) and value > 0),
                    f"{name} must be a positive number or None, got {value!r}")
+        _check(self.single_cell is None or isinstance(self.single_cell, bool),
+               f"single_cell must be true, false or null, got {self.single_cell!r}")
         _check(not (self.norm == "frozen" and self.weights == "none"),
                "norm='frozen' keeps the batch-norm statistics of pretrained weights, and weights='none' has "
                "none; use norm='group' (or 'auto') to train from scratch")
@@ -367,7 +385,9 @@ class DataConfig(_Section):
         Validation split: a seeded random fraction of the images, or all images
         of a separate folder.
     augment
-        ``"none"``, ``"light"`` or ``"strong"`` augmentation of training images.
+        ``"none"``, ``"light"`` (flips and 90-degree turns), ``"adapt"`` (those,
+        stain and brightness jitter and scale jitter: the adaptation recipe's)
+        or ``"strong"`` augmentation of training images.
     channels
         Input channels of multi-channel images, in the order the network gets
         them (0-based: ``1,0`` puts channel 1 first). One channel is repeated to
@@ -464,6 +484,13 @@ SCHEDULES = {
     "pretrained": {"lr": 0.001, "warmup_epochs": 0, "lr_step": 5},
     "scratch": {"lr": 0.02, "warmup_epochs": 1, "lr_step": 10},
 }
+#: The adaptation recipe: what ``cellrcnn-finetune --from RUN`` sets unless told otherwise. A fixed number of
+#: optimizer steps (not epochs: with a few images, epochs are a handful of steps each) along a cosine from lr
+#: 0.01, a step every 2 images, flips, turns, stain and scale jitter, and the new images resized so their
+#: cells reach the size the source model was trained at (``model.target_cell_size``, from the run).
+#: docs/benchmarks.md has the measurements behind it.
+ADAPT_RECIPE = {"train.steps": 150, "train.lr": 0.01, "train.lr_schedule": "cosine", "train.warmup_epochs": 0,
+                "train.accumulate": 2, "data.augment": "adapt"}
 
 
 @dataclass(frozen=True)
@@ -481,6 +508,11 @@ class TrainConfig(_Section):
     ----------
     epochs
         Passes over the training images.
+    steps
+        Optimizer steps to train for instead of ``epochs`` (None: use
+        ``epochs``). The run takes the whole epochs these steps need
+        (``ceil(steps / steps per epoch)``), so a schedule set in steps does not
+        depend on how many images there are.
     batch_size
         Images per forward pass (per process under torchrun).
     accumulate
@@ -488,6 +520,11 @@ class TrainConfig(_Section):
         batches (over all processes) are summed, each loss divided by that count.
     lr, momentum, weight_decay
         SGD settings (lr None: from the weights, see above).
+    lr_schedule
+        ``"step"``: the lr is multiplied by ``lr_gamma`` every ``lr_step``
+        epochs (StepLR). ``"cosine"``: it falls along a half cosine from ``lr``
+        to ``lr_floor`` over the run's optimizer steps (``lr_step`` and
+        ``lr_gamma`` unused).
     lr_step, lr_gamma
         The lr is multiplied by ``lr_gamma`` every ``lr_step`` epochs (StepLR;
         lr_step None: from the weights).
@@ -513,6 +550,10 @@ class TrainConfig(_Section):
         Validation metric choosing ``best.pt``: ``part_dice`` (mean Dice of the
         foreground parts, higher is better), ``cell_dice``, one part's Dice
         named after it (``nucleus_dice``), or ``val_loss`` (lower is better).
+    best_smoothing
+        ``best.pt`` is chosen by the mean of the best metric over this many
+        validations in a row, which steadies the choice when it rests on a
+        handful of images. None: 3 with fewer than 8 validation images, else 1.
     patience
         Stop when the best metric has not improved for this many validations (0: never).
     max_nonfinite
@@ -522,11 +563,13 @@ class TrainConfig(_Section):
     """
 
     epochs: int = 100
+    steps: int | None = None
     batch_size: int = 2
     accumulate: int = 4
     lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    lr_schedule: str = "step"
     lr_step: int | None = None
     lr_gamma: float = 0.5
     lr_floor: float = 0.0
@@ -538,6 +581,7 @@ class TrainConfig(_Section):
     workers: int = 2
     val_every: int = 1
     best_metric: str = "part_dice"
+    best_smoothing: int | None = None
     patience: int = 0
     max_nonfinite: int = 5
     val_score_threshold: float = 0.5
@@ -545,8 +589,11 @@ class TrainConfig(_Section):
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "accumulate", "val_every", "max_nonfinite"):
             _positive_int(name, getattr(self, name))
-        if self.lr_step is not None:
-            _positive_int("lr_step", self.lr_step)
+        for name in ("steps", "lr_step", "best_smoothing"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        _check(self.lr_schedule in LR_SCHEDULES,
+               f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
         _check(self.accumulate % self.batch_size == 0,
                f"accumulate ({self.accumulate} images) must be a multiple of batch_size ({self.batch_size})")
         for name in ("lr", "lr_gamma"):

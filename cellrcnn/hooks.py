@@ -73,16 +73,44 @@ def _is_better(metric: str, value, best) -> bool:
     return value < best if metric == "val_loss" else value > best
 
 
+#: Below this many validation images, ``best.pt`` is chosen by a mean over validations (``best_smoothing``).
+FEW_VALIDATION_IMAGES = 8
+
+
+def smoothed_metric(history: list[dict], metric: str, window: int) -> float | None:
+    """The mean of ``metric`` over the last ``window`` validations in ``history`` (fewer at the start);
+    None when the last row was not validated."""
+    if not history or history[-1].get(metric) is None:
+        return None
+    values = [row[metric] for row in history if row.get(metric) is not None][-window:]
+    return float(sum(values) / len(values))
+
+
 class BestCheckpoint(HookBase):
     """Track the best value of ``best_metric``; write ``last.pt`` every epoch and ``best.pt`` when it improves.
 
-    Without validation images the last epoch counts as the best.
+    Without validation images the last epoch counts as the best. With fewer than
+    :data:`FEW_VALIDATION_IMAGES`, the Dice of one image more or less swings the
+    metric from epoch to epoch, so the metric is averaged over the last
+    ``best_smoothing`` validations (3 by default then) before it is compared.
     """
+
+    def before_train(self, trainer) -> None:
+        if trainer.has_validation and self.window(trainer) > 1:
+            logger.info("%d validation images: best.pt is chosen by %s averaged over %d validations in a row",
+                        len(trainer.datasets["val"]), trainer.config.train.best_metric, self.window(trainer))
+
+    @staticmethod
+    def window(trainer) -> int:
+        given = trainer.config.train.best_smoothing
+        if given is not None:
+            return given
+        return 3 if len(trainer.datasets["val"]) < FEW_VALIDATION_IMAGES else 1
 
     def after_epoch(self, trainer) -> None:
         metric = trainer.config.train.best_metric
         if trainer.has_validation:
-            value = trainer.row.get(metric)
+            value = smoothed_metric(trainer.history, metric, self.window(trainer))
             trainer.improved = _is_better(metric, value, trainer.best)
         else:
             value, trainer.improved = trainer.row["epoch"], True

@@ -33,10 +33,11 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .config import BACKBONE_TABLE, Config, ModelConfig
+from .config import ADAPT_RECIPE, BACKBONE_TABLE, Config, ModelConfig, _field_types, parse_field_value
 from .roi_heads import AlignedMultiScaleRoIAlign, PartRoIHeads
 
-__all__ = ["build_model", "build_backbone", "resolve_device", "load_checkpoint", "model_from_checkpoint", "to_label_images", "paste_labels",
+__all__ = ["build_model", "build_backbone", "resolve_device", "load_checkpoint", "model_from_checkpoint",
+           "adaptation_overrides", "to_label_images", "paste_labels",
            "paste_parts_in_image", "PartRCNNTransform", "load_matching_state_dict", "resolve_norm",
            "model_config_from_run"]
 
@@ -566,6 +567,54 @@ def model_config_from_run(run: str | os.PathLike) -> ModelConfig:
     # The stages the run trained keep training: from scratch that is all of them, where a pretrained start
     # would train only the top 3 (on a new stain the low stages matter most; docs/benchmarks.md).
     return dataclasses.replace(saved, weights=str(path), trainable_backbone_layers=saved.trained_backbone_layers)
+
+
+def adaptation_overrides(run: str | os.PathLike, given: Mapping[str, Any] = {}, recipe: bool = True) -> dict[str, Any]:
+    """The settings that adapt a trained run to new images: what ``cellrcnn-finetune --from RUN`` applies.
+
+    Parameters
+    ----------
+    run : path
+        A run folder or checkpoint (see :func:`model_config_from_run`).
+    given : mapping
+        ``"section.field"`` settings the user gave (flags, ``--set``); none of
+        them is replaced. An epoch count given drops the recipe's step count, an
+        ``lr_step`` or ``lr_gamma`` its cosine, an input size its scale matching.
+    recipe : bool
+        Add the adaptation recipe (:data:`~cellrcnn.config.ADAPT_RECIPE`) to the
+        run's model settings.
+
+    Returns
+    -------
+    dict
+        ``"section.field"`` to value, for :meth:`Config.from_overrides`:
+        every model field of the run, ``model.target_cell_size`` (the run's
+        cell size, so that cells of the new images are resized to it) and the
+        recipe's training and data fields.
+
+    Examples
+    --------
+    >>> overrides = adaptation_overrides("runs/wbc") | {"data.image_glob": "*.bmp", "data.mask_glob": "*.png"}
+    >>> config = Config.from_overrides(overrides)
+    """
+    start = model_config_from_run(run)
+    fields = {f"model.{f.name}": getattr(start, f.name) for f in dataclasses.fields(start)}
+    if "data.class_names" in given:  # the class count follows the class names given
+        del fields["model.num_classes"]
+    if "model.parts" in given and "model.part_weights" not in given:  # keep the weights of parts still there
+        parts = given["model.parts"]
+        if isinstance(parts, str):
+            parts = parse_field_value(_field_types(ModelConfig)["parts"], parts, "model.parts")
+        fields["model.part_weights"] = {k: v for k, v in start.part_weights.items() if k in parts}
+    # The new images are resized so their cells reach the size the run saw; an input size given says otherwise.
+    if start.cell_size is not None and not {"model.min_size", "model.max_size"} & set(given):
+        fields["model.target_cell_size"] = start.cell_size
+    if recipe:
+        dropped = {"train.steps"} if "train.epochs" in given else set()
+        if {"train.lr_step", "train.lr_gamma"} & set(given):
+            dropped.add("train.lr_schedule")
+        fields.update({k: v for k, v in ADAPT_RECIPE.items() if k not in dropped})
+    return {k: v for k, v in fields.items() if k not in given}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -25,7 +25,8 @@ from .targets import largest_complete
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 from .zoo import is_package, read_package
 
-__all__ = ["Prediction", "PathResult", "Predictor", "measure_cells", "prediction_scale", "NETWORK_TILE", "EDGE_MARGIN"]
+__all__ = ["Prediction", "PathResult", "Predictor", "measure_cells", "prediction_scale", "scale_from_diameters",
+           "NETWORK_TILE", "EDGE_MARGIN", "SCALE_LADDER"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,21 @@ NETWORK_TILE = 1024
 EDGE_MARGIN = 8
 
 
+#: Scales tried by :meth:`Predictor.estimate_scale`, as factors of the training scale: 0.35x to 2.8x.
+SCALE_LADDER = tuple(2 ** (k / 2) for k in range(-3, 4))
+
+#: A median detected cell this many times larger or smaller than the trained cell size gets a warning.
+SIZE_WARNING = 1.5
+
+
+def scale_from_diameters(diameters: np.ndarray, cell_size: float) -> float | None:
+    """The resize factor that brings the median of ``diameters`` (cell diameters in image pixels, float
+    ``[N]``) to ``cell_size`` network pixels; None without any."""
+    diameters = np.asarray(diameters, dtype=float)
+    diameters = diameters[np.isfinite(diameters) & (diameters > 0)]
+    return float(cell_size / np.median(diameters)) if len(diameters) else None
+
+
 def prediction_scale(model: ModelConfig, scale: float | None = None, cell_diameter: float | None = None) -> float | None:
     """The factor by which images are resized for the network at prediction.
 
@@ -225,6 +241,9 @@ class Predictor:
         Where the model runs.
     scale, cell_diameter : float, optional
         Override the training scale; see :func:`prediction_scale`.
+        ``cell_diameter="auto"`` estimates the scale of each image from the
+        cells the model finds in it (:meth:`estimate_scale`), as Cellpose's
+        size model does: for images from another microscope.
 
     Examples
     --------
@@ -235,15 +254,27 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, device: str | torch.device = "cpu",
-                 scale: float | None = None, cell_diameter: float | None = None) -> None:
+                 scale: float | None = None, cell_diameter: float | str | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = config
+        self.auto_scale = cell_diameter == "auto"
+        if self.auto_scale:
+            if scale is not None:
+                raise ValueError("give the scale or the cell diameter, not both")
+            if config.model.cell_size is None or config.model.input_scale is None:
+                raise ValueError("this model does not record the cell size it was trained at (trained before it "
+                                 "was recorded), so the scale cannot be estimated; give the cell diameter in pixels")
+            cell_diameter = None
+        elif isinstance(cell_diameter, str):
+            raise ValueError(f"the cell diameter must be a number of pixels or 'auto', got {cell_diameter!r}")
         self.scale = prediction_scale(config.model, scale, cell_diameter)
+        self._in_image = False  # inside one image's prediction: its scale is set
+        self._size_warned = False
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scale: float | None = None,
-                        cell_diameter: float | None = None) -> "Predictor":
+                        cell_diameter: float | str | None = None) -> "Predictor":
         """Load a trained model: ``best.pt`` or ``last.pt`` of a run, a run folder (its ``best.pt``), or a
         bioimage.io package exported by cellrcnn (``model.zip``, see :func:`cellrcnn.share.export_model`).
 
@@ -285,6 +316,68 @@ class Predictor:
             return open_field(image, self.config.data)
         return field_from_array(np.asarray(image), self.config.data, name or "image")
 
+    def estimate_scale(self, image, name: str | None = None, score_threshold: float = 0.5) -> float:
+        """The resize factor at which the cells of ``image`` look the size the model was trained on.
+
+        The model runs at each scale of :data:`SCALE_LADDER` (factors of the
+        training scale) on the image, or on its central window of one network
+        tile for a large field. Each run's detections imply a scale: the one that
+        brings their median diameter to the trained cell size. The scale kept is
+        that of the run whose best detection scores highest (at a wrong scale
+        cells look unlike any the model saw, and so score lower), refined once
+        by a last run at the scale its detections imply.
+
+        Returns the training scale when no scale finds a cell.
+        """
+        field = self._open(image, name)
+        cell_size, base = self.config.model.cell_size, self.config.model.input_scale
+        found = []
+        for factor in SCALE_LADDER:
+            scale = base * factor
+            detections = self._detect(field, scale, score_threshold)
+            if len(detections["scores"]):
+                found.append((float(detections["scores"].max()), scale, detections))
+        if not found:
+            logger.warning("%s: no cell found at any scale from %.2g to %.2g; predicting at the training scale",
+                           field.name, base * SCALE_LADDER[0], base * SCALE_LADDER[-1])
+            return base
+        _, scale, detections = max(found, key=lambda f: (f[0], -abs(math.log(f[1] / base))))
+        implied = scale_from_diameters(detections["diameters"], cell_size)
+        refined = self._detect(field, implied, score_threshold)
+        if len(refined["scores"]):
+            implied = scale_from_diameters(refined["diameters"], cell_size)
+        logger.debug("%s: estimated scale %.3g (training scale %.3g)", field.name, implied, base)
+        return implied
+
+    def _detect(self, field: ImageField, scale: float, score_threshold: float) -> dict[str, np.ndarray]:
+        """Scores and diameters (image pixels) of the detections at ``scale`` in the centre of ``field``."""
+        side = max(64, int(round(NETWORK_TILE / scale)))
+        H, W = field.shape
+        y0, x0 = max(0, (H - side) // 2), max(0, (W - side) // 2)
+        window = field.read(y0, min(H, y0 + side), x0, min(W, x0 + side))
+        before, self.scale = self.scale, scale
+        try:
+            output = self._forward([window], score_threshold)[0]
+        finally:
+            self.scale = before
+        keep = output["scores"] >= score_threshold
+        boxes = output["boxes"][keep].numpy()
+        return {"scores": output["scores"][keep].numpy(),
+                "diameters": np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))}
+
+    @contextmanager
+    def _image_scale(self, field: ImageField, score_threshold: float):
+        """With ``cell_diameter="auto"``, the scale estimated for ``field`` while it is predicted."""
+        if not self.auto_scale or self._in_image:
+            yield
+            return
+        before = self.scale
+        self.scale, self._in_image = self.estimate_scale(field, score_threshold=score_threshold), True
+        try:
+            yield
+        finally:
+            self.scale, self._in_image = before, False
+
     @contextmanager
     def _settings(self, score_threshold: float):
         """The model set up to predict, and put back as it was afterwards (it may be a user's, or the one being
@@ -319,10 +412,14 @@ class Predictor:
                      output["labels"][kept].tolist())
 
     def predict_batch(self, images: list, names: list[str] | None = None, score_threshold: float = 0.5,
-                      largest: bool = False, max_cells: int | None = None,
+                      largest: bool | None = None, max_cells: int | None = None,
                       pixel_size: float | None = None) -> list[Prediction]:
         """Predict several images (paths or arrays) whole, in one forward pass; see :meth:`predict`."""
         fields = [self._open(img, n) for img, n in zip(images, names or [None] * len(images))]
+        if self.auto_scale and not self._in_image:  # a scale per image: one image per forward pass
+            options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
+                       "pixel_size": pixel_size}
+            return [self.predict(f, **options) for f in fields]
         arrays = [f.read(0, f.shape[0], 0, f.shape[1]) for f in fields]
         predictions = []
         for field, array, output in zip(fields, arrays, self._forward(arrays, score_threshold)):
@@ -333,7 +430,7 @@ class Predictor:
 
     def predict_tiled(self, image, name: str | None = None, tile: int | None = None, overlap: int | None = None,
                       batch_size: int = 1, progress: bool = False, score_threshold: float = 0.5,
-                      largest: bool = False, max_cells: int | None = None,
+                      largest: bool | None = None, max_cells: int | None = None,
                       pixel_size: float | None = None) -> Prediction:
         """Predict an image in overlapping tiles stitched into one field; see :meth:`predict`.
 
@@ -342,11 +439,12 @@ class Predictor:
         prediction's ``image`` is None.
         """
         field = self._open(image, name)
-        return self._predict_tiles(field, self.tiles(field.shape, tile, overlap), batch_size, progress,
-                                   score_threshold, largest, max_cells, pixel_size)
+        with self._image_scale(field, score_threshold):
+            return self._predict_tiles(field, self.tiles(field.shape, tile, overlap), batch_size, progress,
+                                       score_threshold, largest, max_cells, pixel_size)
 
     def _predict_tiles(self, field: ImageField, tiles: list[Tile], batch_size: int, progress: bool,
-                       score_threshold: float = 0.5, largest: bool = False, max_cells: int | None = None,
+                       score_threshold: float = 0.5, largest: bool | None = None, max_cells: int | None = None,
                        pixel_size: float | None = None) -> Prediction:
         steps = self._tile_steps(field, tiles, batch_size, score_threshold, largest, max_cells, pixel_size)
         with tqdm(total=len(tiles), desc=field.name, unit="tile", disable=not progress, leave=False) as bar:
@@ -358,7 +456,7 @@ class Predictor:
                 bar.update(done - bar.n)
 
     def _tile_steps(self, field: ImageField, tiles: list[Tile], batch_size: int, score_threshold: float = 0.5,
-                    largest: bool = False, max_cells: int | None = None,
+                    largest: bool | None = None, max_cells: int | None = None,
                     pixel_size: float | None = None) -> Generator[tuple[int, int], None, Prediction]:
         stitcher = Stitcher(field.shape, edge=int(math.ceil(EDGE_MARGIN / (self.scale or 1.0))),
                             core=grid_overlap(tiles) // 2)
@@ -370,7 +468,7 @@ class Predictor:
             yield start + len(batch), len(tiles)
         return self._finish(field.name, field, stitcher, largest, max_cells, pixel_size)
 
-    def predict_steps(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool = False,
+    def predict_steps(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool | None = None,
                       max_cells: int | None = None, pixel_size: float | None = None, tile: int | None = None,
                       overlap: int | None = None,
                       batch_size: int = 1) -> Generator[tuple[int, int], None, Prediction]:
@@ -390,15 +488,16 @@ class Predictor:
         field = self._open(image, name)
         options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
                    "pixel_size": pixel_size}
-        tiles = self.tiles(field.shape, tile, overlap)
-        if len(tiles) > 1:
-            return (yield from self._tile_steps(field, tiles, batch_size, **options))
-        yield 0, 1
-        prediction = self.predict_batch([field], **options)[0]
+        with self._image_scale(field, score_threshold):
+            tiles = self.tiles(field.shape, tile, overlap)
+            if len(tiles) > 1:
+                return (yield from self._tile_steps(field, tiles, batch_size, **options))
+            yield 0, 1
+            prediction = self.predict_batch([field], **options)[0]
         yield 1, 1
         return prediction
 
-    def predict(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool = False,
+    def predict(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool | None = None,
                 max_cells: int | None = None, pixel_size: float | None = None, tile: int | None = None,
                 overlap: int | None = None, batch_size: int = 1, progress: bool = False) -> Prediction:
         """Predict one image, in tiles when it is larger than one tile.
@@ -412,8 +511,10 @@ class Predictor:
             Name for the table (default: the file stem, or "image").
         score_threshold : float
             Minimum detection score.
-        largest : bool
-            Keep only the largest complete cell, as ``--targets largest`` in training.
+        largest : bool, optional
+            Keep only the largest complete cell, as ``--targets largest`` in
+            training. None: when the model was trained on single-cell crops (one
+            cell an image, ``ModelConfig.single_cell``), else every cell.
         max_cells : int, optional
             Keep at most this many cells, the best-scoring ones.
         pixel_size : float, optional
@@ -428,10 +529,11 @@ class Predictor:
         field = self._open(image, name)
         options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
                    "pixel_size": pixel_size}
-        tiles = self.tiles(field.shape, tile, overlap)
-        if len(tiles) > 1:
-            return self._predict_tiles(field, tiles, batch_size, progress, **options)
-        return self.predict_batch([field], **options)[0]
+        with self._image_scale(field, score_threshold):
+            tiles = self.tiles(field.shape, tile, overlap)
+            if len(tiles) > 1:
+                return self._predict_tiles(field, tiles, batch_size, progress, **options)
+            return self.predict_batch([field], **options)[0]
 
     def predict_paths(self, paths: list, batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
                       progress: bool = False, **options) -> Iterator[PathResult]:
@@ -474,6 +576,11 @@ class Predictor:
         for path in map(Path, paths):
             try:
                 field = open_field(path, self.config.data)
+                if self.auto_scale:  # each file at its own scale
+                    yield PathResult(path, prediction=self.predict(field, tile=tile, overlap=overlap,
+                                                                   batch_size=batch_size, progress=progress,
+                                                                   **options))
+                    continue
                 tiles = self.tiles(field.shape, tile, overlap)
                 if len(tiles) > 1:
                     yield from flush()
@@ -490,12 +597,30 @@ class Predictor:
                 yield from flush()
         yield from flush()
 
-    def _finish(self, name: str, image, stitcher: Stitcher, largest: bool, max_cells: int | None,
+    def _check_size(self, name: str, table: pd.DataFrame) -> None:
+        """Warn once when the cells found are much larger or smaller than those the model was trained on:
+        the scale is then likely wrong (another microscope), and so are many of the cells."""
+        cell = self.config.model.cell_size
+        if self.auto_scale or self._size_warned or cell is None or self.scale is None or table.empty:
+            return
+        # measured as training measures cell_size: the square root of the box area, in network pixels
+        sides = np.sqrt((table["bbox_x1"] - table["bbox_x0"]) * (table["bbox_y1"] - table["bbox_y0"]))
+        found = float(np.median(sides)) * self.scale
+        if not 1 / SIZE_WARNING <= found / cell <= SIZE_WARNING:
+            self._size_warned = True
+            logger.warning("%s: the cells found span about %.0f network pixels, %.1fx the %.0f the model was "
+                           "trained on: these images may have another magnification. Give the cell diameter "
+                           "(--cell-diameter auto or PIXELS; cell_diameter= in Python) to resize them",
+                           name, found, found / cell, cell)
+
+    def _finish(self, name: str, image, stitcher: Stitcher, largest: bool | None, max_cells: int | None,
                 pixel_size: float | None) -> Prediction:
         """Labels, the cells chosen (``largest``, ``max_cells``) and their table."""
         field = stitcher.finish()
         cells, parts, scores, classes = field["cells"], field["parts"], field["scores"], field["classes"]
         keep = np.arange(1, len(scores) + 1)
+        if largest is None:  # a model trained on crops of one cell finds one cell: the largest complete one
+            largest = bool(self.config.model.single_cell)
         if max_cells is not None:
             keep = keep[:max_cells]  # labels follow descending score
         if largest and len(keep):
@@ -511,5 +636,6 @@ class Predictor:
         table = measure_cells(cells, parts, image, self.parts, dict(zip(ids, map(float, scores))),
                               {i: class_names[min(int(c), len(class_names)) - 1] for i, c in zip(ids, classes)},
                               pixel_size, name)
+        self._check_size(name, table)
         return Prediction(name=name, image=image if isinstance(image, np.ndarray) else None, cells=cells, parts=parts,
                           table=table)

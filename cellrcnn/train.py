@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import random
 import time
@@ -33,7 +34,7 @@ from .model import build_model, load_checkpoint, resolve_device, resolve_norm, t
 from .predict import Predictor
 
 __all__ = ["Trainer", "fit", "sweep", "new_run_dir", "latest_run", "Runtime", "validate", "lr_factor",
-           "save_checkpoint", "epoch_seed"]
+           "steps_per_epoch", "sizes_for_cell_size", "save_checkpoint", "epoch_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,19 +73,63 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     return Runtime(device=device, amp=amp, rank=rank, world_size=world_size)
 
 
-def lr_factor(config: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of the base lr at each epoch: StepLR's ``gamma ** (epoch // step)``,
-    with the optional linear warm-up and lr floor."""
+def lr_factor(config: TrainConfig, total_steps: int | None = None, steps_per_epoch: int = 1) -> Callable[[int], float]:
+    """Multiplier of the base lr, with the optional linear warm-up and lr floor.
+
+    ``lr_schedule="step"``: a function of the epoch, StepLR's ``gamma ** (epoch // step)``.
+    ``"cosine"``: a function of the optimizer step ``0 .. total_steps - 1``, a half cosine from 1
+    down to ``lr_floor / lr`` after ``warmup_epochs * steps_per_epoch`` steps of warm-up.
+    """
     if config.lr is None or config.lr_step is None or config.warmup_epochs is None:
         raise ValueError("lr, lr_step and warmup_epochs are 'auto' (None) until the TrainConfig is part of a "
                          "Config, which sets them from the model's weights; use Config(...).train")
+    floor = config.lr_floor / config.lr
+    if config.lr_schedule == "cosine":
+        if total_steps is None or total_steps < 1:
+            raise ValueError(f"a cosine schedule needs the run's number of optimizer steps, got {total_steps}")
+        warm = config.warmup_epochs * steps_per_epoch
+
+        def cosine(step: int) -> float:
+            if step < warm:
+                return max((step + 1) / (warm + 1), floor)
+            t = min(1.0, (step - warm) / max(1, total_steps - warm))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return cosine
 
     def factor(epoch: int) -> float:
         f = config.lr_gamma ** (epoch // config.lr_step)
         if config.warmup_epochs:
             f *= min(1.0, (epoch + 1) / (config.warmup_epochs + 1))
-        return max(f, config.lr_floor / config.lr)
+        return max(f, floor)
     return factor
+
+
+def steps_per_epoch(images: int, config: TrainConfig, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch over ``images`` training images (the last, partial group counts as one)."""
+    batches = math.ceil(math.ceil(images / world_size) / config.batch_size)
+    group = max(1, config.accumulate // (config.batch_size * world_size))
+    return math.ceil(batches / group)
+
+
+def sizes_for_cell_size(cells: pd.DataFrame, cell_size: float, crop: int | None = None) -> tuple[int, int]:
+    """``(min_size, max_size)`` that resize the median cell of ``cells`` to ``cell_size`` network pixels.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        One row per cell with the image's ``height`` and ``width`` and the cell's
+        ``cell_side`` (pixels), as from :func:`cellrcnn.data.cell_sizes`.
+    cell_size : float
+        The wanted median cell side in network pixels.
+    crop : int, optional
+        Training crop side: what the network is given instead of whole images.
+    """
+    sides = cells[["height", "width"]].clip(upper=crop) if crop else cells[["height", "width"]]
+    factor = cell_size / float(cells["cell_side"].median())
+    per_image = sides.groupby(cells["image"]).first()
+    short = max(16, int(round(float(per_image.min(axis=1).median()) * factor)))
+    long = max(short, int(round(float(per_image.max(axis=1).median()) * factor)))
+    return short, long
 
 
 def seed_everything(seed: int) -> None:
@@ -288,8 +333,14 @@ class Trainer:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        """Step decay with warm-up and floor (:func:`lr_factor`), stepped once per epoch."""
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(self.config.train))
+        """Step decay stepped once per epoch, or a cosine stepped once per optimizer step (:func:`lr_factor`)."""
+        cfg = self.config.train
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, cfg.epochs * self.steps_per_epoch,
+                                                                      self.steps_per_epoch))
+
+    @property
+    def schedule_per_step(self) -> bool:
+        return self.config.train.lr_schedule == "cosine"
 
     def build_datasets(self) -> dict:
         """``{"train": Dataset, "val": Dataset or None}``; also writes ``split.csv`` on rank 0."""
@@ -388,6 +439,14 @@ class Trainer:
             logger.warning("no validation images (val_fraction 0 and no val_dir): best.pt follows the last epoch")
         if self.checkpoint is None and getattr(self.datasets["train"], "pairs", None):  # a resumed run keeps its own
             self.config = dataclasses.replace(self.config, model=self._measure_scale(self.datasets["train"].pairs))
+        self.steps_per_epoch = steps_per_epoch(len(self.datasets["train"]), cfg, self.runtime.world_size)
+        if cfg.steps is not None:  # whole epochs, as many as the steps need; config.json records them
+            epochs = math.ceil(cfg.steps / self.steps_per_epoch)
+            if epochs != cfg.epochs and self.runtime.is_main:
+                logger.info("%d optimizer steps of %d images: %d epochs of %d steps over %d training images",
+                            cfg.steps, cfg.accumulate, epochs, self.steps_per_epoch, len(self.datasets["train"]))
+            self.config = dataclasses.replace(self.config, train=dataclasses.replace(cfg, epochs=epochs))
+            cfg = self.config.train
         self.raw_model = self.build_model().to(self.runtime.device)
         if self.checkpoint is None:  # record the normalisation built (read off the model, not the weights file again)
             model = resolve_norm(self.config.model, self.raw_model.state_dict())
@@ -426,6 +485,14 @@ class Trainer:
         table = cell_sizes(pairs, self.config.data)
         if table.empty:
             return model
+        if model.target_cell_size is not None:
+            min_size, max_size = sizes_for_cell_size(table, model.target_cell_size, crop)
+            if self.runtime.is_main:
+                logger.info("scale matched to the model adapted: cells of about %.0f px resized to span %.0f px as "
+                            "in its training (min_size %d, max_size %d instead of %d, %d)",
+                            float(table["cell_side"].median()), model.target_cell_size, min_size, max_size,
+                            model.min_size, model.max_size)
+            model = dataclasses.replace(model, min_size=min_size, max_size=max_size)
         sides = table[["height", "width"]].clip(upper=crop) if crop else table[["height", "width"]]
         # torchvision's resize: the short side to min_size unless the long side would exceed max_size
         scale = np.minimum(model.min_size / sides.min(axis=1), model.max_size / sides.max(axis=1))
@@ -441,7 +508,11 @@ class Trainer:
                                "min_size and max_size (--min-size, --max-size) to about %d and %d so they span about "
                                "128 px", side, *sizes)
         per_image = scale.groupby(table["image"]).first()
-        return dataclasses.replace(model, input_scale=float(per_image.median()), cell_size=side)
+        single = bool((table.groupby("image").size() == 1).all()) and not crop  # a crop may cut out neighbours
+        if single and self.runtime.is_main:
+            logger.info("every training image holds one cell: prediction will keep the largest complete cell of "
+                        "each image unless told otherwise")
+        return dataclasses.replace(model, input_scale=float(per_image.median()), cell_size=side, single_cell=single)
 
     def _call(self, event: str) -> None:
         for hook in self.hooks:
@@ -450,8 +521,8 @@ class Trainer:
                 method(self)
 
     def _train(self) -> pd.DataFrame:
-        cfg = self.config.train
         self._setup()
+        cfg = self.config.train  # after the setup, which resolves the epochs of a run set in steps
         runtime = self.runtime
         self.hooks = self.build_hooks()
         if runtime.is_main:
@@ -472,7 +543,8 @@ class Trainer:
                 self._call("before_epoch")
                 self.loaders = self.build_loaders(self.epoch)
                 losses = self.train_epoch(self.loaders["train"])
-                self.scheduler.step()
+                if not self.schedule_per_step:
+                    self.scheduler.step()
                 self.row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": sum(losses.values()),
                             **{f"train_{k}": v for k, v in losses.items()},
                             "train_seconds": time.perf_counter() - self.epoch_started}
@@ -541,6 +613,8 @@ class Trainer:
                     self.scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 skip_group = False
+                if self.schedule_per_step:  # a skipped group still counts: the schedule follows the step count
+                    self.scheduler.step()
             self.iter += 1
             self._call("after_step")
         return {k: v / max(counted, 1) for k, v in sums.items()}

@@ -86,7 +86,7 @@ def test_size_mismatch_names_both_files(folder):
         CellDataset(find_pairs(folder, config), config)[0]
 
 
-@pytest.mark.parametrize("preset", ["light", "strong"])
+@pytest.mark.parametrize("preset", ["light", "adapt", "strong"])
 def test_augmentation_moves_image_and_labels_together(preset):
     sample = synthetic_sample(5, size=(96, 96))
     image = sample["image"].astype(np.float32) / 255

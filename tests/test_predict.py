@@ -1,5 +1,6 @@
 """Prediction, measurements, export files and the predict/evaluate commands."""
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def run(script, *args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_predict_and_evaluate_commands(checkpoint, tmp_path):
+def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):
@@ -176,6 +177,18 @@ def test_predict_and_evaluate_commands(checkpoint, tmp_path):
     assert (tmp_path / "ev" / "worst_images.png").is_file()
     bad = run("evaluate.py", data, "--out", tmp_path / "ev2")
     assert bad.returncode == 2 and "--pred-dir" in bad.stderr
+    # evaluate takes predict's scale options for a model, and refuses them for label TIFFs
+    from cellrcnn.cli import evaluate_main
+
+    assert evaluate_main([str(checkpoint), str(data), "--out", str(tmp_path / "ev3"), "--scale", "1.0",
+                          "--image-glob", "sample_0[01].png"]) == 0
+    assert pd.read_csv(tmp_path / "ev3" / "per_image.csv")["cytoplasm_dice"].tolist() == pytest.approx(
+        per_image.set_index("image").loc[["sample_00", "sample_01"], "cytoplasm_dice"].tolist())
+    for flags in (["--scale", "1"], ["--cell-diameter", "auto"]):
+        with pytest.raises(SystemExit) as stop:
+            evaluate_main([str(data), "--pred-dir", str(out), "--out", str(tmp_path / "ev4"), *flags])
+        assert stop.value.code == 2
+    assert "apply to a model's predictions" in capsys.readouterr().err
 
 
 def test_training_records_its_scale_and_prediction_follows_it(checkpoint):
@@ -358,3 +371,61 @@ def test_tiled_wbc_mosaic_against_each_crop_on_its_own(wbc_mosaic_model):
     stitched = np.median([best_iou(tiled.cells, truth == r.label) for r in unseen])
     alone = np.median([best_iou(alone_cells, truth == r.label) for r in unseen])
     assert stitched >= 0.6 and stitched >= 0.75 * alone, (stitched, alone)
+
+
+def _true_diameter(pair) -> float:
+    """The annotated cell's diameter (square root of its box area), as training measures cell sizes."""
+    ys, xs = np.nonzero(imread(pair.parts))
+    return float(np.sqrt((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)))
+
+
+@pytest.mark.wbc
+def test_auto_scale_finds_the_scale_of_wbc_images_enlarged_twice(wbc_mosaic_model, caplog):
+    from skimage.transform import rescale
+
+    trained, pairs = wbc_mosaic_model
+    predictor = Predictor(trained.model, trained.config, "cpu", cell_diameter="auto")
+    model = predictor.config.model
+    ratios = []
+    for pair in pairs[:8]:  # not trained on
+        image = rescale(imread(pair.image), 2, order=1, channel_axis=-1, preserve_range=True).round().astype(np.uint8)
+        truth = model.cell_size / (2 * _true_diameter(pair))  # the scale that gives the cell its trained size
+        ratios.append(predictor.estimate_scale(image) / truth)
+    assert all(abs(r - 1) <= 0.15 for r in ratios), ratios
+    # Prediction uses the estimate, image by image, and leaves the predictor as it was.
+    image = rescale(imread(pairs[0].image), 2, order=1, channel_axis=-1, preserve_range=True).round().astype(np.uint8)
+    auto = predictor.predict(image)
+    assert predictor.scale == model.input_scale and len(auto.table) >= 1
+    trained._size_warned = False  # a fresh warning state: the fixture's predictor is shared in this module
+    with caplog.at_level("WARNING", logger="cellrcnn.predict"):
+        trained.predict(imread(pairs[1].image))  # the magnification it was trained at: no warning
+        assert "another magnification" not in caplog.text
+        at_training_scale = trained.predict(image)  # cells twice the trained size: warned, once
+        trained.predict(image)
+    assert caplog.text.count("another magnification") == 1 and "--cell-diameter auto" in caplog.text
+    truth_cells = rescale(imread(pairs[0].parts) > 0, 2, order=0) > 0
+    assert cellrcnn.dice(auto.cells > 0, truth_cells) > max(0.8, cellrcnn.dice(at_training_scale.cells > 0, truth_cells))
+
+
+def test_auto_scale_and_cell_diameter_are_checked_when_the_predictor_is_made(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(ValueError, match="number of pixels or 'auto'"):
+        Predictor(predictor.model, predictor.config, cell_diameter="large")
+    with pytest.raises(ValueError, match="not both"):
+        Predictor(predictor.model, predictor.config, scale=1.0, cell_diameter="auto")
+    legacy = dataclasses.replace(predictor.config, model=dataclasses.replace(predictor.config.model, cell_size=None))
+    with pytest.raises(ValueError, match="cannot be estimated"):
+        Predictor(predictor.model, legacy, cell_diameter="auto")
+
+
+def test_a_model_trained_on_single_cell_crops_keeps_the_largest_cell_unless_told_otherwise(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    assert predictor.config.model.single_cell is False  # the sample holds several cells an image
+    image = imread(SAMPLE / "images" / "sample_02.png")  # three cells
+    every = predictor.predict(image)
+    assert len(every.table) >= 2
+    crops = dataclasses.replace(predictor.config, model=dataclasses.replace(predictor.config.model, single_cell=True))
+    single = Predictor(predictor.model, crops, "cpu")
+    assert len(single.predict(image).table) == 1
+    assert len(single.predict(image, largest=False).table) == len(every.table)
+    assert single.predict(image).table["area_px"].iloc[0] in set(every.table["area_px"])

@@ -211,7 +211,7 @@ def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, 
     expected = tiny_config()
     assert config.model.input_scale == 0.5 and 15 < config.model.cell_size < 30
     assert config == dataclasses.replace(expected, model=dataclasses.replace(
-        expected.model, norm="group", input_scale=0.5, cell_size=config.model.cell_size))
+        expected.model, norm="group", input_scale=0.5, cell_size=config.model.cell_size, single_cell=False))
     assert not model.training
     assert "epoch 2/2" in (out / "train.log").read_text()
 
@@ -299,7 +299,10 @@ def test_finetune_from_a_run_takes_its_model_settings_and_weights(small_sample, 
     assert adapted.model == dataclasses.replace(source.model, weights=adapted.model.weights, max_size=80,
                                                 trainable_backbone_layers=5, cell_size=adapted.model.cell_size)
     assert adapted.model.cell_size is not None  # measured again on the new data, not taken from the source
-    assert adapted.train.lr == 0.001  # fine-tuning from trained weights: the fine-tuning protocol
+    # The adaptation recipe, but for what the flags replace: --epochs the step count, --max-size the scale matching.
+    assert (adapted.train.lr, adapted.train.lr_schedule, adapted.train.accumulate) == (0.01, "cosine", 2)
+    assert adapted.train.steps is None and adapted.train.epochs == 1 and adapted.data.augment == "adapt"
+    assert adapted.model.target_cell_size is None
     assert f"tensors from {tmp_path / 'run' / 'best.pt'}; none left fresh" in result.stdout
     # Other classes and parts: their counts follow the names given; weights of dropped parts go.
     from cellrcnn.cli import config_from_finetune_args, finetune_parser
@@ -312,6 +315,74 @@ def test_finetune_from_a_run_takes_its_model_settings_and_weights(small_sample, 
     assert config.model.num_classes == 2 and config.model.part_weights == {} and config.model.min_size == 64
     missing = finetune(small_sample, "--from", tmp_path / "nothing", "--out", tmp_path / "x")
     assert missing.returncode == 2 and "--from" in missing.stderr and "Traceback" not in missing.stderr
+    check_adaptation_recipe(small_sample, tmp_path)
+
+
+def check_adaptation_recipe(small_sample, tmp_path):
+    """``--from`` alone is the adaptation recipe, and flags given win (the run in tmp_path/run is the source)."""
+    from cellrcnn.cli import config_from_finetune_args, finetune_parser
+
+    source = Config.from_json(tmp_path / "run" / "config.json")
+
+    def parsed(*flags):
+        return config_from_finetune_args(finetune_parser().parse_args(
+            [str(small_sample), "--out", "x", "--from", str(tmp_path / "run"), *flags]))
+
+    recipe = parsed()
+    assert (recipe.train.steps, recipe.train.lr, recipe.train.lr_schedule, recipe.train.accumulate,
+            recipe.train.warmup_epochs, recipe.data.augment) == (150, 0.01, "cosine", 2, 0, "adapt")
+    assert recipe.model.target_cell_size == source.model.cell_size  # cells resized to the size the run saw
+    mine = parsed("--epochs", "7", "--lr-step", "3", "--augment", "none", "--min-size", "96", "--max-size", "96")
+    assert (mine.train.steps, mine.train.epochs, mine.train.lr_schedule, mine.train.lr_step) == (None, 7, "step", 3)
+    assert mine.data.augment == "none" and mine.model.target_cell_size is None and mine.model.min_size == 96
+    source.to_json(tmp_path / "file.json")
+    from_file = parsed("--config", str(tmp_path / "file.json"))  # a config file's training settings are kept
+    assert from_file.train == source.train and from_file.model.weights == str(tmp_path / "run" / "best.pt")
+
+
+def test_a_run_set_in_steps_takes_the_epochs_they_need_matches_the_cell_size_and_follows_the_cosine(
+        small_sample, tmp_path):
+    config = tiny_config(steps=5, accumulate=2, lr=0.01, lr_schedule="cosine", lr_floor=0.001, warmup_epochs=0)
+    sizes = cellrcnn.data.cell_sizes(cellrcnn.make_splits(small_sample, config.data)["train"], config.data)
+    wanted = 1.5 * float(sizes["cell_side"].median()) * 64 / float(sizes[["height", "width"]].min(axis=1).median())
+    config = config.with_overrides({"model.target_cell_size": wanted})  # cells 1.5x as large as min_size 64 makes
+    history = cellrcnn.fit(config, small_sample, tmp_path / "run", quiet=True)
+    saved = Config.from_json(tmp_path / "run" / "config.json")
+    # 4 training images, 2 per step: 2 steps an epoch, so 5 steps take 3 epochs (the last step is the 6th)
+    assert len(history) == 3 and saved.train.epochs == 3 and saved.train.steps == 5
+    assert saved.model.min_size == pytest.approx(96, abs=2) and saved.model.cell_size == pytest.approx(wanted, rel=0.05)
+    assert saved.model.single_cell is False  # the sample's images hold one to three cells
+    lr = lr_factor(saved.train, 6, 2)
+    assert list(history["lr"]) == pytest.approx([0.01 * lr(0), 0.01 * lr(2), 0.01 * lr(4)])
+    assert history["lr"].is_monotonic_decreasing and lr(5) > 0.1  # floored at 0.001 of 0.01
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 6  # stepped after each optimizer step
+
+
+def test_cosine_schedule_and_steps_per_epoch():
+    from cellrcnn.train import steps_per_epoch
+
+    cfg = TrainConfig(lr=0.01, lr_step=5, warmup_epochs=1, lr_schedule="cosine", lr_floor=0.001)
+    f = lr_factor(cfg, total_steps=104, steps_per_epoch=4)
+    assert [f(0), f(3)] == pytest.approx([0.2, 0.8])  # 4 warm-up steps
+    assert f(4) == pytest.approx(1.0) and f(54) == pytest.approx(0.55) and f(104) == pytest.approx(0.1)
+    assert all(f(i) >= f(i + 1) for i in range(4, 104))
+    with pytest.raises(ValueError, match="number of optimizer steps"):
+        lr_factor(cfg)
+    assert steps_per_epoch(10, TrainConfig(batch_size=2, accumulate=2)) == 5
+    assert steps_per_epoch(10, TrainConfig()) == 3  # 5 batches of 2, a step every 2 batches, the last partial
+    assert steps_per_epoch(200, TrainConfig(), world_size=2) == 50
+
+
+def test_best_checkpoint_averages_the_metric_over_validations_when_they_are_few():
+    from cellrcnn.hooks import smoothed_metric
+
+    history = [{"epoch": 1, "part_dice": 0.5}, {"epoch": 2}, {"epoch": 3, "part_dice": 0.9},
+               {"epoch": 4, "part_dice": 0.4}]
+    assert smoothed_metric(history, "part_dice", 1) == pytest.approx(0.4)
+    assert smoothed_metric(history, "part_dice", 3) == pytest.approx(0.6)  # the epoch without validation is skipped
+    assert smoothed_metric(history[:1], "part_dice", 3) == pytest.approx(0.5)
+    assert smoothed_metric(history[:2], "part_dice", 3) is None  # not validated this epoch: nothing to compare
 
 
 def test_sweep_names_the_weighted_part_and_follows_the_part_names(small_sample, tmp_path):

@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""cellrcnn against a plain semantic U-Net (``unet_peer.py``) at equal CPU time, on one thread each (issue 21).
+
+Rows of the table (``table`` prints it from the CSVs the runs leave):
+
+- **same microscope**: trained on ``wbc_jtsc`` 001-200, scored on 201-240;
+- **zero-shot**: those two models on ``wbc_cellavision_few`` 011-020 and 001-010;
+- **few-shot**: each model adapted on one half of ``wbc_cellavision_few`` (001-010 or 011-020)
+  and scored on the other half, 3 seeds.
+
+Each model runs in its own process on one thread, so the two can run side by side on a
+2-core machine (as the comparison of the issue did):
+
+    python benchmarks/peer_wbc.py cellrcnn --out runs/peer --stage source --epochs 14
+    python benchmarks/peer_wbc.py unet --out runs/peer --stage source --minutes 25
+    python benchmarks/peer_wbc.py cellrcnn --out runs/peer --stage fewshot --seeds 0,1,2
+    python benchmarks/peer_wbc.py unet --out runs/peer --stage fewshot --seeds 0,1,2 --minutes 4
+    python benchmarks/peer_wbc.py table --out runs/peer
+
+Scores are mean per-image Dice (``cellrcnn.metrics.part_dice``) of cytoplasm, nucleus and
+the whole cell at each image's own resolution, the same function for both models.
+Finished runs are not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import cellrcnn
+from train_wbc import DATA, PARTS, WBC, link_split
+
+CELLAVISION = WBC.parent / "wbc_cellavision_few"
+
+
+def link_halves(root: Path) -> dict[str, Path]:
+    """CellaVision 001-010 (``cv_a``) and 011-020 (``cv_b``), folders of symlinks."""
+    folders = {"cv_a": root / "cv_a", "cv_b": root / "cv_b"}
+    for k, folder in enumerate(folders.values()):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(1 + 10 * k, 11 + 10 * k):
+            for ext in (".bmp", ".png"):
+                link = folder / f"{i:03d}{ext}"
+                if not link.is_symlink():
+                    link.symlink_to(CELLAVISION.resolve() / f"{i:03d}{ext}")
+    return folders
+
+
+def folders(root: Path) -> dict[str, Path]:
+    train, val = link_split(root / "split", WBC)
+    return {"jtsc_train": train, "jtsc_test": val, **link_halves(root / "split")}
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One scored row, appended to a file of JSON lines (rows differ in their columns; the table reads them all)."""
+    with path.with_suffix(".jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+class AtScales:
+    """A predictor at a scale of its own for each image (the scales ``cell_diameter="auto"`` estimated once),
+    so that one estimate serves every threshold scored."""
+
+    def __init__(self, predictor: cellrcnn.Predictor, scales: pd.Series) -> None:
+        self.predictor, self.scales = predictor, scales
+
+    def predict(self, path, **options):
+        self.predictor.scale = float(self.scales[Path(path).name])
+        return self.predictor.predict(path, **options)
+
+
+def auto_scales(checkpoint: Path, folder: Path) -> pd.Series:
+    """The scale ``--cell-diameter auto`` estimates for each image of ``folder``, by file name."""
+    predictor = cellrcnn.Predictor.from_checkpoint(checkpoint, device="cpu", cell_diameter="auto")
+    pairs = cellrcnn.find_pairs(folder, DATA)
+    return pd.Series({p.image.name: predictor.estimate_scale(p.image) for p in pairs})
+
+
+def cellrcnn_score(checkpoint: Path, folder: Path, scale=None, **options) -> dict[str, float]:
+    """Mean per-image Dice of each part and the whole cell, and precision at IoU 0.5 (``scale``: None for the
+    training scale, a number, or a Series of one scale per image)."""
+    fixed = scale if isinstance(scale, float) else None
+    predictor = cellrcnn.Predictor.from_checkpoint(checkpoint, device="cpu", scale=fixed)
+    if isinstance(scale, pd.Series):
+        predictor = AtScales(predictor, scale)
+    dataset = cellrcnn.CellDataset(cellrcnn.find_pairs(folder, DATA), DATA)
+    result = cellrcnn.report.score_folder(dataset, PARTS, predictor, **options)
+    summary = result["summary"]
+    means = summary.set_index("metric")["value"]
+    at50 = summary.query("threshold == 0.5").set_index("metric")["value"]
+    return {**{name: float(means[f"mean {name}_dice"]) for name in ("cytoplasm", "nucleus", "cell")},
+            "precision50": float(at50["precision"]), "recall50": float(at50["recall"])}
+
+
+def source_config(epochs: int, seed: int = 0) -> cellrcnn.Config:
+    """The documented from-scratch recipe (resnet18-FPN, 128 px, 32/32 sampling) on all of 001-200, with flips."""
+    return cellrcnn.Config(
+        model=cellrcnn.ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
+                                   rpn_batch_size_per_image=32, box_batch_size_per_image=32),
+        data=dataclasses.replace(DATA, val_fraction=0.0, augment="light"),
+        train=cellrcnn.TrainConfig(epochs=epochs, workers=0, device="cpu", seed=seed))
+
+
+def run_cellrcnn(args, root: Path) -> None:
+    dirs = folders(root)
+    results = root / "cellrcnn.csv"
+    source = root / "cellrcnn-source"
+    if args.stage == "source":
+        if not (source / "best.pt").is_file():
+            start = time.process_time()
+            cellrcnn.Trainer(source_config(args.epochs), dirs["jtsc_train"], source, quiet=True).train()
+            print(f"source trained in {(time.process_time() - start) / 60:.1f} CPU-minutes", flush=True)
+        minutes = float(pd.read_csv(source / "history.csv")["train_seconds"].sum() / 60)
+        append_row(results, {"row": "same microscope", "seed": 0, "minutes": minutes,
+                             **cellrcnn_score(source / "best.pt", dirs["jtsc_test"])})
+        return
+    if args.stage == "zeroshot":
+        for half in ("cv_a", "cv_b"):
+            hand = hand_scale(source / "best.pt", dirs[half])
+            auto = auto_scales(source / "best.pt", dirs[half])
+            print(f"{half}: scale set by hand {hand:.3f}; estimated per image: median {auto.median():.3f}, "
+                  f"{auto.min():.3f}-{auto.max():.3f}", flush=True)
+            for label, scale in (("training scale", None), ("auto scale", auto), ("scale set by hand", hand)):
+                for largest in (False, True):
+                    for threshold in (0.5, 0.7, 0.9):
+                        append_row(results, {"row": f"zero-shot, {half}", "seed": 0, "minutes": 0.0,
+                                             "scale": label, "largest": largest, "threshold": threshold,
+                                             **cellrcnn_score(source / "best.pt", dirs[half], scale=scale,
+                                                              largest=largest, score_threshold=threshold)})
+        return
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for train_half, test_half in (("cv_a", "cv_b"), ("cv_b", "cv_a")):
+            run_dir = root / f"cellrcnn-fewshot{args.tag}-{train_half}-seed{seed}"
+            if not (run_dir / "best.pt").is_file():
+                # the one command of the README, with the flags that describe the files, all 10 images
+                # training (as the U-Net's), one process and no loader workers
+                command = [str(dirs[train_half]), "--from", str(source), "--out", str(run_dir),
+                           "--image-glob", "*.bmp", "--mask-glob", "*.png", "--part-values", "0,128,255",
+                           "--val-fraction", "0", "--seed", str(seed), "--workers", "0", "--device", "cpu",
+                           "--quiet", *args.extra]
+                if cellrcnn.cli.finetune_main(command) != 0:
+                    raise SystemExit(f"cellrcnn-finetune {' '.join(command)} failed")
+            minutes = float(pd.read_csv(run_dir / "history.csv")["train_seconds"].sum() / 60)
+            for largest in (False, True):
+                for threshold in (0.5, 0.9):
+                    append_row(results, {"row": f"few-shot, {train_half} -> {test_half}", "seed": seed,
+                                         "minutes": minutes, "scale": "recorded", "largest": largest,
+                                         "threshold": threshold, "tag": args.tag,
+                                         **cellrcnn_score(run_dir / "best.pt", dirs[test_half], largest=largest,
+                                                          score_threshold=threshold)})
+
+
+def hand_scale(checkpoint: Path, folder: Path) -> float:
+    """The scale a user sets by hand: the trained cell size over the median annotated cell diameter."""
+    cell_size = cellrcnn.load_checkpoint(checkpoint)["config"]["model"]["cell_size"]
+    table = cellrcnn.data.cell_sizes(cellrcnn.find_pairs(folder, DATA), DATA)
+    return float(cell_size / table["cell_side"].median())
+
+
+def run_unet(args, root: Path) -> None:
+    import unet_peer
+
+    dirs = folders(root)
+    results = root / "unet.csv"
+    source = root / "unet-source.pt"
+    loaded = {}
+
+    def data(name: str) -> dict:
+        if name not in loaded:
+            loaded[name] = unet_peer.load_folder(dirs[name], DATA)
+        return loaded[name]
+
+    def fresh(state=None) -> "unet_peer.UNet":
+        torch.manual_seed(0)
+        model = unet_peer.UNet(len(PARTS))
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    if args.stage == "source":
+        model = fresh()
+        if source.is_file():
+            model.load_state_dict(torch.load(source, weights_only=True))
+            minutes = json.loads(source.with_suffix(".json").read_text())["seconds"] / 60
+        else:
+            done = unet_peer.train(model, data("jtsc_train"), args.minutes * 60, lr=2e-3, seed=0)
+            torch.save(model.state_dict(), source)
+            source.with_suffix(".json").write_text(json.dumps(done))
+            minutes = done["seconds"] / 60
+        append_row(results, {"row": "same microscope", "seed": 0, "minutes": minutes,
+                             **unet_peer.score(model, data("jtsc_test"), PARTS)})
+        return
+    state = torch.load(source, weights_only=True)
+    if args.stage == "zeroshot":
+        for half in ("cv_a", "cv_b"):
+            append_row(results, {"row": f"zero-shot, {half}", "seed": 0, "minutes": 0.0,
+                                 **unet_peer.score(fresh(state), data(half), PARTS)})
+        return
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for train_half, test_half in (("cv_a", "cv_b"), ("cv_b", "cv_a")):
+            model = fresh(state)
+            done = unet_peer.train(model, data(train_half), args.minutes * 60, lr=5e-4, seed=seed)
+            append_row(results, {"row": f"few-shot, {train_half} -> {test_half}", "seed": seed,
+                                 "minutes": done["seconds"] / 60, "steps": done["steps"],
+                                 **unet_peer.score(model, data(test_half), PARTS)})
+
+
+#: Few-shot runs other than the recipe: run-folder tag -> what changed.
+VARIANTS = {"": "", "-before": "before: --from as it was (30 epochs, lr 0.001 halved every 5, a step every 4 "
+                               "images, no augmentation, images at min_size 128)",
+            "-light": "recipe with --augment light (no stain or scale jitter)",
+            "-cyto2": "recipe with --cytoplasm-weight 2"}
+
+
+def table(root: Path) -> None:
+    """The markdown tables of docs/benchmarks.md from the rows the runs left."""
+    ours, peer = (pd.read_json(root / f"{name}.jsonl", lines=True) for name in ("cellrcnn", "unet"))
+    for frame in (ours, peer):
+        frame["group"] = frame["row"].str.replace(r", cv_[ab]( -> cv_[ab])?$", "", regex=True)
+    if "tag" not in ours:
+        ours["tag"] = ""
+    ours["tag"] = ours["tag"].fillna("")
+
+    def cell(per_seed: pd.Series) -> str:
+        """Mean ± standard deviation over seeds."""
+        spread = f" ± {per_seed.std():.3f}" if len(per_seed) > 1 else ""
+        return f"{per_seed.mean():.3f}{spread}"
+
+    def summary(frame: pd.DataFrame) -> dict[str, str]:
+        # each seed's mean over the scored halves, then mean ± sd over seeds
+        seeds = frame.groupby("seed")[["cytoplasm", "nucleus", "cell", "precision50", "minutes"]].mean(
+            numeric_only=True)
+        return {k: cell(seeds[k]) if k in seeds and seeds[k].notna().any() else "" for k in seeds}
+
+    print("| row | cytoplasm, cellrcnn / U-Net | nucleus | whole cell | cellrcnn precision at IoU 0.5 | "
+          "training minutes, cellrcnn / U-Net |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    unset = ours["largest"].isna()  # the same-microscope row: one cell an image, found alone either way
+    ours["largest"] = ours["largest"].astype("boolean").fillna(False).astype(bool)
+    ours["threshold"] = ours["threshold"].fillna(0.5).round(2)
+    ours["scale"] = ours["scale"].fillna("")
+    # the rows of the main table: cellrcnn as it predicts by default (a model trained on single-cell crops keeps
+    # the largest complete cell), at the default score threshold
+    default = (ours["tag"] == "") & (ours["largest"] | unset) & (ours["threshold"] == 0.5)
+    for group, label in (("same microscope", "same microscope: JTSC 001-200 -> 201-240"),
+                         ("zero-shot", "CellaVision zero-shot (all 20 images)"),
+                         ("few-shot", "CellaVision few-shot, 10 -> the other 10, both halves, 3 seeds")):
+        mine = ours[default & (ours["group"] == group)]
+        if group == "zero-shot":
+            mine = mine[mine["scale"] == "scale set by hand"]
+        theirs = peer[peer["group"] == group]
+        if mine.empty or theirs.empty:
+            continue
+        a, b = summary(mine), summary(theirs.assign(precision50=float("nan")))
+        print(f"| {label} | {a['cytoplasm']} / {b['cytoplasm']} | {a['nucleus']} / {b['nucleus']} | "
+              f"{a['cell']} / {b['cell']} | {a['precision50']} | {a['minutes']} / {b['minutes']} |")
+    print("\n| cellrcnn variant | cytoplasm | nucleus | whole cell | precision at IoU 0.5 | recall |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    keys = ["group", "tag", "scale", "largest", "threshold"]
+    for (group, tag, scale, largest, threshold), frame in ours[ours["group"] != "same microscope"].groupby(
+            keys, sort=False):
+        seeds = frame.groupby("seed")[["cytoplasm", "nucleus", "cell", "precision50", "recall50"]].mean()
+        label = ", ".join(x for x in (group, VARIANTS.get(tag, tag), scale,
+                                      "largest cell" if largest else "every cell", f"score >= {threshold:g}") if x)
+        print(f"| {label} | " + " | ".join(cell(seeds[c]) for c in seeds) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", choices=("cellrcnn", "unet", "table"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--stage", choices=("source", "zeroshot", "fewshot"), default="source")
+    parser.add_argument("--epochs", type=int, default=14, help="cellrcnn source: epochs over 001-200")
+    parser.add_argument("--minutes", type=float, default=25.0, help="U-Net: training budget of each run")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default="", help="cellrcnn few-shot: suffix of the run folders, for variants")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="cellrcnn few-shot: more cellrcnn-finetune flags (a variant of the recipe)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    root = args.out.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.threads} thread(s), torch {torch.__version__}", flush=True)
+    if args.model == "cellrcnn":
+        run_cellrcnn(args, root)
+    elif args.model == "unet":
+        run_unet(args, root)
+    else:
+        table(root)
+
+
+if __name__ == "__main__":
+    main()
