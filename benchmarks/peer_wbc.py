@@ -37,26 +37,12 @@ import torch
 
 import cellrcnn
 from train_wbc import DATA, PARTS, WBC, link_split
-
-CELLAVISION = WBC.parent / "wbc_cellavision_few"
-
-
-def link_halves(root: Path) -> dict[str, Path]:
-    """CellaVision 001-010 (``cv_a``) and 011-020 (``cv_b``), folders of symlinks."""
-    folders = {"cv_a": root / "cv_a", "cv_b": root / "cv_b"}
-    for k, folder in enumerate(folders.values()):
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(1 + 10 * k, 11 + 10 * k):
-            for ext in (".bmp", ".png"):
-                link = folder / f"{i:03d}{ext}"
-                if not link.is_symlink():
-                    link.symlink_to(CELLAVISION.resolve() / f"{i:03d}{ext}")
-    return folders
-
+from transfer_wbc import link_halves
 
 def folders(root: Path) -> dict[str, Path]:
     train, val = link_split(root / "split", WBC)
-    return {"jtsc_train": train, "jtsc_test": val, **link_halves(root / "split")}
+    cv_a, cv_b = link_halves(root / "split")  # CellaVision 001-010 and 011-020
+    return {"jtsc_train": train, "jtsc_test": val, "cv_a": cv_a, "cv_b": cv_b}
 
 
 def append_row(path: Path, row: dict) -> None:
