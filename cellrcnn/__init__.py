@@ -22,6 +22,7 @@ _API = {
               "load_checkpoint"),
     "roi_heads": ("PartRoIHeads",),
     "metrics": ("dice", "part_dice", "matching", "coco_mask_ap"),
+    "selection": ("CellChoice",),
     "predict": ("Prediction", "Predictor", "measure_cells"),
     "export": ("export_prediction",),
     "share": ("PackageInfo", "export_model"),
@@ -37,7 +38,8 @@ _INTERNAL = {
     "data": ("collate", "write_split_csv"),
 }
 _SUBMODULES = ("plots", "hooks", "config", "io", "augment", "targets", "data", "losses", "roi_heads", "model",
-               "train", "predict", "export", "metrics", "report", "style", "synthetic", "cli", "zoo", "share", "tiles")
+               "train", "predict", "export", "metrics", "report", "style", "synthetic", "cli", "zoo", "share", "tiles",
+               "selection")
 _WHERE = {name: module for table in (_INTERNAL, _API) for module, names in table.items() for name in names}
 
 __all__ = [name for names in _API.values() for name in names] + ["plots", "hooks"]

@@ -307,6 +307,29 @@ def finetune_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _add_cell_arguments(parser: argparse.ArgumentParser, exported: bool = False) -> None:
+    """The options choosing which cells are kept (:mod:`cellrcnn.selection`), for predict, evaluate and export."""
+    sel = parser.add_argument_group(
+        "which cells", "Defaults: score 0.5 (a package's own choice when the model is one), every cell; a model "
+        "trained on crops of one cell keeps the largest complete cell of an image like those crops, and every cell "
+        "of a tiled field or a much larger image." + (" The package records the choice in its rdf.yaml."
+                                                       if exported else ""))
+    sel.add_argument("--score-threshold", type=float, default=None, help="minimum detection score")
+    sel.add_argument("--largest", action=argparse.BooleanOptionalAction, default=None,
+                     help="keep only the largest complete cell per image (--no-largest: every cell; default: as "
+                          "the model was trained, see above)")
+    sel.add_argument("--max-cells", type=int, default=None, help="keep at most this many cells per image")
+
+
+def _cell_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The cell options given, checked (``parser.error`` otherwise); None where not given."""
+    if args.score_threshold is not None and not 0 <= args.score_threshold < 1:
+        parser.error(f"--score-threshold must lie in [0, 1), got {args.score_threshold}")
+    if args.max_cells is not None and args.max_cells < 1:
+        parser.error("--max-cells must be at least 1")
+    return {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells}
+
+
 def _cell_diameter(text: str) -> float | str:
     if text.strip().lower() == "auto":
         return "auto"
@@ -356,12 +379,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                                                  "package exported by cellrcnn-export-model (model.zip)")
     parser.add_argument("input", type=Path, help="an image file or a folder of images")
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")
-    sel = parser.add_argument_group("which cells")
-    sel.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score")
-    sel.add_argument("--largest", action=argparse.BooleanOptionalAction, default=None,
-                     help="keep only the largest complete cell per image (--no-largest: every cell; default: the "
-                          "largest when the model was trained on single-cell crops, one cell an image)")
-    sel.add_argument("--max-cells", type=int, default=None, help="keep at most this many cells per image")
+    _add_cell_arguments(parser)
     out = parser.add_argument_group("outputs")
     out.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel (areas in um^2)")
     out.add_argument("--rois", action="store_true", help="also write <image>_rois.zip (ImageJ ROI set)")
@@ -375,11 +393,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     _check_scale_arguments(parser, args)
-    if not 0 <= args.score_threshold < 1:
-        parser.error(f"--score-threshold must lie in [0, 1), got {args.score_threshold}")
-    for name in ("max_cells", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    choice = _cell_choice(parser, args)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     if args.pixel_size is not None and not args.pixel_size > 0:
         parser.error(f"--pixel-size must be positive, got {args.pixel_size}")
     if not args.model.exists():
@@ -413,8 +429,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     tables, failed = [], []
-    options = {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells,
-               "pixel_size": args.pixel_size}
+    options = {**choice, "pixel_size": args.pixel_size}
     if predictor.auto_scale:
         logger.info("the scale of each image is estimated from the cells found in it (training scale %.3g)",
                     predictor.config.model.input_scale)
@@ -460,16 +475,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                         "(optional: without it only cells are scored)")
     parser.add_argument("--parts", type=_names, default=("background", "cytoplasm", "nucleus"), metavar="NAME,...",
                         help="part names (with a model: the model's)")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score")
-    parser.add_argument("--largest", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep only the largest complete predicted cell (--no-largest: every cell; default: the "
-                             "largest when the model was trained on single-cell crops)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    _add_cell_arguments(parser)
     _add_scale_arguments(parser)
     add_config_arguments(parser, _DATA_FLAGS)
     args = parser.parse_args(argv)
     _check_scale_arguments(parser, args)
+    choice = _cell_choice(parser, args)
     from .data import CellDataset  # the heavy imports, after --help
     from .io import atomic_write, find_pairs
     from .model import load_checkpoint
@@ -513,8 +526,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             from .predict import Predictor
             source = Predictor.from_checkpoint(model_path, device=args.device, scale=args.scale,
                                                cell_diameter=args.cell_diameter)
-            options = {"score_threshold": args.score_threshold, "largest": args.largest, "tile": args.tile,
-                       "overlap": args.overlap}
+            options = {**choice, "tile": args.tile, "overlap": args.overlap}
         else:
             source, options = args.pred_dir, {"cells_suffix": args.pred_cells_suffix,
                                               "parts_suffix": args.pred_parts_suffix}
@@ -558,10 +570,11 @@ def export_model_main(argv: list[str] | None = None) -> int:
     how = parser.add_argument_group("test image and checks")
     how.add_argument("--test-image", type=Path, default=None,
                      help="the package's test image (default: the run's first validation image, from split.csv)")
-    how.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score of the package")
     how.add_argument("--skip-test", action="store_true", help="do not run bioimageio.core's model test first")
     how.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    _add_cell_arguments(parser, exported=True)
     args = parser.parse_args(argv)
+    choice = _cell_choice(parser, args)
     if args.out.suffix.lower() != ".zip":
         parser.error(f"--out must name a .zip file, got {args.out}")
     if args.out.exists() and not args.overwrite:
@@ -572,17 +585,16 @@ def export_model_main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.model}: checkpoint not found")
     if args.test_image is not None and not args.test_image.is_file():
         parser.error(f"{args.test_image}: test image not found")
-    if not 0 <= args.score_threshold < 1:
-        parser.error(f"--score-threshold must lie in [0, 1), got {args.score_threshold}")
     _setup_logging()
     try:
+        from .selection import CellChoice
         from .share import PackageInfo, export_model
 
         defaults = PackageInfo()
         info = PackageInfo(name=args.name, description=args.description or defaults.description,
                            authors=tuple(args.author), license=args.license, cite=tuple(map(tuple, args.cite)))
-        export_model(args.model, args.out, args.test_image, info, args.score_threshold, check=not args.skip_test,
-                     overwrite=args.overwrite)
+        export_model(args.model, args.out, args.test_image, info, CellChoice().replace(**choice),
+                     check=not args.skip_test, overwrite=args.overwrite)
     except ImportError as err:
         logger.error("error: %s; install it with: pip install 'cellrcnn[bioimageio]'", err)
         return 1

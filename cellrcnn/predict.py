@@ -21,7 +21,7 @@ from .config import Config, ModelConfig
 from .io import DataError, ImageField, field_from_array, open_field
 from .model import (PartRCNNTransform, build_model, model_from_checkpoint, resolve_device, run_checkpoint,
                     to_label_images)
-from .targets import largest_complete
+from .selection import CellChoice, border_labels, kept_cells, keeps_largest
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 from .zoo import is_package, read_package
 
@@ -244,6 +244,10 @@ class Predictor:
         ``cell_diameter="auto"`` estimates the scale of each image from the
         cells the model finds in it (:meth:`estimate_scale`), as Cellpose's
         size model does: for images from another microscope.
+    choice : CellChoice, optional
+        The cells kept when a call does not say (default: score 0.5, the
+        single-cell choice as the model was trained, every cell); see
+        :mod:`cellrcnn.selection`.
 
     Examples
     --------
@@ -254,7 +258,8 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, device: str | torch.device = "cpu",
-                 scale: float | None = None, cell_diameter: float | str | None = None) -> None:
+                 scale: float | None = None, cell_diameter: float | str | None = None,
+                 choice: CellChoice | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = config
@@ -271,23 +276,30 @@ class Predictor:
         self.scale = prediction_scale(config.model, scale, cell_diameter)
         self._in_image = False  # inside one image's prediction: its scale is set
         self._size_warned = False
+        #: The cells kept when a call does not say (see :mod:`cellrcnn.selection`).
+        self.default_choice = choice or CellChoice()
+        self._told: set[bool] = set()  # single-cell choice logged, each way once
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scale: float | None = None,
-                        cell_diameter: float | str | None = None) -> "Predictor":
+                        cell_diameter: float | str | None = None, choice: CellChoice | None = None) -> "Predictor":
         """Load a trained model: ``best.pt`` or ``last.pt`` of a run, a run folder (its ``best.pt``), or a
         bioimage.io package exported by cellrcnn (``model.zip``, see :func:`cellrcnn.share.export_model`).
 
-        ``device="auto"`` picks CUDA when present. Reading a package needs ``bioimageio.spec``
+        ``device="auto"`` picks CUDA when present. A package brings the choice
+        of cells it records (score threshold, single-cell choice, ``max_cells``),
+        so that the predictor gives what the package gives; ``choice`` replaces
+        it. Reading a package needs ``bioimageio.spec``
         (``pip install 'cellrcnn[bioimageio]'``).
         """
         if is_package(path):
-            state, config = read_package(path)
-            model = build_model(config.model, load_weights=False)
-            model.load_state_dict(state)
+            package = read_package(path)
+            model = build_model(package.config.model, load_weights=False)
+            model.load_state_dict(package.state)
+            config, choice = package.config, choice or package.choice
         else:
             model, config = model_from_checkpoint(run_checkpoint(path), map_location="cpu")
-        return cls(model, config, resolve_device(device), scale, cell_diameter)
+        return cls(model, config, resolve_device(device), scale, cell_diameter, choice)
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -411,25 +423,29 @@ class Predictor:
         stitcher.add(tile, labels["cells"].numpy(), labels["parts"].numpy(), output["scores"][kept].tolist(),
                      output["labels"][kept].tolist())
 
-    def predict_batch(self, images: list, names: list[str] | None = None, score_threshold: float = 0.5,
+    def choice(self, score_threshold: float | None = None, largest: bool | None = None,
+               max_cells: int | None = None) -> CellChoice:
+        """The predictor's :class:`~cellrcnn.selection.CellChoice` with the values given (not None) instead."""
+        return self.default_choice.replace(score_threshold=score_threshold, largest=largest, max_cells=max_cells)
+
+    def predict_batch(self, images: list, names: list[str] | None = None, score_threshold: float | None = None,
                       largest: bool | None = None, max_cells: int | None = None,
                       pixel_size: float | None = None) -> list[Prediction]:
         """Predict several images (paths or arrays) whole, in one forward pass; see :meth:`predict`."""
+        choice = self.choice(score_threshold, largest, max_cells)
         fields = [self._open(img, n) for img, n in zip(images, names or [None] * len(images))]
         if self.auto_scale and not self._in_image:  # a scale per image: one image per forward pass
-            options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
-                       "pixel_size": pixel_size}
-            return [self.predict(f, **options) for f in fields]
+            return [self.predict(f, pixel_size=pixel_size, **choice.as_kwargs()) for f in fields]
         arrays = [f.read(0, f.shape[0], 0, f.shape[1]) for f in fields]
         predictions = []
-        for field, array, output in zip(fields, arrays, self._forward(arrays, score_threshold)):
+        for field, array, output in zip(fields, arrays, self._forward(arrays, choice.score_threshold)):
             stitcher = Stitcher(field.shape)
-            self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output, score_threshold)
-            predictions.append(self._finish(field.name, array, stitcher, largest, max_cells, pixel_size))
+            self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output, choice.score_threshold)
+            predictions.append(self._finish(field.name, array, stitcher, choice, pixel_size, tiled=False))
         return predictions
 
     def predict_tiled(self, image, name: str | None = None, tile: int | None = None, overlap: int | None = None,
-                      batch_size: int = 1, progress: bool = False, score_threshold: float = 0.5,
+                      batch_size: int = 1, progress: bool = False, score_threshold: float | None = None,
                       largest: bool | None = None, max_cells: int | None = None,
                       pixel_size: float | None = None) -> Prediction:
         """Predict an image in overlapping tiles stitched into one field; see :meth:`predict`.
@@ -439,14 +455,14 @@ class Predictor:
         prediction's ``image`` is None.
         """
         field = self._open(image, name)
-        with self._image_scale(field, score_threshold):
+        choice = self.choice(score_threshold, largest, max_cells)
+        with self._image_scale(field, choice.score_threshold):
             return self._predict_tiles(field, self.tiles(field.shape, tile, overlap), batch_size, progress,
-                                       score_threshold, largest, max_cells, pixel_size)
+                                       choice, pixel_size)
 
     def _predict_tiles(self, field: ImageField, tiles: list[Tile], batch_size: int, progress: bool,
-                       score_threshold: float = 0.5, largest: bool | None = None, max_cells: int | None = None,
-                       pixel_size: float | None = None) -> Prediction:
-        steps = self._tile_steps(field, tiles, batch_size, score_threshold, largest, max_cells, pixel_size)
+                       choice: CellChoice, pixel_size: float | None = None) -> Prediction:
+        steps = self._tile_steps(field, tiles, batch_size, choice, pixel_size)
         with tqdm(total=len(tiles), desc=field.name, unit="tile", disable=not progress, leave=False) as bar:
             while True:
                 try:
@@ -455,22 +471,21 @@ class Predictor:
                     return end.value
                 bar.update(done - bar.n)
 
-    def _tile_steps(self, field: ImageField, tiles: list[Tile], batch_size: int, score_threshold: float = 0.5,
-                    largest: bool | None = None, max_cells: int | None = None,
+    def _tile_steps(self, field: ImageField, tiles: list[Tile], batch_size: int, choice: CellChoice,
                     pixel_size: float | None = None) -> Generator[tuple[int, int], None, Prediction]:
         stitcher = Stitcher(field.shape, edge=int(math.ceil(EDGE_MARGIN / (self.scale or 1.0))),
                             core=grid_overlap(tiles) // 2)
         for start in range(0, len(tiles), batch_size):
             batch = tiles[start:start + batch_size]
-            outputs = self._forward([field.read(t.y0, t.y1, t.x0, t.x1) for t in batch], score_threshold)
+            outputs = self._forward([field.read(t.y0, t.y1, t.x0, t.x1) for t in batch], choice.score_threshold)
             for t, output in zip(batch, outputs):
-                self._stitch(stitcher, t, output, score_threshold)
+                self._stitch(stitcher, t, output, choice.score_threshold)
             yield start + len(batch), len(tiles)
-        return self._finish(field.name, field, stitcher, largest, max_cells, pixel_size)
+        return self._finish(field.name, field, stitcher, choice, pixel_size, tiled=len(tiles) > 1)
 
-    def predict_steps(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool | None = None,
-                      max_cells: int | None = None, pixel_size: float | None = None, tile: int | None = None,
-                      overlap: int | None = None,
+    def predict_steps(self, image, name: str | None = None, score_threshold: float | None = None,
+                      largest: bool | None = None, max_cells: int | None = None, pixel_size: float | None = None,
+                      tile: int | None = None, overlap: int | None = None,
                       batch_size: int = 1) -> Generator[tuple[int, int], None, Prediction]:
         """:meth:`predict` one batch of tiles at a time, for a GUI that shows progress and can stop.
 
@@ -486,21 +501,26 @@ class Predictor:
         >>> for done, total in steps: ...     # napari's thread_worker yields these
         """
         field = self._open(image, name)
-        options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
-                   "pixel_size": pixel_size}
-        with self._image_scale(field, score_threshold):
+        choice = self.choice(score_threshold, largest, max_cells)
+        with self._image_scale(field, choice.score_threshold):
             tiles = self.tiles(field.shape, tile, overlap)
             if len(tiles) > 1:
-                return (yield from self._tile_steps(field, tiles, batch_size, **options))
+                return (yield from self._tile_steps(field, tiles, batch_size, choice, pixel_size))
             yield 0, 1
-            prediction = self.predict_batch([field], **options)[0]
+            prediction = self.predict_batch([field], pixel_size=pixel_size, **choice.as_kwargs())[0]
         yield 1, 1
         return prediction
 
-    def predict(self, image, name: str | None = None, score_threshold: float = 0.5, largest: bool | None = None,
-                max_cells: int | None = None, pixel_size: float | None = None, tile: int | None = None,
-                overlap: int | None = None, batch_size: int = 1, progress: bool = False) -> Prediction:
+    def predict(self, image, name: str | None = None, score_threshold: float | None = None,
+                largest: bool | None = None, max_cells: int | None = None, pixel_size: float | None = None,
+                tile: int | None = None, overlap: int | None = None, batch_size: int = 1,
+                progress: bool = False) -> Prediction:
         """Predict one image, in tiles when it is larger than one tile.
+
+        Which cells are kept follows one rule (:mod:`cellrcnn.selection`); the
+        three options below default to the predictor's ``default_choice``
+        (0.5, as the model was trained, every cell; a package's own choice
+        when loaded from one).
 
         Parameters
         ----------
@@ -509,12 +529,13 @@ class Predictor:
             or an array ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``.
         name : str, optional
             Name for the table (default: the file stem, or "image").
-        score_threshold : float
+        score_threshold : float, optional
             Minimum detection score.
         largest : bool, optional
             Keep only the largest complete cell, as ``--targets largest`` in
-            training. None: when the model was trained on single-cell crops (one
-            cell an image, ``ModelConfig.single_cell``), else every cell.
+            training. None: as the model was trained: the largest when it was
+            trained on single-cell crops (``ModelConfig.single_cell``) and the
+            image is like them (whole, not much larger); else every cell.
         max_cells : int, optional
             Keep at most this many cells, the best-scoring ones.
         pixel_size : float, optional
@@ -527,13 +548,12 @@ class Predictor:
             Show a progress bar over the tiles.
         """
         field = self._open(image, name)
-        options = {"score_threshold": score_threshold, "largest": largest, "max_cells": max_cells,
-                   "pixel_size": pixel_size}
-        with self._image_scale(field, score_threshold):
+        choice = self.choice(score_threshold, largest, max_cells)
+        with self._image_scale(field, choice.score_threshold):
             tiles = self.tiles(field.shape, tile, overlap)
             if len(tiles) > 1:
-                return self._predict_tiles(field, tiles, batch_size, progress, **options)
-            return self.predict_batch([field], **options)[0]
+                return self._predict_tiles(field, tiles, batch_size, progress, choice, pixel_size)
+            return self.predict_batch([field], pixel_size=pixel_size, **choice.as_kwargs())[0]
 
     def predict_paths(self, paths: list, batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
                       progress: bool = False, **options) -> Iterator[PathResult]:
@@ -566,6 +586,9 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         pending: list[tuple[Path, ImageField]] = []
+        pixel_size = options.pop("pixel_size", None)
+        choice = self.choice(**options)
+        options = {"pixel_size": pixel_size, **choice.as_kwargs()}
 
         def flush() -> Iterator[PathResult]:
             if pending:
@@ -585,7 +608,7 @@ class Predictor:
                 if len(tiles) > 1:
                     yield from flush()
                     yield PathResult(path, prediction=self._predict_tiles(field, tiles, batch_size, progress,
-                                                                          **options))
+                                                                          choice, pixel_size))
                     continue
             except DataError as err:
                 logger.error("failed: %s", err)
@@ -613,19 +636,16 @@ class Predictor:
                            "(--cell-diameter auto or PIXELS; cell_diameter= in Python) to resize them",
                            name, found, found / cell, cell)
 
-    def _finish(self, name: str, image, stitcher: Stitcher, largest: bool | None, max_cells: int | None,
-                pixel_size: float | None) -> Prediction:
-        """Labels, the cells chosen (``largest``, ``max_cells``) and their table."""
+    def _finish(self, name: str, image, stitcher: Stitcher, choice: CellChoice, pixel_size: float | None,
+                tiled: bool) -> Prediction:
+        """Labels, the cells kept by the rule of :mod:`cellrcnn.selection`, and their table."""
         field = stitcher.finish()
         cells, parts, scores, classes = field["cells"], field["parts"], field["scores"], field["classes"]
-        keep = np.arange(1, len(scores) + 1)
-        if largest is None:  # a model trained on crops of one cell finds one cell: the largest complete one
-            largest = bool(self.config.model.single_cell)
-        if max_cells is not None:
-            keep = keep[:max_cells]  # labels follow descending score
-        if largest and len(keep):
-            border = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
-            keep = keep[[largest_complete(field["areas"][keep - 1], ~np.isin(keep, border))]]
+        largest = keeps_largest(choice, self.config.model, cells.shape, self.scale, tiled)
+        self._tell_single_cell(choice, largest, name)
+        ids = np.arange(1, len(scores) + 1)
+        keep = kept_cells(scores, field["areas"], ~np.isin(ids, border_labels(cells)), choice.score_threshold,
+                          largest, choice.max_cells) + 1
         if len(keep) < len(scores):
             lut = np.zeros(len(scores) + 1, dtype=cells.dtype)
             lut[keep] = np.arange(1, len(keep) + 1)
@@ -639,3 +659,15 @@ class Predictor:
         self._check_size(name, table)
         return Prediction(name=name, image=image if isinstance(image, np.ndarray) else None, cells=cells, parts=parts,
                           table=table)
+
+    def _tell_single_cell(self, choice: CellChoice, largest: bool, name: str) -> None:
+        """Log, once each way, whether a single-cell model's choice of one cell applies (``largest=None``)."""
+        if choice.largest is not None or not self.config.model.single_cell or largest in self._told:
+            return
+        self._told.add(largest)
+        if largest:
+            logger.info("%s: the model was trained on crops of one cell: keeping the largest complete cell of each "
+                        "such image (largest=False, --no-largest: every cell)", name)
+        else:
+            logger.info("%s: predicted in tiles or larger than the model's single-cell training crops: keeping "
+                        "every cell (largest=True, --largest: only the largest)", name)

@@ -30,6 +30,7 @@ from .export import overlay_rgb
 from .io import DataError, _pixels, atomic_write, read_raw_axes, select_channels, three_channels
 from .model import load_checkpoint, run_checkpoint
 from .predict import Predictor
+from .selection import CROP_LIKE, CellChoice
 from .zoo import CellLabels
 
 __all__ = ["PackageInfo", "export_model", "check_package", "input_pixels", "MASK_RCNN_DOI"]
@@ -148,8 +149,22 @@ def _torchscript_blocker(module: torch.nn.Module) -> str:
     return "the model scripts, but this version of cellrcnn does not package TorchScript weights."
 
 
+def _cells_kept(choice: CellChoice, config: Config) -> str:
+    """The package's choice of cells, in a sentence for its documentation."""
+    if choice.largest is None:
+        single = ("it was trained on crops of one cell, so it keeps only the largest complete cell of an image no "
+                  f"more than {CROP_LIKE:g} times the training crops' side, and every cell of a larger one"
+                  if config.model.single_cell else "it keeps every cell")
+    else:
+        single = "it keeps only the largest complete cell" if choice.largest else "it keeps every cell"
+    limit = f", at most {choice.max_cells} per image" if choice.max_cells else ""
+    return (f"Cells scoring at least {choice.score_threshold:g} are kept; {single}{limit}. The choice is the "
+            f"model's kwargs in `rdf.yaml` (`score_threshold`, `largest`: true, false or null for as trained, "
+            f"`max_cells`): change it there.")
+
+
 def _documentation(info: PackageInfo, name: str, config: Config, state: dict, test_image: Path,
-                   blocker: str) -> str:
+                   blocker: str, choice: CellChoice) -> str:
     history = state.get("history") or []
     # the exported checkpoint's own epoch (best.pt: the best validation; last.pt: the last epoch)
     best = next((row for row in history if row["epoch"] == state.get("epoch")), {})
@@ -170,6 +185,7 @@ def _documentation(info: PackageInfo, name: str, config: Config, state: dict, te
         f"Images are resized inside by the scale the model was trained at "
         f"({config.model.input_scale if config.model.input_scale else 'to min_size'}). The whole image is one pass: "
         "for a large field of view use cellrcnn, which predicts in tiles and stitches them.", "",
+        _cells_kept(choice, config), "",
         "## Use it", "",
         "With cellrcnn installed (in a clone: `pip install -e '.[bioimageio]'`):", "",
         "```bash", "cellrcnn-predict model.zip images/ --out predictions/", "```", "",
@@ -210,7 +226,7 @@ def _cover(path: Path, image: np.ndarray, cells: np.ndarray, parts: np.ndarray, 
 
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_image: str | os.PathLike | None = None,
-                 info: PackageInfo | None = None, score_threshold: float = 0.5, check: bool = True,
+                 info: PackageInfo | None = None, choice: CellChoice | None = None, check: bool = True,
                  overwrite: bool = False) -> Path:
     """Write a trained run as a bioimage.io model package (zip).
 
@@ -225,8 +241,10 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_ima
         cropped in its centre to at most 256 pixels.
     info : PackageInfo, optional
         Name, description, authors, licence, citations.
-    score_threshold : float
-        Minimum detection score of the packaged model.
+    choice : CellChoice, optional
+        The cells the package keeps (default: score 0.5, the single-cell
+        choice as the model was trained, every cell), recorded as its model's
+        kwargs in ``rdf.yaml``; the test output is predicted with it.
     check : bool
         Run bioimageio.core's model test (:func:`check_package`) before the
         package is written; a package that fails it is not written.
@@ -263,12 +281,13 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_ima
     pixels = input_pixels(test_image, config)
     # cellrcnn's own prediction of the test image is the package's test output: the zoo's test then shows that its
     # preprocessing and the packaged module give what cellrcnn gives. Channels are already chosen in `pixels`.
-    module = CellLabels(config.to_dict(), score_threshold)
+    choice = choice or CellChoice()
+    module = CellLabels(config.to_dict(), **choice.as_kwargs())
     module.net.load_state_dict(state["model"])
-    # The Predictor borrows the packaged network: it sets the same scale and threshold while it predicts.
+    # The Predictor borrows the packaged network: it sets the same scale and threshold while it predicts, and keeps
+    # cells by the same rule (cellrcnn.selection) as the packaged module.
     plain = dataclasses.replace(config, data=dataclasses.replace(config.data, channels=None, projection="none"))
-    prediction = Predictor(module.net, plain, "cpu").predict(pixels, name=test_image.stem,
-                                                             score_threshold=score_threshold)
+    prediction = Predictor(module.net, plain, "cpu", choice=choice).predict(pixels, name=test_image.stem)
     blocker = _torchscript_blocker(module)
     logger.info("no TorchScript weights: %s", blocker)
 
@@ -282,12 +301,12 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_ima
         np.save(files["parts"], prediction.parts.astype(np.uint8)[None, None])
         torch.save(module.state_dict(), files["weights"])
         name = info.name or f"cellrcnn model {path.parent.name}"
-        files["doc"].write_text(_documentation(info, name, config, state, test_image, blocker))
+        files["doc"].write_text(_documentation(info, name, config, state, test_image, blocker, choice))
         _cover(files["cover"], prediction.image, prediction.cells, prediction.parts, config.model.parts)
         files["licence"].write_text(f"The weights in this package are licensed {info.license} "
                                     f"(https://spdx.org/licenses/{info.license}.html).\n")
         descr = _describe(info, name, config, files, pixels.dtype,
-                          {"config": config.to_dict(), "score_threshold": score_threshold},
+                          {"config": config.to_dict(), **choice.as_kwargs()},
                           {"version": __version__, "checkpoint": path.name, "epoch": state.get("epoch")})
         written = tmp / "package.zip"
         save_bioimageio_package(descr, output_path=written)

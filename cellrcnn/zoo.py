@@ -16,15 +16,18 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .config import Config
 from .model import PartRCNNTransform, build_model, to_label_images
+from .selection import CellChoice, border_labels, kept_cells, keeps_largest
 
-__all__ = ["CellLabels", "is_package", "read_package", "PACKAGE_SUFFIXES"]
+__all__ = ["CellLabels", "Package", "is_package", "read_package", "PACKAGE_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,12 @@ class CellLabels(nn.Module):
         The run's saved config (``Config.to_dict()``, as in ``config.json``).
     score_threshold : float
         Minimum detection score of a cell.
+    largest : bool or None
+        Keep only the largest complete cell: True always, False never, None as
+        the model was trained (a model trained on single-cell crops keeps the
+        largest cell of an image like those crops).
+    max_cells : int or None
+        Keep at most this many cells, the best-scoring ones.
 
     Notes
     -----
@@ -48,18 +57,21 @@ class CellLabels(nn.Module):
     cellrcnn reads it (values 0..1; the package's preprocessing does this), and
     returns ``(cells, parts)``: int32 ``[B, 1, H, W]`` cell labels (0
     background, 1..N by descending score) and uint8 ``[B, 1, H, W]`` part
-    labels. Images are resized by the training scale inside, as
-    :class:`cellrcnn.Predictor` does for an image that fits one tile; the labels
-    equal its ``cells`` and ``parts``. The weights live in ``self.net``.
+    labels. Images are resized inside by the training scale, and cells are kept
+    by the rule of :mod:`cellrcnn.selection`, as :class:`cellrcnn.Predictor`
+    does for an image that fits one tile; the labels equal its ``cells`` and
+    ``parts``. The three choices are the package's ``rdf.yaml`` kwargs, so a
+    user can change them there. The weights live in ``self.net``.
     """
 
-    def __init__(self, config: Mapping[str, Any], score_threshold: float = 0.5) -> None:
+    def __init__(self, config: Mapping[str, Any], score_threshold: float = 0.5, largest: bool | None = None,
+                 max_cells: int | None = None) -> None:
         super().__init__()
         self.config = Config.from_saved(dict(config))
-        self.score_threshold = float(score_threshold)
+        self.choice = CellChoice(score_threshold, largest, max_cells)
         self.net = build_model(self.config.model, load_weights=False).eval()
         heads = self.net.roi_heads
-        heads.score_thresh = max(heads.score_thresh, self.score_threshold)
+        heads.score_thresh = max(heads.score_thresh, self.choice.score_threshold)
         transform = self.net.transform
         if isinstance(transform, PartRCNNTransform):
             # prediction_scale() without overrides: the scale recorded at training (None: resize to min_size)
@@ -77,13 +89,25 @@ class CellLabels(nn.Module):
             raise ValueError(f"expected an image tensor [B, 3, H, W], got shape {tuple(image.shape)}")
         cells, parts = [], []
         for output in self.net(list(image.float())):
-            labels = to_label_images(output, self.score_threshold)
-            cell, part = labels["cells"], labels["parts"]
-            # consecutive labels 1..N: a detection left with no pixel of its own gets no number
-            present = torch.unique(torch.cat([cell.new_zeros(1), cell.flatten()]))
-            cells.append(torch.searchsorted(present, cell).to(torch.int32))
-            parts.append(part.masked_fill(cell == 0, 0))
-        return torch.stack(cells)[:, None], torch.stack(parts)[:, None]
+            labels = to_label_images(output, self.choice.score_threshold)
+            cell = torch.from_numpy(self._select(labels["cells"].cpu().numpy(),
+                                                 output["scores"][labels["kept"]].cpu().numpy()))
+            cells.append(cell)
+            parts.append(labels["parts"].cpu().masked_fill(cell == 0, 0))
+        return torch.stack(cells)[:, None].to(image.device), torch.stack(parts)[:, None].to(image.device)
+
+    def _select(self, cells: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """int32 ``[H, W]`` labels 1..K of the cells kept, from ``cells`` (int ``[H, W]``, labels 1..N by
+        descending ``scores``, float ``[N]``); a detection with no pixel of its own gets no label."""
+        counts = np.bincount(cells.ravel(), minlength=len(scores) + 1)
+        present = np.flatnonzero(counts[1:] > 0) + 1
+        largest = keeps_largest(self.choice, self.config.model, cells.shape, self.config.model.input_scale,
+                                tiled=False)
+        keep = present[kept_cells(scores[present - 1], counts[present], ~np.isin(present, border_labels(cells)),
+                                  self.choice.score_threshold, largest, self.choice.max_cells)]
+        lut = np.zeros(len(scores) + 1, dtype=np.int32)
+        lut[keep] = np.arange(1, len(keep) + 1)
+        return lut[cells]
 
 
 def is_package(path: str | os.PathLike) -> bool:
@@ -110,8 +134,27 @@ def _spec():
     return spec
 
 
-def read_package(path: str | os.PathLike) -> tuple[dict[str, Tensor], Config]:
-    """The model weights and run config of a bioimage.io package written by cellrcnn.
+@dataclass
+class Package:
+    """What a cellrcnn package holds, read back (:func:`read_package`).
+
+    Attributes
+    ----------
+    state : dict
+        The model's state dict (keys as in :func:`cellrcnn.build_model`'s model).
+    config : Config
+        The run's config.
+    choice : CellChoice
+        The cells the package keeps (its ``rdf.yaml`` kwargs).
+    """
+
+    state: dict[str, Tensor]
+    config: Config
+    choice: CellChoice
+
+
+def read_package(path: str | os.PathLike) -> Package:
+    """The model weights, run config and choice of cells of a bioimage.io package written by cellrcnn.
 
     Parameters
     ----------
@@ -120,9 +163,8 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Tensor], Config]:
 
     Returns
     -------
-    tuple
-        The model's state dict (keys as in :func:`cellrcnn.build_model`'s
-        model) and the run's :class:`~cellrcnn.Config`.
+    Package
+        Its state dict, config and choice of cells.
 
     Raises
     ------
@@ -147,11 +189,17 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Tensor], Config]:
     if weights is None or getattr(arch, "import_from", None) != __name__ or arch.callable != CellLabels.__name__:
         raise ValueError(f"{path} is a bioimage.io model, but not one exported by cellrcnn "
                          f"(its architecture is not {__name__}.{CellLabels.__name__}); run it with bioimageio.core")
-    config = Config.from_saved(dict(arch.kwargs["config"]))
+    kwargs = dict(arch.kwargs)
+    config = Config.from_saved(dict(kwargs.pop("config")))
+    try:  # packages made before the choice was recorded hold only the score threshold: the rest as trained
+        choice = CellChoice(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its model kwargs are not valid ({err}); fix them in rdf.yaml or export the model "
+                         f"again") from None
     try:
         data = io.BytesIO(weights.get_reader().read())  # checks the file's sha256 against rdf.yaml
         state = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as err:  # a missing, altered or unreadable weights file; torch raises several types
         raise ValueError(f"{path}: cannot read its weights ({err}); download the package again") from err
     prefix = "net."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, config
+    return Package({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, config, choice)

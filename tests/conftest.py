@@ -1,5 +1,6 @@
 """Shared fixtures: tiny models and synthetic targets that run in seconds on a CPU."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -39,6 +40,38 @@ def checkpoint(tmp_path_factory):
                     data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=8, workers=0, device="cpu"))
     cellrcnn.fit(config, SAMPLE, out / "run", quiet=True)
     return out / "run" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def single_cell_checkpoint(checkpoint, tmp_path_factory):
+    """The sample model fine-tuned for one epoch on 64 px crops of the sample, one labelled cell each (the
+    neighbours a crop cuts into stay in the image, unlabelled), so that its run records ``single_cell``; it
+    still finds every cell of a whole sample image (best.pt of its run)."""
+    from skimage.io import imread, imsave
+    from skimage.measure import label, regionprops
+
+    crops = tmp_path_factory.mktemp("crops")
+    for sub in ("images", "masks"):
+        (crops / sub).mkdir()
+    side = 64
+    for path in sorted((SAMPLE / "images").glob("*.png")):
+        image, parts = imread(path), imread(SAMPLE / "masks" / path.name)
+        cells = label(parts > 0)
+        for region in regionprops(cells):
+            cy, cx = (int(c) for c in region.centroid)
+            y0 = int(np.clip(cy - side // 2, 0, parts.shape[0] - side))
+            x0 = int(np.clip(cx - side // 2, 0, parts.shape[1] - side))
+            window = (slice(y0, y0 + side), slice(x0, x0 + side))
+            name = f"{path.stem}_{region.label}.png"
+            imsave(crops / "images" / name, image[window], check_contrast=False)
+            imsave(crops / "masks" / name, np.where(cells[window] == region.label, parts[window], 0).astype(np.uint8),
+                   check_contrast=False)
+    model = cellrcnn.model_config_from_run(checkpoint)
+    config = Config(model=dataclasses.replace(model, min_size=side, max_size=side),
+                    data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=1, lr=0.001, workers=0, device="cpu"))
+    out = tmp_path_factory.mktemp("single_cell_run") / "run"
+    cellrcnn.fit(config, crops, out, quiet=True)
+    return out / "best.pt"
 
 
 @pytest.fixture

@@ -91,6 +91,14 @@ def test_predict_widget_adds_the_predictors_labels_and_saves_them(make_napari_vi
     assert viewer.layers["field parts"].data[0, 0] == 2 and "field parts [1]" in viewer.layers
     assert widget.pixel_size.value == 0.0645 and widget.prediction.table["area_um2"].iloc[0] == pytest.approx(
         widget.prediction.table["area_px"].iloc[0] * 0.0645 ** 2)
+    # "as the model was trained" above followed the model (several cells an image: all of them); now the largest
+    assert widget.cells.value == "as the model was trained" and len(widget.prediction.table) == len(expected.table)
+    widget.cells.value = "largest complete cell only"
+    widget.run()
+    wait_idle(qtbot, widget.run_button)
+    largest = Predictor.from_checkpoint(checkpoint).predict(image, name="field", largest=True)
+    np.testing.assert_array_equal(widget.prediction.cells, largest.cells)
+    assert len(widget.prediction.table) == 1
     viewer.add_image(image[..., 0], name="plain")  # no pixel size in its scale: none carried over
     widget.image.value = viewer.layers["plain"]
     assert widget.pixel_size.value == 0.0
@@ -121,37 +129,51 @@ def test_predict_widget_explains_what_is_missing(make_napari_viewer, checkpoint,
     assert widget.save() is None and "predict an image first" in widget.status.value
 
 
-def finetune_on_a_sample_image(viewer, index: int, checkpoint, epochs: int) -> FinetuneWidget:
+def finetune_on_a_sample_image(viewer, index: int, checkpoint, steps: int, epochs: int = 20) -> FinetuneWidget:
     """The Fine-tune widget set to adapt ``checkpoint`` to one sample image and its part labels, as layers."""
     name = f"sample {index:02d}"
     viewer.add_image(imread(SAMPLE / "images" / f"sample_{index:02d}.png"), name=name, rgb=True)
     viewer.add_labels(imread(SAMPLE / "masks" / f"sample_{index:02d}.png"), name=f"{name} parts")
     widget = FinetuneWidget(viewer)
     widget.image.value, widget.labels.value = viewer.layers[name], viewer.layers[f"{name} parts"]
-    widget.start.value, widget.epochs.value, widget.device.value = checkpoint, epochs, "cpu"
+    widget.start.value, widget.steps.value, widget.epochs.value = checkpoint, steps, epochs
+    widget.device.value = "cpu"
     return widget
 
 
-def test_finetune_widget_trains_one_epoch_on_layers(make_napari_viewer, qtbot, checkpoint, tmp_path):
+def test_finetune_widget_adapts_a_model_with_the_recipe_on_layers(make_napari_viewer, qtbot, checkpoint, tmp_path):
     viewer = make_napari_viewer()
-    widget = finetune_on_a_sample_image(viewer, 0, checkpoint, epochs=1)
+    widget = finetune_on_a_sample_image(viewer, 0, checkpoint, steps=2, epochs=7)
     widget.cytoplasm_weight.value = 2.0
     widget.out.value = tmp_path / "run"
     widget.train()
     wait_idle(qtbot, widget.train_button)
 
-    assert widget.status.value.startswith("done: 1 epochs"), widget.status.value
+    # one image, a step per epoch: the 2 steps take 2 epochs, whatever Epochs says
+    assert widget.status.value.startswith("done: 2 epochs"), widget.status.value
     state = cellrcnn.load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["epoch"] == 1 and state["config"]["model"]["part_weights"] == {"cytoplasm": 2.0}
-    assert state["config"]["model"]["weights"] == str(checkpoint)
+    saved, recipe = state["config"], cellrcnn.adaptation_overrides(checkpoint)
+    assert state["epoch"] == 2 and saved["model"]["part_weights"] == {"cytoplasm": 2.0}
+    assert saved["model"]["weights"] == str(checkpoint)
+    assert (saved["train"]["steps"], saved["train"]["lr_schedule"], saved["data"]["augment"]) == (2, "cosine", "adapt")
+    assert saved["model"]["target_cell_size"] == recipe["model.target_cell_size"] is not None
     assert (tmp_path / "run" / "training_data" / "sample_00_masks.tif").is_file()
-    assert widget.progress.value == 1 and len(widget.history) == 1
+    assert widget.progress.value == widget.progress.max == 2 and len(widget.history) == 2
     assert widget.figure.axes[0].lines, "the loss plot was drawn"
+
+
+def test_finetune_widget_with_steps_0_trains_for_epochs(make_napari_viewer, checkpoint, tmp_path):
+    widget = finetune_on_a_sample_image(make_napari_viewer(), 0, checkpoint, steps=0, epochs=3)
+    train = widget.config().train
+    assert (train.steps, train.epochs, train.lr_schedule) == (None, 3, "cosine")
+    widget.start.line_edit.value = ""  # from COCO weights: the user's protocol
+    train = widget.config().train
+    assert (train.steps, train.epochs, train.lr, train.lr_step) == (None, 3, 0.001, 5)
 
 
 def test_finetune_widget_cancel_leaves_a_resumable_run(make_napari_viewer, qtbot, checkpoint, tmp_path):
     viewer = make_napari_viewer()
-    widget = finetune_on_a_sample_image(viewer, 1, checkpoint, epochs=50)
+    widget = finetune_on_a_sample_image(viewer, 1, checkpoint, steps=50)
     widget.out.value = out = tmp_path / "run"
     widget.train()
     qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=WAIT_MS)

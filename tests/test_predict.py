@@ -18,9 +18,10 @@ import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
 from cellrcnn.export import export_prediction, write_label_tiff
 from cellrcnn.predict import Prediction, Predictor, measure_cells
+from cellrcnn.selection import CellChoice
 from cellrcnn.targets import largest_complete_label
 from cellrcnn.report import Scored, evaluate
-from conftest import REPO, WBC_DIR
+from conftest import REPO, SAMPLE, WBC_DIR
 
 SAMPLE = REPO / "data" / "sample"
 PARTS = ("background", "cytoplasm", "nucleus")
@@ -432,3 +433,33 @@ def test_a_model_trained_on_single_cell_crops_keeps_the_largest_cell_unless_told
     assert len(single.predict(image).table) == 1
     assert len(single.predict(image, largest=False).table) == len(every.table)
     assert single.predict(image).table["area_px"].iloc[0] in set(every.table["area_px"])
+    # a default choice given to the predictor holds for every call that does not say otherwise
+    every_cell = Predictor(predictor.model, crops, "cpu", choice=CellChoice(largest=False))
+    assert len(every_cell.predict(image).table) == len(every.table)
+    assert len(every_cell.predict(image, largest=True).table) == 1
+
+
+def test_a_single_cell_model_keeps_every_cell_of_a_field(single_cell_checkpoint, caplog):
+    """Issue 30: a model trained on crops of one cell predicts a field of many cells, tiled or whole, and keeps
+    them all; on an image like its crops it keeps one, and the log says which rule applied."""
+    predictor = Predictor.from_checkpoint(single_cell_checkpoint, device="cpu")
+    assert predictor.config.model.single_cell is True and predictor.config.model.max_size == 64
+    images = [imread(SAMPLE / "images" / f"sample_{i:02d}.png") for i in range(9)]
+    field = np.concatenate([np.concatenate(images[r * 3:r * 3 + 3], axis=1) for r in range(3)], axis=0)  # 384 px
+    with caplog.at_level("INFO", logger="cellrcnn.predict"):
+        tiled = predictor.predict(field, tile=128, overlap=32)
+        assert "keeping every cell" in caplog.text
+    every = predictor.predict(field, tile=128, overlap=32, largest=False)
+    assert len(predictor.tiles(field.shape[:2], tile=128, overlap=32)) > 1
+    assert len(tiled.table) == len(every.table) >= 9
+    np.testing.assert_array_equal(tiled.cells, every.cells)
+    whole = predictor.predict(field, tile=512)  # one tile, but 6 times the crops' side: a field, every cell
+    assert len(predictor.tiles(field.shape[:2], tile=512)) == 1 and len(whole.table) >= 9
+    assert len(predictor.predict(field, tile=128, overlap=32, largest=True).table) == 1  # asked for: one
+    with caplog.at_level("INFO", logger="cellrcnn.predict"):
+        crop = predictor.predict(images[2])  # 128 px: like the crops once resized, so the largest complete cell
+        assert "keeping the largest complete cell" in caplog.text
+    assert len(crop.table) == 1 and len(predictor.predict(images[2], largest=False).table) > 1
+    batch = predictor.predict_batch([images[2], images[4]])  # the rule holds for each image of a batch too
+    assert [len(p.table) for p in batch] == [1, 1]
+

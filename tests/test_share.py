@@ -1,5 +1,6 @@
 """BioImage Model Zoo packages: export, bioimageio.core's model test, and reading a package back."""
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -12,6 +13,7 @@ from skimage.io import imread
 
 from cellrcnn import Config, DataConfig, Predictor
 from cellrcnn.io import DataError
+from cellrcnn.selection import CellChoice
 from cellrcnn.zoo import CellLabels, is_package, read_package
 from conftest import REPO, SAMPLE
 
@@ -46,7 +48,10 @@ def test_the_package_holds_what_the_zoo_asks_and_cellrcnns_own_prediction(packag
     assert "## Validation" in readme and "cytoplasm_dice" in readme and "TorchScript: not included" in readme
     assert "format_version: 0.5." in rdf and "import_from: cellrcnn.zoo" in rdf and "10.1109/ICCV.2017.322" in rdf
     assert "Ada Lovelace" in rdf and "10.1000/xyz123" in rdf
-    state, config = read_package(package)
+    contents = read_package(package)
+    state, config = contents.state, contents.config
+    assert contents.choice == CellChoice()  # the default choice, recorded in rdf.yaml
+    assert re.search(r"^ +score_threshold: 0.5$", rdf, re.M) and re.search(r"^ +largest:( null)?$", rdf, re.M)
     assert config.model.parts == ("background", "cytoplasm", "nucleus")
     original = torch.load(checkpoint, weights_only=True)["model"]
     assert state.keys() == original.keys() and all(torch.equal(state[k], original[k]) for k in state)
@@ -163,3 +168,36 @@ def test_the_export_command(checkpoint, tmp_path):
                                capture_output=True, text=True)
     assert predicted.returncode == 0, predicted.stderr + predicted.stdout
     assert (tmp_path / "pred" / "sample_02_cells.tif").is_file()
+
+
+def test_a_single_cell_model_exports_and_its_package_predicts_as_its_run(single_cell_checkpoint, tmp_path):
+    """Issue 30: the package keeps cells by the Predictor's rule, so bioimageio.core's test passes and the package,
+    the Predictor loaded from it and the run agree, where a second cell is found."""
+    from cellrcnn.model import load_checkpoint
+
+    run = single_cell_checkpoint.parent
+    assert Config.from_saved(load_checkpoint(single_cell_checkpoint)["config"]).model.single_cell is True
+    test_image = SAMPLE / "images" / "sample_02.png"  # three cells, 128 px: like the 64 px crops once resized
+    original = Predictor.from_checkpoint(run, device="cpu")
+    assert len(original.predict(test_image, largest=False).table) > 1, "the test needs a second detection"
+    # check=True: bioimageio.core's model test runs offline on the test image, and a failing package is not written
+    package = export_model(single_cell_checkpoint, tmp_path / "model.zip", test_image=test_image, info=INFO)
+    contents = read_package(package)
+    assert contents.choice == CellChoice()  # largest None: as trained, recorded in rdf.yaml
+    module = CellLabels(contents.config.to_dict(), **contents.choice.as_kwargs())
+    module.net.load_state_dict(contents.state)
+    from_package = Predictor.from_checkpoint(package, device="cpu")
+    for path in sorted((SAMPLE / "images").glob("*.png"))[:3]:
+        expected = original.predict(path)
+        assert len(expected.table) == 1  # the largest complete cell
+        image = imread(path)
+        cells, parts = module(torch.from_numpy(image)[None].permute(0, 3, 1, 2).float() / 255)
+        got = from_package.predict(path)
+        for labels, want in ((cells[0, 0].numpy(), expected.cells), (got.cells, expected.cells),
+                             (parts[0, 0].numpy(), expected.parts), (got.parts, expected.parts)):
+            np.testing.assert_array_equal(labels, want)
+    # the choice recorded is the package's: every cell, when exported so
+    every = export_model(single_cell_checkpoint, tmp_path / "every.zip", test_image=test_image, info=INFO,
+                         choice=CellChoice(largest=False), check=False)
+    assert read_package(every).choice.largest is False
+    assert len(Predictor.from_checkpoint(every, device="cpu").predict(test_image).table) > 1

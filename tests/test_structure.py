@@ -17,6 +17,8 @@ CHAINS = [
     ("model", "predict", "export"),
     ("model", "zoo", "predict", "export", "share"),  # zoo: the packaged module and reading packages; share: writing
     ("tiles", "predict"),  # tiles are pure numpy: stitching knows nothing of models
+    ("config", "targets", "selection", "zoo", "predict"),  # one rule for the cells kept, below every prediction path
+    ("selection", "model"),  # the rule is pure numpy: it knows nothing of models
     ("metrics", "report"),
 ]
 

@@ -15,8 +15,10 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 from superqt.utils import ensure_main_thread
 
-from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig, fit, load_checkpoint, model_config_from_run
-from cellrcnn.hooks import Callback, Cancel, Cancelled
+from cellrcnn import (Config, DataConfig, ModelConfig, TrainConfig, adaptation_overrides, fit, load_checkpoint,
+                      model_config_from_run)
+from cellrcnn.config import ADAPT_RECIPE
+from cellrcnn.hooks import Callback, Cancel, Cancelled, HookBase
 from cellrcnn.io import write_pair
 from cellrcnn.plots import plot_history
 
@@ -47,7 +49,13 @@ class FinetuneWidget(Container):
                                        "used instead of the layers when given")
         self.start = FileEdit(label="Starting model", mode="r", filter="*.pt",
                               tooltip="best.pt of a run to adapt; empty: COCO-pretrained weights (downloaded)")
-        self.epochs = SpinBox(label="Epochs", value=20, min=1, max=1000)
+        self.steps = SpinBox(label="Steps (adapting)", value=ADAPT_RECIPE["train.steps"], min=0, max=100000,
+                             tooltip="with a starting model: optimizer steps of the adaptation recipe (cosine lr "
+                                     "from 0.01, flips, turns, stain and scale jitter, cells resized to the "
+                                     "model's cell size), as cellrcnn-finetune --from; 0: train for Epochs")
+        self.epochs = SpinBox(label="Epochs", value=20, min=1, max=1000,
+                              tooltip="passes over the images: from COCO weights (lr 0.001 halved every 5 epochs), "
+                                      "or from a starting model with Steps 0")
         self.cytoplasm_weight = FloatSpinBox(label="Cytoplasm weight", value=1.0, min=0.1, max=10.0, step=0.1,
                                              tooltip="weight of the cytoplasm class in the part loss (>1: its "
                                                      "errors cost more)")
@@ -59,7 +67,8 @@ class FinetuneWidget(Container):
         self.status = Label(value="")
         self.figure = Figure(figsize=(6, 2.6), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.extend([self.image, self.labels, self.folder, self.start, self.epochs, self.cytoplasm_weight,
+        self.extend([self.image, self.labels, self.folder, self.start, self.steps, self.epochs,
+                     self.cytoplasm_weight,
                      self.device, self.out, self.train_button, self.cancel_button, self.progress, self.status])
         self.native.layout().addWidget(self.canvas)
         self.history = pd.DataFrame()
@@ -83,21 +92,31 @@ class FinetuneWidget(Container):
         """The run's config from the widget's settings.
 
         A starting run passes on its model and how it reads images (channels,
-        projection, percentiles). Masks are part labels 0, 1, 2...; on layers
-        (one image) nothing is held out for validation.
+        projection, percentiles) and, unless Steps is 0, trains with the
+        adaptation recipe, as ``cellrcnn-finetune --from`` does
+        (:func:`cellrcnn.adaptation_overrides`). Without one, the COCO
+        fine-tuning protocol runs for Epochs. Masks are part labels 0, 1, 2...;
+        on layers (one image) nothing is held out for validation.
         """
         weights = {"cytoplasm": self.cytoplasm_weight.value}
+        val_fraction = DataConfig().val_fraction if given(self.folder) else 0.0
         start = given(self.start)
-        data = DataConfig()
-        model = ModelConfig()
-        if start:
-            model = model_config_from_run(start)
-            read = Config.from_saved(load_checkpoint(model.weights)["config"]).data
-            data = DataConfig(channels=read.channels, projection=read.projection, percentiles=read.percentiles)
-        data = dataclasses.replace(data, part_values=tuple(range(len(model.parts))),
-                                   val_fraction=data.val_fraction if given(self.folder) else 0.0)
-        return Config(model=dataclasses.replace(model, part_weights=weights), data=data,
-                      train=TrainConfig(epochs=self.epochs.value, device=self.device.value, workers=0))
+        if not start:
+            model = ModelConfig(part_weights=weights)
+            return Config(model=model, data=DataConfig(part_values=tuple(range(len(model.parts))),
+                                                       val_fraction=val_fraction),
+                          train=TrainConfig(epochs=self.epochs.value, device=self.device.value, workers=0))
+        model = model_config_from_run(start)
+        read = Config.from_saved(load_checkpoint(model.weights)["config"]).data
+        settings = {"model.part_weights": weights, "data.part_values": tuple(range(len(model.parts))),
+                    "data.val_fraction": val_fraction, "data.channels": read.channels,
+                    "data.projection": read.projection, "data.percentiles": read.percentiles,
+                    "train.device": self.device.value, "train.workers": 0}
+        if self.steps.value:
+            settings["train.steps"] = self.steps.value
+        else:
+            settings["train.epochs"] = self.epochs.value
+        return Config.from_overrides(adaptation_overrides(start, settings) | settings)
 
     def train(self) -> None:
         """Run :func:`cellrcnn.fit` in a thread worker."""
@@ -125,9 +144,11 @@ class FinetuneWidget(Container):
             return self._fail(str(err))
         self._cancel = Cancel()
         self.history = pd.DataFrame()
-        self.progress.max, self.progress.value = config.train.epochs, 0
+        # a step count becomes epochs once the images are counted (_set_epochs); until then the bar is busy
+        self.progress.max, self.progress.value = (0 if config.train.steps else config.train.epochs), 0
         # errors go to _errored (one line in the widget), not re-raised in Qt's event loop
-        self.worker = create_worker(fit, config, folder, out, hooks=[Callback(self._epoch_done), self._cancel],
+        hooks = [_Epochs(self._set_epochs), Callback(self._epoch_done), self._cancel]
+        self.worker = create_worker(fit, config, folder, out, hooks=hooks,
                                     quiet=True, _connect={"errored": self._errored}, _start_thread=False)
         self.worker.returned.connect(lambda history: self._finished(out, history))
         self.worker.finished.connect(self._idle)
@@ -148,6 +169,10 @@ class FinetuneWidget(Container):
             self.status.value = "cancelling at the next batch..."
 
     @ensure_main_thread
+    def _set_epochs(self, epochs: int) -> None:
+        self.progress.max = epochs
+
+    @ensure_main_thread
     def _epoch_done(self, row: dict, history: pd.DataFrame) -> None:
         self.history = history
         self.progress.value = int(row["epoch"])
@@ -166,3 +191,13 @@ class FinetuneWidget(Container):
 
     def _idle(self) -> None:
         self.train_button.enabled, self.cancel_button.enabled = True, False
+
+
+class _Epochs(HookBase):
+    """Tells ``function`` the run's epoch count once training starts: a step count becomes epochs only then."""
+
+    def __init__(self, function) -> None:
+        self.function = function
+
+    def before_train(self, trainer) -> None:
+        self.function(trainer.config.train.epochs)

@@ -23,6 +23,9 @@ __all__ = ["PredictWidget"]
 
 logger = logging.getLogger(__name__)
 
+#: The Cells choice as :meth:`Predictor.predict`'s ``largest``: None follows the model's ``single_cell``.
+CELL_CHOICES = {"as the model was trained": None, "all": False, "largest complete cell only": True}
+
 
 def _predict(model: Path, loaded: dict, image: np.ndarray, name: str, options: dict):
     """Worker body: load the model once per file, then yield progress and return the prediction."""
@@ -57,7 +60,9 @@ class PredictWidget(Container):
                                            "package exported by cellrcnn (.zip)")
         self.image = ComboBox(label="Image", choices=self._image_layers, nullable=True)
         self.score_threshold = FloatSpinBox(label="Score threshold", value=0.5, min=0.0, max=0.99, step=0.05)
-        self.largest = CheckBox(text="Largest complete cell only")
+        self.cells = ComboBox(label="Cells", choices=list(CELL_CHOICES), value="as the model was trained",
+                              tooltip="every cell found, or only the largest complete one (for crops of one "
+                                      "cell); 'as the model was trained' follows its single-cell setting")
         self.tile = SpinBox(label="Tile (px)", value=0, min=0, max=100_000, step=64,
                             tooltip="0: automatic (1024 network pixels); images larger than one tile are "
                                     "predicted in overlapping tiles")
@@ -72,7 +77,7 @@ class PredictWidget(Container):
         self.out_dir = FileEdit(label="Save to", mode="d")
         self.overwrite = CheckBox(text="Replace existing files")
         self.save_button = PushButton(text="Save TIFFs, ROIs and CSV", enabled=False)
-        self.extend([self.model_path, self.image, self.score_threshold, self.largest, self.tile, self.pixel_size,
+        self.extend([self.model_path, self.image, self.score_threshold, self.cells, self.tile, self.pixel_size,
                      self.run_button, self.cancel_button, self.progress, self.status, self.table, self.out_dir,
                      self.overwrite, self.save_button])
         self._loaded: dict = {}
@@ -130,7 +135,7 @@ class PredictWidget(Container):
         if layer is None:
             return self._fail("choose an image layer (open an image in napari first)")
         self._pixel_size = self.pixel_size.value or None
-        options = {"score_threshold": self.score_threshold.value, "largest": self.largest.value,
+        options = {"score_threshold": self.score_threshold.value, "largest": CELL_CHOICES[self.cells.value],
                    "pixel_size": self._pixel_size, "tile": self.tile.value or None}
         image, which = self._plane(layer)
         # errors go to the status line, not re-raised in Qt's event loop
