@@ -47,7 +47,6 @@ def main() -> None:
     args = parser.parse_args()
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     model, device = predictor.model, predictor.device
-    model.transform.fixed_scale = predictor.scale  # the stages below resize as the predictor does
     paths = ([p for p in sorted(args.images.iterdir()) if p.suffix.lower() in cellrcnn.io.IMAGE_EXTENSIONS]
              if args.images else [WBC / f"{i:03d}.bmp" for i in range(201, 241)])
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -64,7 +63,7 @@ def main() -> None:
                 tensor = torch.from_numpy(image).permute(2, 0, 1).to(device)
                 sync(device)
                 t.append(time.perf_counter())
-                images, _ = model.transform([tensor])
+                images, _ = model.transform([tensor], scale=predictor.scale)  # as the predictor resizes
                 features = model.backbone(images.tensors)
                 proposals, _ = model.rpn(images, features)
                 detections, _ = model.roi_heads(features, proposals, images.image_sizes)

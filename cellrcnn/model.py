@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -25,6 +26,7 @@ from torchvision.models import get_model_builder, get_weight
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
@@ -177,12 +179,14 @@ def to_label_images(output: dict[str, Tensor], score_threshold: float = 0.5) -> 
 
     Detections scoring at least ``score_threshold`` are laid down by descending
     score; a pixel claimed by several goes to the best-scoring one.
+    (:func:`predict_labels` pastes label images directly, without the
+    per-detection masks.)
 
     Parameters
     ----------
     output : dict
-        One image's output of the model in eval mode (``scores``, ``part_masks``),
-        or with ``cells``, ``parts`` and ``order`` from :func:`paste_labels`.
+        One image's output of ``model(images)`` in eval mode (``scores``,
+        ``part_masks``).
     score_threshold : float
         Minimum score of a kept detection.
 
@@ -193,11 +197,6 @@ def to_label_images(output: dict[str, Tensor], score_threshold: float = 0.5) -> 
         ``parts`` uint8 ``[H, W]`` part labels and ``kept`` int64 ``[N]``, the
         indices of the kept detections in ``output``, in label order.
     """
-    if "order" in output:  # pasted by paste_labels: labels already follow descending score
-        kept = output["order"][output["scores"][output["order"]] >= score_threshold]
-        dropped = output["cells"] > len(kept)
-        return {"cells": output["cells"].masked_fill(dropped, 0), "parts": output["parts"].masked_fill(dropped, 0),
-                "kept": kept}
     order = torch.argsort(output["scores"], descending=True)
     kept = order[output["scores"][order] >= score_threshold]
     part_masks = output["part_masks"][kept]
@@ -232,43 +231,98 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
         super().__init__(*args, **kwargs)
         self.mask_threshold = mask_threshold
         self.aligned = aligned
-        #: In eval mode, resize every image by this factor instead of to ``min_size`` (None): prediction at the
-        #: scale the model was trained at, whatever the image size (set by :class:`cellrcnn.Predictor` while it
-        #: predicts).
-        self.fixed_scale: float | None = None
-        #: In eval mode, paste the detections straight into ``cells`` and ``parts`` label images
-        #: (:func:`paste_labels`) instead of per-detection ``masks`` and ``part_masks``: a tile with hundreds
-        #: of cells then costs two images, not hundreds (set by :class:`cellrcnn.Predictor` while it predicts).
-        self.labels_only = False
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
+                scale: float | None = None):
+        """torchvision's transform; with ``scale`` (eval only), each image is resized by that factor instead of
+        to ``min_size``: prediction at the scale the model was trained at, whatever the image size."""
+        if scale is None or self.training:
+            return super().forward(images, targets)
+        resized = []
+        for image in images:
+            if image.dim() != 3:
+                raise ValueError(f"images is expected to be a list of 3d tensors of shape [C, H, W], got {image.shape}")
+            # torchvision's order and resize call, with the factor fixed instead of derived from min_size
+            resized.append(F.interpolate(self.normalize(image)[None], scale_factor=scale, mode="bilinear",
+                                         recompute_scale_factor=True, align_corners=False)[0])
+        sizes = [(int(r.shape[-2]), int(r.shape[-1])) for r in resized]
+        return ImageList(self.batch_images(resized, size_divisible=self.size_divisible), sizes), targets
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
-        if self.fixed_scale is not None and not self.training:
-            # torchvision's own resize call, with the factor fixed instead of derived from min_size
-            size = image.shape[-2:]
-            image = F.interpolate(image[None], scale_factor=self.fixed_scale, mode="bilinear",
-                                  recompute_scale_factor=True, align_corners=False)[0]
-            if target is not None and "boxes" in target:
-                target = {**target, "boxes": resize_boxes(target["boxes"], tuple(size), tuple(image.shape[-2:]))}
-            return image, target
         if not self.aligned or target is None or "masks" not in target:
             return super().resize(image, target)
         image, resized = super().resize(image, {k: v for k, v in target.items() if k != "masks"})
         resized["masks"] = target["masks"]
         return image, resized
 
+    def _boxes_to_original(self, result, image_shapes, original_image_sizes) -> list[Tensor]:
+        """Each image's ``part_probs``, taken out of ``result``, whose boxes torchvision rescales to the original
+        image (its ``masks`` are dropped: they are pasted with the parts)."""
+        part_probs = [r.pop("part_probs") for r in result]
+        for r in result:
+            del r["masks"]
+        super().postprocess(result, image_shapes, original_image_sizes)
+        return part_probs
+
     def postprocess(self, result, image_shapes, original_image_sizes):
         if self.training:
             return result
-        part_probs = [r.pop("part_probs") for r in result]
-        for r in result:
-            del r["masks"]  # pasted below, with the parts
-        result = super().postprocess(result, image_shapes, original_image_sizes)
+        part_probs = self._boxes_to_original(result, image_shapes, original_image_sizes)
         for r, probs, size in zip(result, part_probs, original_image_sizes):
-            if self.labels_only:
-                r.update(paste_labels(probs, r["boxes"], r["scores"], size, self.mask_threshold, self.aligned))
-            else:
-                r.update(paste_parts_in_image(probs, r["boxes"], size, self.mask_threshold, self.aligned))
+            r.update(paste_parts_in_image(probs, r["boxes"], size, self.mask_threshold, self.aligned))
         return result
+
+    def postprocess_labels(self, result, image_shapes, original_image_sizes):
+        """As :meth:`postprocess`, but each image's detections pasted straight into ``cells`` and ``parts`` label
+        images (:func:`paste_labels`, with ``order``): a tile of hundreds of cells costs two images, not hundreds."""
+        part_probs = self._boxes_to_original(result, image_shapes, original_image_sizes)
+        for r, probs, size in zip(result, part_probs, original_image_sizes):
+            r.update(paste_labels(probs, r["boxes"], r["scores"], size, self.mask_threshold, self.aligned))
+        return result
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, images: list[Tensor], scale: float | None,
+                   score_threshold: float) -> list[dict[str, Tensor]]:
+    """Detections of each image pasted into label images: the prediction path, with its settings as arguments.
+
+    ``model(images)`` is left as torchvision's (per-detection masks); this runs
+    the same stages (transform, backbone, RPN, RoI heads, postprocess) with the
+    settings given instead of any left on the model.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model from :func:`build_model` (or its DistributedDataParallel
+        wrapper), in eval mode.
+    images : list of Tensor
+        float ``[3, H, W]`` images, values 0..1.
+    scale : float or None
+        Resize factor from image to network pixels; None resizes each image
+        to ``min_size`` as in training.
+    score_threshold : float
+        Detections scoring at most this are dropped before their masks are
+        predicted.
+
+    Returns
+    -------
+    list of dict
+        Per image: ``boxes``, ``labels``, ``scores`` of the detections (the
+        RoI heads' order), ``cells`` int64 ``[H, W]`` (label ``k`` is detection
+        ``order[k - 1]``), ``parts`` uint8 ``[H, W]`` and ``order`` int64 ``[N]``
+        (the detections by descending score).
+    """
+    model = getattr(model, "module", model)
+    if model.training:
+        raise ValueError("predict_labels needs the model in eval mode (model.eval())")
+    sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+    batch, _ = model.transform(images, scale=scale)
+    features = model.backbone(batch.tensors)
+    if isinstance(features, Tensor):
+        features = OrderedDict([("0", features)])
+    proposals, _ = model.rpn(batch, features)
+    detections, _ = model.roi_heads(features, proposals, batch.image_sizes, score_threshold=score_threshold)
+    return model.transform.postprocess_labels(detections, batch.image_sizes, sizes)
 
 
 def resolve_norm(config: ModelConfig, state: Mapping[str, Tensor] | None = None) -> ModelConfig:

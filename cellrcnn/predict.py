@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, ModelConfig
 from .io import DataError, ImageField, field_from_array, open_field
-from .model import (PartRCNNTransform, build_model, model_from_checkpoint, resolve_device, run_checkpoint,
-                    to_label_images)
+from .model import build_model, model_from_checkpoint, predict_labels, resolve_device, run_checkpoint
 from .selection import CellChoice, border_labels, kept_cells, keeps_largest
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 from .zoo import is_package, read_package
@@ -390,38 +389,15 @@ class Predictor:
         finally:
             self.scale, self._in_image = before, False
 
-    @contextmanager
-    def _settings(self, score_threshold: float):
-        """The model set up to predict, and put back as it was afterwards (it may be a user's, or the one being
-        trained): the training scale, no detections below the threshold (their masks would be pasted for
-        nothing), and two label images per tile instead of one image per cell."""
-        changes = []
-        heads = getattr(self.model, "roi_heads", None)
-        if hasattr(heads, "score_thresh"):
-            changes.append((heads, "score_thresh", max(heads.score_thresh, score_threshold)))
-        transform = getattr(self.model, "transform", None)
-        if isinstance(transform, PartRCNNTransform):
-            changes += [(transform, "fixed_scale", self.scale), (transform, "labels_only", True)]
-        before = [getattr(owner, name) for owner, name, _ in changes]
-        for owner, name, value in changes:
-            setattr(owner, name, value)
-        try:
-            yield
-        finally:
-            for (owner, name, _), value in zip(changes, before):
-                setattr(owner, name, value)
-
-    @torch.no_grad()
     def _forward(self, arrays: list[np.ndarray], score_threshold: float) -> list[dict]:
         tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(self.device) for a in arrays]
-        with self._settings(score_threshold):
-            return [{k: v.cpu() for k, v in out.items()} for out in self.model(tensors)]
+        return [{k: v.cpu() for k, v in out.items()}
+                for out in predict_labels(self.model, tensors, self.scale, score_threshold)]
 
-    def _stitch(self, stitcher: Stitcher, tile: Tile, output: dict, score_threshold: float) -> None:
-        labels = to_label_images(output, score_threshold)
-        kept = labels["kept"]
-        stitcher.add(tile, labels["cells"].numpy(), labels["parts"].numpy(), output["scores"][kept].tolist(),
-                     output["labels"][kept].tolist())
+    def _stitch(self, stitcher: Stitcher, tile: Tile, output: dict) -> None:
+        order = output["order"]  # label k is detection order[k - 1]
+        stitcher.add(tile, output["cells"].numpy(), output["parts"].numpy(), output["scores"][order].tolist(),
+                     output["labels"][order].tolist())
 
     def choice(self, score_threshold: float | None = None, largest: bool | None = None,
                max_cells: int | None = None) -> CellChoice:
@@ -440,7 +416,7 @@ class Predictor:
         predictions = []
         for field, array, output in zip(fields, arrays, self._forward(arrays, choice.score_threshold)):
             stitcher = Stitcher(field.shape)
-            self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output, choice.score_threshold)
+            self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output)
             predictions.append(self._finish(field.name, array, stitcher, choice, pixel_size, tiled=False))
         return predictions
 
@@ -479,7 +455,7 @@ class Predictor:
             batch = tiles[start:start + batch_size]
             outputs = self._forward([field.read(t.y0, t.y1, t.x0, t.x1) for t in batch], choice.score_threshold)
             for t, output in zip(batch, outputs):
-                self._stitch(stitcher, t, output, choice.score_threshold)
+                self._stitch(stitcher, t, output)
             yield start + len(batch), len(tiles)
         return self._finish(field.name, field, stitcher, choice, pixel_size, tiled=len(tiles) > 1)
 

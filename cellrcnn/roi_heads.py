@@ -126,10 +126,16 @@ class PartRoIHeads(RoIHeads):
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
         targets: Optional[list[dict[str, Tensor]]] = None,
+        score_threshold: Optional[float] = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """torchvision's ``RoIHeads.forward``; in eval mode ``score_threshold`` also drops the detections scoring
+        at most that before their masks are predicted (as a higher ``score_thresh`` would: NMS and the top
+        ``detections_per_img`` keep the same detections above it)."""
         if self.training:
             _check_part_targets(targets)
         result, losses = super().forward(features, proposals, image_shapes, targets)
+        if not self.training and score_threshold is not None and score_threshold > self.score_thresh:
+            result = [{k: v[r["scores"] > score_threshold] for k, v in r.items()} for r in result]
 
         if self.training:
             sampled, self._sampled = self._sampled, None

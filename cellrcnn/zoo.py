@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config
-from .model import PartRCNNTransform, build_model, to_label_images
+from .model import build_model, predict_labels
 from .selection import CellChoice, border_labels, kept_cells, keeps_largest
 
 __all__ = ["CellLabels", "Package", "is_package", "read_package", "PACKAGE_SUFFIXES"]
@@ -70,13 +70,6 @@ class CellLabels(nn.Module):
         self.config = Config.from_saved(dict(config))
         self.choice = CellChoice(score_threshold, largest, max_cells)
         self.net = build_model(self.config.model, load_weights=False).eval()
-        heads = self.net.roi_heads
-        heads.score_thresh = max(heads.score_thresh, self.choice.score_threshold)
-        transform = self.net.transform
-        if isinstance(transform, PartRCNNTransform):
-            # prediction_scale() without overrides: the scale recorded at training (None: resize to min_size)
-            transform.fixed_scale = self.config.model.input_scale
-            transform.labels_only = True
 
     def train(self, mode: bool = True) -> "CellLabels":
         # Always in eval mode: the wrapped detector only predicts (its training mode wants targets).
@@ -88,12 +81,13 @@ class CellLabels(nn.Module):
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected an image tensor [B, 3, H, W], got shape {tuple(image.shape)}")
         cells, parts = [], []
-        for output in self.net(list(image.float())):
-            labels = to_label_images(output, self.choice.score_threshold)
-            cell = torch.from_numpy(self._select(labels["cells"].cpu().numpy(),
-                                                 output["scores"][labels["kept"]].cpu().numpy()))
+        # prediction_scale() without overrides: the scale recorded at training (None: resize to min_size)
+        for output in predict_labels(self.net, list(image.float()), self.config.model.input_scale,
+                                     self.choice.score_threshold):
+            cell = torch.from_numpy(self._select(output["cells"].cpu().numpy(),
+                                                 output["scores"][output["order"]].cpu().numpy()))
             cells.append(cell)
-            parts.append(labels["parts"].cpu().masked_fill(cell == 0, 0))
+            parts.append(output["parts"].cpu().masked_fill(cell == 0, 0))
         return torch.stack(cells)[:, None].to(image.device), torch.stack(parts)[:, None].to(image.device)
 
     def _select(self, cells: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -61,19 +61,24 @@ def test_largest_complete_label():
     assert largest_complete_label(np.zeros((4, 4), int)) == 0
 
 
-def test_prediction_leaves_the_model_settings_as_it_found_them(checkpoint):
-    # The predictor raises the score threshold and pastes label images only while it predicts; a model a user
-    # holds keeps its own settings, and its eval output keeps torchvision's per-detection masks.
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    heads, transform = predictor.model.roi_heads, predictor.model.transform
-    threshold = heads.score_thresh
+def test_predictions_with_other_settings_do_not_change_each_other_or_the_model(checkpoint):
+    """No mode is left on the model: two predictions with different settings, in either order, give what each
+    gives alone, and ``model(images)`` keeps torchvision's per-detection output."""
     image = imread(SAMPLE / "images" / "sample_02.png")
-    for labels_only in (False, True):
-        transform.labels_only = labels_only
-        predictor.predict(image, score_threshold=0.9)
-        assert heads.score_thresh == threshold and transform.labels_only is labels_only
-        assert transform.fixed_scale is None and predictor.scale is not None  # the scale applies while predicting
-    transform.labels_only = False
+    settings = [{"score_threshold": 0.9}, {"score_threshold": 0.05, "largest": True}]
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    alone = [Predictor.from_checkpoint(checkpoint, device="cpu").predict(image, **s) for s in settings]
+    assert len(alone[0].table) != len(Predictor.from_checkpoint(checkpoint, device="cpu").predict(
+        image, score_threshold=0.05).table), "the settings must make a difference"
+    halved = Predictor(predictor.model, predictor.config, "cpu", scale=predictor.scale / 2)  # the same network
+    for order in ((0, 1), (1, 0), (0, 1)):
+        for i in order:
+            halved.predict(image, **settings[i])
+            got = predictor.predict(image, **settings[i])
+            np.testing.assert_array_equal(got.cells, alone[i].cells)
+            np.testing.assert_array_equal(got.parts, alone[i].parts)
+    heads = predictor.model.roi_heads
+    assert heads.score_thresh == predictor.config.model.box_score_thresh
     with torch.no_grad():
         output = predictor.model([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
     assert output["part_masks"].shape[1:] == image.shape[:2] and "cells" not in output
