@@ -1,8 +1,11 @@
 """Trainer hooks: what happens around each training step and epoch, besides training.
 
 A hook is any object with some of the methods of :class:`HookBase`; each gets
-the :class:`~cellrcnn.train.Trainer` and reads or changes its state (``epoch``,
-``iter``, ``row``, ``history``, ``best``, ``stop``, ...). The trainer calls its
+the :class:`~cellrcnn.train.Trainer` and reads its state (``epoch``, ``iter``,
+``row``, ``history``, ...) or sets the epoch's flags (``improved``, ``stop``).
+A hook keeps its own state and gives it through ``state_dict`` /
+``load_state_dict``, which the checkpoint saves and a resume restores, as
+detectron2's hooks do. The trainer calls its
 hooks in list order. Validation, checkpoints, the history and curves files, the
 epoch log line and early stopping are hooks (:meth:`Trainer.build_hooks`), so a
 subclass or a notebook can add, replace or drop any of them.
@@ -22,7 +25,7 @@ import pandas as pd
 from .io import atomic_write
 from .plots import HISTORY_FIGSIZE, dice_columns, plot_history
 
-__all__ = ["HookBase", "Validation", "BestCheckpoint", "HistoryWriter", "EpochLog", "EarlyStopping", "Callback",
+__all__ = ["HookBase", "MetricWatch", "Validation", "BestCheckpoint", "HistoryWriter", "EpochLog", "EarlyStopping", "Callback",
            "Cancel", "Cancelled"]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,13 @@ class HookBase:
     def after_train(self, trainer) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """What the hook must remember across a resume (saved in ``last.pt`` and ``best.pt``)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` on resume."""
+
 
 class Validation(HookBase):
     """Validation losses and Dice into the epoch's row, every ``val_every`` epochs and after the last."""
@@ -86,19 +96,19 @@ def smoothed_metric(history: list[dict], metric: str, window: int) -> float | No
     return float(sum(values) / len(values))
 
 
-class BestCheckpoint(HookBase):
-    """Track the best value of ``best_metric``; write ``last.pt`` every epoch and ``best.pt`` when it improves.
+class MetricWatch:
+    """The best value of ``best_metric`` so far and the validations since it: the state of the hooks that follow
+    the metric (each keeps its own, so neither depends on the order the hooks run in).
 
-    Without validation images the last epoch counts as the best. With fewer than
-    :data:`FEW_VALIDATION_IMAGES`, the Dice of one image more or less swings the
-    metric from epoch to epoch, so the metric is averaged over the last
+    Without validation images every epoch counts as an improvement. With fewer
+    than :data:`FEW_VALIDATION_IMAGES`, the Dice of one image more or less swings
+    the metric from epoch to epoch, so the metric is averaged over the last
     ``best_smoothing`` validations (3 by default then) before it is compared.
     """
 
-    def before_train(self, trainer) -> None:
-        if trainer.has_validation and self.window(trainer) > 1:
-            logger.info("%d validation images: best.pt is chosen by %s averaged over %d validations in a row",
-                        len(trainer.datasets["val"]), trainer.config.train.best_metric, self.window(trainer))
+    def __init__(self) -> None:
+        self.best = None
+        self.since_best = 0
 
     @staticmethod
     def window(trainer) -> int:
@@ -107,21 +117,60 @@ class BestCheckpoint(HookBase):
             return given
         return 3 if len(trainer.datasets["val"]) < FEW_VALIDATION_IMAGES else 1
 
-    def after_epoch(self, trainer) -> None:
+    def update(self, trainer) -> bool:
+        """Take the epoch's row into account; True when it improved on the best."""
         metric = trainer.config.train.best_metric
         if trainer.has_validation:
             value = smoothed_metric(trainer.history, metric, self.window(trainer))
-            trainer.improved = _is_better(metric, value, trainer.best)
+            improved = _is_better(metric, value, self.best)
         else:
-            value, trainer.improved = trainer.row["epoch"], True
-        if trainer.improved:
-            trainer.best, trainer.since_best = value, 0
+            value, improved = trainer.row["epoch"], True
+        if improved:
+            self.best, self.since_best = value, 0
         elif trainer.validation_due:
-            trainer.since_best += 1
+            self.since_best += 1
+        return improved
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "since_best": self.since_best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.since_best = state.get("best"), int(state.get("since_best") or 0)
+
+
+class BestCheckpoint(HookBase):
+    """Track the best value of ``best_metric`` (:class:`MetricWatch`); write ``last.pt`` every epoch and
+    ``best.pt`` when it improves, and set ``trainer.improved`` for the epoch.
+
+    The checkpoint holds every hook's :meth:`~HookBase.state_dict` as it is
+    when this hook runs: the default hooks that keep state run before it.
+    """
+
+    def __init__(self) -> None:
+        self.watch = MetricWatch()
+
+    def before_train(self, trainer) -> None:
+        if trainer.has_validation and self.watch.window(trainer) > 1:
+            logger.info("%d validation images: best.pt is chosen by %s averaged over %d validations in a row",
+                        len(trainer.datasets["val"]), trainer.config.train.best_metric, self.watch.window(trainer))
+
+    def after_epoch(self, trainer) -> None:
+        trainer.improved = self.watch.update(trainer)
         state = trainer.checkpoint_state()
         trainer.save_checkpoint(trainer.out / "last.pt", state)
         if trainer.improved:
             trainer.save_checkpoint(trainer.out / "best.pt", state)
+
+    @property
+    def best(self):
+        """The best (smoothed) value of ``best_metric`` so far; None before any."""
+        return self.watch.best
+
+    def state_dict(self) -> dict:
+        return self.watch.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.watch.load_state_dict(state)
 
 
 class HistoryWriter(HookBase):
@@ -182,13 +231,31 @@ class EpochLog(HookBase):
 
 
 class EarlyStopping(HookBase):
-    """Stop once ``best_metric`` has not improved for ``patience`` validations (0: never)."""
+    """Stop once ``best_metric`` has not improved for ``patience`` validations (0: never).
+
+    It follows the metric itself (:class:`MetricWatch`), as :class:`BestCheckpoint` does.
+    """
+
+    def __init__(self) -> None:
+        self.watch = MetricWatch()
+        self.stopped = False
 
     def after_epoch(self, trainer) -> None:
+        self.watch.update(trainer)
         cfg = trainer.config.train
-        if cfg.patience and trainer.since_best >= cfg.patience:
-            trainer.stop = True
-            logger.info("stopping early: %s has not improved for %d validations", cfg.best_metric, cfg.patience)
+        if cfg.patience and self.watch.since_best >= cfg.patience:
+            trainer.stop = self.stopped = True
+
+    def after_train(self, trainer) -> None:
+        if self.stopped:
+            cfg = trainer.config.train
+            logger.info("stopped early: %s had not improved for %d validations", cfg.best_metric, cfg.patience)
+
+    def state_dict(self) -> dict:
+        return self.watch.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.watch.load_state_dict(state)
 
 
 class Callback(HookBase):

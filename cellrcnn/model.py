@@ -1,7 +1,9 @@
 """Build the part-aware Mask R-CNN and load its starting weights.
 
-The model is torchvision's own ``MaskRCNN`` (``GeneralizedRCNN(backbone, rpn,
-roi_heads, transform)``) with two parts swapped by composition: the RoI heads
+The model is torchvision's composition ``GeneralizedRCNN(backbone, rpn,
+roi_heads, transform)``, built as torchvision's ``MaskRCNN`` builds it (same
+modules, same state dict keys, the same starting weights for a seed), with two
+parts of our own built straight from the config: the RoI heads
 (:class:`~cellrcnn.roi_heads.PartRoIHeads`) and the transform, whose
 ``postprocess`` also pastes part labels into the image. In the default "exact"
 mask geometry the RoI poolers are :class:`~cellrcnn.roi_heads.AlignedMultiScaleRoIAlign`.
@@ -23,18 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import get_model_builder, get_weight
-from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .compat import mobilenet_extractor, resnet_fpn_extractor
 from .config import ADAPT_RECIPE, BACKBONE_TABLE, Config, ModelConfig, _field_types, parse_field_value
 from .roi_heads import AlignedMultiScaleRoIAlign, PartRoIHeads
 
@@ -371,7 +373,7 @@ def _norm_layers(config: ModelConfig) -> tuple[Callable[[int], nn.Module], Calla
 
 
 def build_backbone(config: ModelConfig, load_weights: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The FPN backbone of ``config`` and the ``MaskRCNN`` keyword arguments that go with it.
+    """The FPN backbone of ``config`` and the detector parts that go with it (``MaskRCNN`` keyword arguments).
 
     For a :class:`~cellrcnn.train.Trainer` subclass that builds another detector on
     the same backbone (normalisation, frozen stages, ImageNet weights when asked).
@@ -391,10 +393,10 @@ def build_backbone(config: ModelConfig, load_weights: bool = True) -> tuple[nn.M
     imagenet = get_weight(imagenet_name) if config.weights == "imagenet" and load_weights else None
     body = _with_download_hint(get_model_builder(builder), imagenet, weights=imagenet, norm_layer=body_norm)
     if is_mobilenet:
-        backbone = _mobilenet_extractor(body, True, layers, norm_layer=head_norm)
+        backbone = mobilenet_extractor(body, True, layers, norm_layer=head_norm)
         anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
         return backbone, {"rpn_anchor_generator": anchors, "rpn_score_thresh": 0.05}
-    backbone = _resnet_fpn_extractor(body, layers, norm_layer=head_norm)
+    backbone = resnet_fpn_extractor(body, layers, norm_layer=head_norm)
     if config.backbone != "resnet50_fpn_v2":
         return backbone, {}
     c = backbone.out_channels
@@ -402,7 +404,7 @@ def build_backbone(config: ModelConfig, load_weights: bool = True) -> tuple[nn.M
     return backbone, {
         "rpn_anchor_generator": anchors,
         "rpn_head": RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2),
-        "box_head": FastRCNNConvFCHead((c, 7, 7), [256, 256, 256, 256], [1024], norm_layer=head_norm),
+        "box_head": FastRCNNConvFCHead((c, 7, 7), [256, 256, 256, 256], [REPRESENTATION], norm_layer=head_norm),
     }
 
 
@@ -414,7 +416,11 @@ def _init_predictors(roi_heads: PartRoIHeads) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def build_model(config: ModelConfig, load_weights: bool = True) -> MaskRCNN:
+#: Width of the box head's output, torchvision's.
+REPRESENTATION = 1024
+
+
+def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRCNN:
     """Build a part-aware Mask R-CNN from ``config``.
 
     Parameters
@@ -431,8 +437,11 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> MaskRCNN:
 
     Returns
     -------
-    torchvision.models.detection.MaskRCNN
-        With :class:`PartRoIHeads` and :class:`PartRCNNTransform`. In training
+    torchvision.models.detection.generalized_rcnn.GeneralizedRCNN
+        ``GeneralizedRCNN(backbone, rpn, roi_heads, transform)``, the
+        composition torchvision's ``MaskRCNN`` builds (same modules and state
+        dict keys), with :class:`PartRoIHeads` built from ``config`` and
+        :class:`PartRCNNTransform`. In training
         mode ``model(images, targets)`` returns torchvision's loss dict, with
         ``loss_mask`` the weighted part loss. In eval mode each image's dict holds
         ``boxes``, ``labels``, ``scores``, ``masks`` (float ``[N, 1, H, W]``
@@ -448,49 +457,36 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> MaskRCNN:
     pool = AlignedMultiScaleRoIAlign if aligned else MultiScaleRoIAlign
     levels = ["0", "1", "2", "3"]
     mask_channels = config.num_parts * (config.num_classes if config.class_specific_parts else 1)
-    model = MaskRCNN(
-        backbone,
-        num_classes=None,  # torchvision wants the class count in the predictors when they are given
-        min_size=config.min_size,
-        max_size=config.max_size,
-        image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
-        rpn_batch_size_per_image=config.rpn_batch_size_per_image,
-        box_batch_size_per_image=config.box_batch_size_per_image,
-        box_detections_per_img=config.box_detections_per_img,
-        box_score_thresh=config.box_score_thresh,
-        box_roi_pool=pool(levels, 7, 2),
-        box_predictor=FastRCNNPredictor(1024, config.num_classes + 1),  # 1024: the box heads' output size
-        # The head pools at M/2 and its predictor upsamples 2x to M.
-        mask_roi_pool=pool(levels, config.mask_size // 2, 2),
-        mask_head=MaskRCNNHeads(c, [256, 256, 256, 256], 1, norm_layer=_norm_layers(config)[1]),
-        mask_predictor=MaskRCNNPredictor(c, 256, mask_channels),
-        **extra,
-    )
-    stock = model.roi_heads
-    model.roi_heads = PartRoIHeads(
-        num_parts=config.num_parts,
-        part_weights=config.part_weight_vector,
-        aligned=aligned,
-        box_roi_pool=stock.box_roi_pool,
-        box_head=stock.box_head,
-        box_predictor=stock.box_predictor,
-        fg_iou_thresh=stock.proposal_matcher.high_threshold,
-        bg_iou_thresh=stock.proposal_matcher.low_threshold,
-        batch_size_per_image=stock.fg_bg_sampler.batch_size_per_image,
-        positive_fraction=stock.fg_bg_sampler.positive_fraction,
-        bbox_reg_weights=stock.box_coder.weights,
-        score_thresh=stock.score_thresh,
-        nms_thresh=stock.nms_thresh,
-        detections_per_img=stock.detections_per_img,
-        mask_roi_pool=stock.mask_roi_pool,
-        mask_head=stock.mask_head,
-        mask_predictor=stock.mask_predictor,
-    )
-    model.transform = PartRCNNTransform(
-        config.min_size, config.max_size, list(config.image_mean), list(config.image_std),
-        mask_threshold=config.mask_threshold, aligned=aligned,
-    )
+    # Modules with weights are made in torchvision MaskRCNN's order, so a seed gives the same starting weights.
+    box_predictor = FastRCNNPredictor(REPRESENTATION, config.num_classes + 1)
+    mask_head = MaskRCNNHeads(c, [256, 256, 256, 256], 1, norm_layer=_norm_layers(config)[1])
+    mask_predictor = MaskRCNNPredictor(c, 256, mask_channels)  # the head pools at M/2, the predictor upsamples 2x
+    anchors = extra.get("rpn_anchor_generator")
+    if anchors is None:
+        anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    rpn_head = extra.get("rpn_head")
+    if rpn_head is None:
+        rpn_head = RPNHead(c, anchors.num_anchors_per_location()[0])
+    # torchvision's FasterRCNN defaults, with the sampling from the config
+    rpn = RegionProposalNetwork(anchors, rpn_head, fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+                                batch_size_per_image=config.rpn_batch_size_per_image, positive_fraction=0.5,
+                                pre_nms_top_n={"training": 2000, "testing": 1000},
+                                post_nms_top_n={"training": 2000, "testing": 1000}, nms_thresh=0.7,
+                                score_thresh=extra.get("rpn_score_thresh", 0.0))
+    box_roi_pool = pool(levels, 7, 2)
+    box_head = extra.get("box_head")
+    if box_head is None:
+        box_head = TwoMLPHead(c * 7 ** 2, REPRESENTATION)
+    roi_heads = PartRoIHeads(
+        num_parts=config.num_parts, part_weights=config.part_weight_vector, aligned=aligned,
+        box_roi_pool=box_roi_pool, box_head=box_head, box_predictor=box_predictor,
+        fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=config.box_batch_size_per_image,
+        positive_fraction=0.25, bbox_reg_weights=None, score_thresh=config.box_score_thresh, nms_thresh=0.5,
+        detections_per_img=config.box_detections_per_img,
+        mask_roi_pool=pool(levels, config.mask_size // 2, 2), mask_head=mask_head, mask_predictor=mask_predictor)
+    transform = PartRCNNTransform(config.min_size, config.max_size, list(config.image_mean), list(config.image_std),
+                                  mask_threshold=config.mask_threshold, aligned=aligned)
+    model = GeneralizedRCNN(backbone, rpn, roi_heads, transform)
     if config.predictor_init == "chance":
         _init_predictors(model.roi_heads)
     if load_weights and config.weights == "coco":
@@ -571,7 +567,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[MaskRCNN, Config]:
+def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GeneralizedRCNN, Config]:
     """The trained model of a checkpoint, in eval mode, with the run's whole config."""
     state = load_checkpoint(path, map_location)
     config = Config.from_saved(state["config"])

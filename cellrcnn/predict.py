@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generator, Iterator
@@ -273,7 +272,6 @@ class Predictor:
         elif isinstance(cell_diameter, str):
             raise ValueError(f"the cell diameter must be a number of pixels or 'auto', got {cell_diameter!r}")
         self.scale = prediction_scale(config.model, scale, cell_diameter)
-        self._in_image = False  # inside one image's prediction: its scale is set
         self._size_warned = False
         #: The cells kept when a call does not say (see :mod:`cellrcnn.selection`).
         self.default_choice = choice or CellChoice()
@@ -304,14 +302,16 @@ class Predictor:
     def parts(self) -> tuple[str, ...]:
         return self.config.model.parts
 
-    def tiles(self, shape: tuple[int, int], tile: int | None = None, overlap: int | None = None) -> list[Tile]:
+    def tiles(self, shape: tuple[int, int], tile: int | None = None, overlap: int | None = None,
+              scale: float | None = None) -> list[Tile]:
         """The tiles an image of ``shape`` (H, W) is predicted in (one tile: the whole image).
 
         ``tile`` defaults to :data:`NETWORK_TILE` network pixels in image
         pixels; ``overlap`` to about one cell diameter (from the recorded cell
-        size), at most a quarter of the tile.
+        size), at most a quarter of the tile. ``scale``: the image's resize
+        factor (default: the predictor's).
         """
-        scale = self.scale or 1.0
+        scale = scale or self.scale or 1.0
         if tile is None:
             tile = max(64, int(round(NETWORK_TILE / scale)))
         if overlap is None:
@@ -366,33 +366,20 @@ class Predictor:
         H, W = field.shape
         y0, x0 = max(0, (H - side) // 2), max(0, (W - side) // 2)
         window = field.read(y0, min(H, y0 + side), x0, min(W, x0 + side))
-        before, self.scale = self.scale, scale
-        try:
-            output = self._forward([window], score_threshold)[0]
-        finally:
-            self.scale = before
+        output = self._forward([window], scale, score_threshold)[0]
         keep = output["scores"] >= score_threshold
         boxes = output["boxes"][keep].numpy()
         return {"scores": output["scores"][keep].numpy(),
                 "diameters": np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))}
 
-    @contextmanager
-    def _image_scale(self, field: ImageField, score_threshold: float):
-        """With ``cell_diameter="auto"``, the scale estimated for ``field`` while it is predicted."""
-        if not self.auto_scale or self._in_image:
-            yield
-            return
-        before = self.scale
-        self.scale, self._in_image = self.estimate_scale(field, score_threshold=score_threshold), True
-        try:
-            yield
-        finally:
-            self.scale, self._in_image = before, False
+    def _scale_for(self, field: ImageField, score_threshold: float) -> float | None:
+        """The resize factor of ``field``: estimated in it with ``cell_diameter="auto"``, else the predictor's."""
+        return self.estimate_scale(field, score_threshold=score_threshold) if self.auto_scale else self.scale
 
-    def _forward(self, arrays: list[np.ndarray], score_threshold: float) -> list[dict]:
+    def _forward(self, arrays: list[np.ndarray], scale: float | None, score_threshold: float) -> list[dict]:
         tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(self.device) for a in arrays]
         return [{k: v.cpu() for k, v in out.items()}
-                for out in predict_labels(self.model, tensors, self.scale, score_threshold)]
+                for out in predict_labels(self.model, tensors, scale, score_threshold)]
 
     def _stitch(self, stitcher: Stitcher, tile: Tile, output: dict) -> None:
         order = output["order"]  # label k is detection order[k - 1]
@@ -410,15 +397,64 @@ class Predictor:
         """Predict several images (paths or arrays) whole, in one forward pass; see :meth:`predict`."""
         choice = self.choice(score_threshold, largest, max_cells)
         fields = [self._open(img, n) for img, n in zip(images, names or [None] * len(images))]
-        if self.auto_scale and not self._in_image:  # a scale per image: one image per forward pass
+        if self.auto_scale:  # a scale per image: one image per forward pass
             return [self.predict(f, pixel_size=pixel_size, **choice.as_kwargs()) for f in fields]
+        return self._whole(fields, self.scale, choice, pixel_size)
+
+    def _whole(self, fields: list[ImageField], scale: float | None, choice: CellChoice,
+               pixel_size: float | None) -> list[Prediction]:
+        """Images of one tile each, in one forward pass at ``scale``."""
         arrays = [f.read(0, f.shape[0], 0, f.shape[1]) for f in fields]
         predictions = []
-        for field, array, output in zip(fields, arrays, self._forward(arrays, choice.score_threshold)):
+        for field, array, output in zip(fields, arrays, self._forward(arrays, scale, choice.score_threshold)):
             stitcher = Stitcher(field.shape)
             self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output)
-            predictions.append(self._finish(field.name, array, stitcher, choice, pixel_size, tiled=False))
+            predictions.append(self._finish(field.name, array, stitcher, choice, pixel_size, scale, tiled=False))
         return predictions
+
+    def _steps(self, field: ImageField, choice: CellChoice, pixel_size: float | None, tile: int | None,
+               overlap: int | None, batch_size: int,
+               tiled: bool | None = None) -> Generator[tuple[int, int], None, Prediction]:
+        """The one prediction path of an image: yields ``(tiles done, tiles in all)``, returns the Prediction.
+
+        ``tiled`` None: in tiles when the image is larger than one tile; True:
+        through the stitcher even for one tile (the image is then not kept).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        scale = self._scale_for(field, choice.score_threshold)
+        tiles = self.tiles(field.shape, tile, overlap, scale)
+        if not (len(tiles) > 1 if tiled is None else tiled):
+            yield 0, 1
+            prediction = self._whole([field], scale, choice, pixel_size)[0]
+            yield 1, 1
+            return prediction
+        stitcher = Stitcher(field.shape, edge=int(math.ceil(EDGE_MARGIN / (scale or 1.0))),
+                            core=grid_overlap(tiles) // 2)
+        for start in range(0, len(tiles), batch_size):
+            batch = tiles[start:start + batch_size]
+            outputs = self._forward([field.read(t.y0, t.y1, t.x0, t.x1) for t in batch], scale,
+                                    choice.score_threshold)
+            for t, output in zip(batch, outputs):
+                self._stitch(stitcher, t, output)
+            yield start + len(batch), len(tiles)
+        return self._finish(field.name, field, stitcher, choice, pixel_size, scale, tiled=len(tiles) > 1)
+
+    @staticmethod
+    def _drain(steps: Generator[tuple[int, int], None, Prediction], name: str, progress: bool) -> Prediction:
+        """Run :meth:`_steps` to its end, with a progress bar over the tiles of a large image."""
+        bar = None
+        try:
+            while True:
+                done, total = next(steps)
+                if progress and total > 1:
+                    bar = bar or tqdm(total=total, desc=name, unit="tile", leave=False)
+                    bar.update(done - bar.n)
+        except StopIteration as end:
+            return end.value
+        finally:
+            if bar is not None:
+                bar.close()
 
     def predict_tiled(self, image, name: str | None = None, tile: int | None = None, overlap: int | None = None,
                       batch_size: int = 1, progress: bool = False, score_threshold: float | None = None,
@@ -431,33 +467,9 @@ class Predictor:
         prediction's ``image`` is None.
         """
         field = self._open(image, name)
-        choice = self.choice(score_threshold, largest, max_cells)
-        with self._image_scale(field, choice.score_threshold):
-            return self._predict_tiles(field, self.tiles(field.shape, tile, overlap), batch_size, progress,
-                                       choice, pixel_size)
-
-    def _predict_tiles(self, field: ImageField, tiles: list[Tile], batch_size: int, progress: bool,
-                       choice: CellChoice, pixel_size: float | None = None) -> Prediction:
-        steps = self._tile_steps(field, tiles, batch_size, choice, pixel_size)
-        with tqdm(total=len(tiles), desc=field.name, unit="tile", disable=not progress, leave=False) as bar:
-            while True:
-                try:
-                    done, _ = next(steps)
-                except StopIteration as end:
-                    return end.value
-                bar.update(done - bar.n)
-
-    def _tile_steps(self, field: ImageField, tiles: list[Tile], batch_size: int, choice: CellChoice,
-                    pixel_size: float | None = None) -> Generator[tuple[int, int], None, Prediction]:
-        stitcher = Stitcher(field.shape, edge=int(math.ceil(EDGE_MARGIN / (self.scale or 1.0))),
-                            core=grid_overlap(tiles) // 2)
-        for start in range(0, len(tiles), batch_size):
-            batch = tiles[start:start + batch_size]
-            outputs = self._forward([field.read(t.y0, t.y1, t.x0, t.x1) for t in batch], choice.score_threshold)
-            for t, output in zip(batch, outputs):
-                self._stitch(stitcher, t, output)
-            yield start + len(batch), len(tiles)
-        return self._finish(field.name, field, stitcher, choice, pixel_size, tiled=len(tiles) > 1)
+        steps = self._steps(field, self.choice(score_threshold, largest, max_cells), pixel_size, tile, overlap,
+                            batch_size, tiled=True)
+        return self._drain(steps, field.name, progress)
 
     def predict_steps(self, image, name: str | None = None, score_threshold: float | None = None,
                       largest: bool | None = None, max_cells: int | None = None, pixel_size: float | None = None,
@@ -469,7 +481,7 @@ class Predictor:
         tile: ``(0, 1)`` before and ``(1, 1)`` after) and returns the
         :class:`Prediction` (``StopIteration.value``; ``yield from`` gives it).
         Closing the generator between batches stops the work. Arguments as in
-        :meth:`predict`.
+        :meth:`predict`, which drains this generator.
 
         Examples
         --------
@@ -477,15 +489,8 @@ class Predictor:
         >>> for done, total in steps: ...     # napari's thread_worker yields these
         """
         field = self._open(image, name)
-        choice = self.choice(score_threshold, largest, max_cells)
-        with self._image_scale(field, choice.score_threshold):
-            tiles = self.tiles(field.shape, tile, overlap)
-            if len(tiles) > 1:
-                return (yield from self._tile_steps(field, tiles, batch_size, choice, pixel_size))
-            yield 0, 1
-            prediction = self.predict_batch([field], pixel_size=pixel_size, **choice.as_kwargs())[0]
-        yield 1, 1
-        return prediction
+        return (yield from self._steps(field, self.choice(score_threshold, largest, max_cells), pixel_size, tile,
+                                       overlap, batch_size))
 
     def predict(self, image, name: str | None = None, score_threshold: float | None = None,
                 largest: bool | None = None, max_cells: int | None = None, pixel_size: float | None = None,
@@ -524,12 +529,9 @@ class Predictor:
             Show a progress bar over the tiles.
         """
         field = self._open(image, name)
-        choice = self.choice(score_threshold, largest, max_cells)
-        with self._image_scale(field, choice.score_threshold):
-            tiles = self.tiles(field.shape, tile, overlap)
-            if len(tiles) > 1:
-                return self._predict_tiles(field, tiles, batch_size, progress, choice, pixel_size)
-            return self.predict_batch([field], pixel_size=pixel_size, **choice.as_kwargs())[0]
+        steps = self.predict_steps(field, None, score_threshold, largest, max_cells, pixel_size, tile, overlap,
+                                   batch_size)
+        return self._drain(steps, field.name, progress)
 
     def predict_paths(self, paths: list, batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
                       progress: bool = False, **options) -> Iterator[PathResult]:
@@ -580,11 +582,10 @@ class Predictor:
                                                                    batch_size=batch_size, progress=progress,
                                                                    **options))
                     continue
-                tiles = self.tiles(field.shape, tile, overlap)
-                if len(tiles) > 1:
+                if len(self.tiles(field.shape, tile, overlap)) > 1:
                     yield from flush()
-                    yield PathResult(path, prediction=self._predict_tiles(field, tiles, batch_size, progress,
-                                                                          choice, pixel_size))
+                    steps = self._steps(field, choice, pixel_size, tile, overlap, batch_size)
+                    yield PathResult(path, prediction=self._drain(steps, field.name, progress))
                     continue
             except DataError as err:
                 logger.error("failed: %s", err)
@@ -596,15 +597,15 @@ class Predictor:
                 yield from flush()
         yield from flush()
 
-    def _check_size(self, name: str, table: pd.DataFrame) -> None:
+    def _check_size(self, name: str, table: pd.DataFrame, scale: float | None) -> None:
         """Warn once when the cells found are much larger or smaller than those the model was trained on:
         the scale is then likely wrong (another microscope), and so are many of the cells."""
         cell = self.config.model.cell_size
-        if self.auto_scale or self._size_warned or cell is None or self.scale is None or table.empty:
+        if self.auto_scale or self._size_warned or cell is None or scale is None or table.empty:
             return
         # measured as training measures cell_size: the square root of the box area, in network pixels
         sides = np.sqrt((table["bbox_x1"] - table["bbox_x0"]) * (table["bbox_y1"] - table["bbox_y0"]))
-        found = float(np.median(sides)) * self.scale
+        found = float(np.median(sides)) * scale
         if not 1 / SIZE_WARNING <= found / cell <= SIZE_WARNING:
             self._size_warned = True
             logger.warning("%s: the cells found span about %.0f network pixels, %.1fx the %.0f the model was "
@@ -613,11 +614,11 @@ class Predictor:
                            name, found, found / cell, cell)
 
     def _finish(self, name: str, image, stitcher: Stitcher, choice: CellChoice, pixel_size: float | None,
-                tiled: bool) -> Prediction:
+                scale: float | None, tiled: bool) -> Prediction:
         """Labels, the cells kept by the rule of :mod:`cellrcnn.selection`, and their table."""
         field = stitcher.finish()
         cells, parts, scores, classes = field["cells"], field["parts"], field["scores"], field["classes"]
-        largest = keeps_largest(choice, self.config.model, cells.shape, self.scale, tiled)
+        largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled)
         self._tell_single_cell(choice, largest, name)
         ids = np.arange(1, len(scores) + 1)
         keep = kept_cells(scores, field["areas"], ~np.isin(ids, border_labels(cells)), choice.score_threshold,
@@ -632,7 +633,7 @@ class Predictor:
         table = measure_cells(cells, parts, image, self.parts, dict(zip(ids, map(float, scores))),
                               {i: class_names[min(int(c), len(class_names)) - 1] for i, c in zip(ids, classes)},
                               pixel_size, name)
-        self._check_size(name, table)
+        self._check_size(name, table, scale)
         return Prediction(name=name, image=image if isinstance(image, np.ndarray) else None, cells=cells, parts=parts,
                           table=table)
 

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign, roi_align
-from torchvision.ops.poolers import _setup_scales
 
+from .compat import setup_scales
 from .losses import part_mask_loss
 
 __all__ = ["PartRoIHeads", "AlignedMultiScaleRoIAlign", "select_class_parts", "part_inference"]
@@ -27,7 +27,7 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         features = [v for k, v in x.items() if k in self.featmap_names]
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
+            self.scales, self.map_levels = setup_scales(features, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
         rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)])
         if len(features) == 1:

@@ -288,6 +288,10 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_ima
     # cells by the same rule (cellrcnn.selection) as the packaged module.
     plain = dataclasses.replace(config, data=dataclasses.replace(config.data, channels=None, projection="none"))
     prediction = Predictor(module.net, plain, "cpu", choice=choice).predict(pixels, name=test_image.stem)
+    if prediction.table.empty:  # the zoo's test would refuse the all-zero outputs in its own words
+        raise ValueError(f"the test image {test_image} gives no cell scoring at least {choice.score_threshold:g} with "
+                         f"this model, and a package needs one to be tested; choose another test image (one the "
+                         f"model segments), or train the model longer")
     blocker = _torchscript_blocker(module)
     logger.info("no TorchScript weights: %s", blocker)
 

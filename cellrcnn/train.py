@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from tqdm.auto import tqdm
 
 from . import hooks
+from .compat import BatchNormBase
 from .config import Config, ModelConfig, TrainConfig
 from .data import CellDataset, cell_sizes, collate, derived_seed, load_sample, make_splits, write_split_csv
 from .io import atomic_write
@@ -181,7 +182,7 @@ def _losses_without_touching_batch_norm(model):
     """Training mode (torchvision returns losses only then) with batch-norm statistics frozen."""
     was_training = model.training
     model.train()
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, BatchNormBase)]
     for m in norms:
         m.eval()
     try:
@@ -292,8 +293,10 @@ class Trainer:
         The current epoch's history row; hooks add to it.
     history : list of dict
         Every epoch's row.
-    best, since_best, improved, stop
-        Best-metric bookkeeping and the early-stopping flag, kept by the hooks.
+    improved, stop
+        The epoch's flags, set by the hooks: it improved on the best metric
+        (:class:`~cellrcnn.hooks.BestCheckpoint`), training stops after it. The
+        hooks keep their own state (``hook.state_dict()``).
     """
 
     def __init__(self, config: Config, data_dir: str | os.PathLike | None, out_dir: str | os.PathLike, *,
@@ -311,14 +314,14 @@ class Trainer:
         elif (self.out / "last.pt").exists():
             raise FileExistsError(f"{self.out} already holds a run (last.pt); resume it or choose another output folder")
         self.config = config
-        self.epoch = self.iter = self.since_best = 0
+        self.epoch = self.iter = 0
         self.step_losses: dict[str, float] = {}
         self.row: dict = {}
         self.history: list[dict] = []
-        self.best = None
         self.improved = self.stop = False
         self.epoch_started = 0.0
         self.loaders: dict = {}
+        self.hooks: list = []
 
     # -- the parts a subclass may replace ------------------------------------------------------------------
 
@@ -382,9 +385,10 @@ class Trainer:
 
     def build_hooks(self) -> list:
         """The default hooks (rank 0 only) followed by those passed in; see :mod:`cellrcnn.hooks`."""
-        defaults = [hooks.Validation(), hooks.HistoryWriter(), hooks.BestCheckpoint(), hooks.EpochLog()]
-        stop = [hooks.EarlyStopping()]
-        return (defaults + self.extra_hooks + stop) if self.runtime.is_main else self.extra_hooks
+        # the hooks with state run before BestCheckpoint, which saves every hook's state
+        defaults = [hooks.Validation(), hooks.HistoryWriter(), hooks.EarlyStopping(), hooks.BestCheckpoint(),
+                    hooks.EpochLog()]
+        return (defaults + self.extra_hooks) if self.runtime.is_main else self.extra_hooks
 
     # -- state -----------------------------------------------------------------------------------------------
 
@@ -406,8 +410,30 @@ class Trainer:
         """Everything :meth:`train` needs to resume after the current epoch."""
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch + 1,
-                "config": self.config.to_dict(), "history": self.history, "best": self.best,
-                "since_best": self.since_best}
+                "config": self.config.to_dict(), "history": self.history,
+                "hooks": {key: hook.state_dict() for key, hook in self._hook_keys().items()
+                          if hasattr(hook, "state_dict")}}
+
+    def _hook_keys(self) -> dict:
+        """Each hook under a key stable across runs: its class name, numbered when a class repeats."""
+        keys: dict = {}
+        for hook in self.hooks:
+            name = type(hook).__name__
+            key, n = name, 1
+            while key in keys:
+                n += 1
+                key = f"{name}.{n}"
+            keys[key] = hook
+        return keys
+
+    def _restore_hooks(self, state: dict) -> None:
+        """Give each hook its saved state; checkpoints from before hooks kept state hold ``best`` and
+        ``since_best`` at the top, which both metric hooks take."""
+        saved = state.get("hooks")
+        legacy = {"best": state.get("best"), "since_best": state.get("since_best", 0)}
+        for key, hook in self._hook_keys().items():
+            if hasattr(hook, "load_state_dict"):
+                hook.load_state_dict(saved[key] if saved is not None and key in saved else legacy)
 
     def save_checkpoint(self, path: Path, state: dict) -> None:
         save_checkpoint(path, state)
@@ -461,8 +487,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-            self.history, self.best, self.since_best, start = (state["history"], state["best"], state["since_best"],
-                                                               state["epoch"])
+            self.history, start = state["history"], state["epoch"]
             if self.runtime.is_main:
                 logger.info("resuming %s after epoch %d of %d", self.out, start, cfg.epochs)
         self.start_epoch = start
@@ -525,6 +550,8 @@ class Trainer:
         cfg = self.config.train  # after the setup, which resolves the epochs of a run set in steps
         runtime = self.runtime
         self.hooks = self.build_hooks()
+        if self.checkpoint:
+            self._restore_hooks(self.checkpoint)
         if runtime.is_main:
             val = self.datasets["val"]
             logger.info("training on %s (%s%s): %d training and %d validation images, %d epochs, %d images per "

@@ -18,7 +18,7 @@ from cellrcnn import (Config, DataConfig, ModelConfig, PartRoIHeads, build_model
                       model_from_checkpoint,
                       part_mask_loss, paste_parts_in_image, part_dice, project_parts_on_boxes)
 from cellrcnn.data import CellDataset, build_target, collate, load_sample
-from cellrcnn.model import paste_labels, resolve_norm, to_label_images
+from cellrcnn.model import build_backbone, paste_labels, resolve_norm, to_label_images
 from cellrcnn.roi_heads import AlignedMultiScaleRoIAlign
 
 from conftest import WBC_DIR
@@ -29,8 +29,27 @@ STOCK_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness
 
 
 def test_build_composes_torchvision_mask_rcnn(tiny_config):
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
     model = build_model(tiny_config)
-    assert isinstance(model, MaskRCNN)
+    assert isinstance(model, GeneralizedRCNN)
+    # the parts torchvision's MaskRCNN builds from the same backbone and settings: modules, shapes, thresholds
+    backbone, _ = build_backbone(tiny_config)
+    stock = MaskRCNN(backbone, num_classes=None, min_size=64, max_size=64, rpn_batch_size_per_image=32,
+                     box_batch_size_per_image=32, box_predictor=FastRCNNPredictor(1024, 2),
+                     mask_head=MaskRCNNHeads(256, [256] * 4, 1, norm_layer=lambda c: torch.nn.GroupNorm(32, c)),
+                     mask_predictor=MaskRCNNPredictor(256, 256, 3))  # from scratch: group norm in the heads
+    ours, theirs = model.state_dict(), stock.state_dict()
+    assert {k: v.shape for k, v in ours.items() if k != "roi_heads.part_weights"} == {k: v.shape for k, v in theirs.items()}
+    for a, b in ((model.rpn, stock.rpn), (model.roi_heads, stock.roi_heads)):
+        for name in ("nms_thresh", "score_thresh", "_pre_nms_top_n", "_post_nms_top_n", "detections_per_img"):
+            assert getattr(a, name, None) == getattr(b, name, None), name
+        assert (a.proposal_matcher.high_threshold, a.proposal_matcher.low_threshold) == (
+            b.proposal_matcher.high_threshold, b.proposal_matcher.low_threshold)
+        assert vars(a.fg_bg_sampler) == vars(b.fg_bg_sampler)
+    assert model.roi_heads.box_coder.weights == stock.roi_heads.box_coder.weights
     assert isinstance(model.roi_heads, PartRoIHeads)
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
     assert model.roi_heads.part_weights.tolist() == [1.0, 1.0, 1.0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from skimage.io import imread
+from skimage.io import imread, imsave
 
 from cellrcnn import Config, DataConfig, Predictor
 from cellrcnn.io import DataError
@@ -128,6 +128,11 @@ def test_export_refuses_to_overwrite_and_bad_names(package, checkpoint, tmp_path
         export_model(checkpoint, tmp_path / "bad.zip", info=PackageInfo(authors=("A",), license="NO-SUCH-LICENCE"),
                      check=False)
     assert not (tmp_path / "bad.zip").exists()
+    blank = tmp_path / "blank.png"
+    imsave(blank, np.zeros((128, 128, 3), np.uint8), check_contrast=False)
+    with pytest.raises(ValueError, match="blank.png gives no cell .* choose another test image"):
+        export_model(checkpoint, tmp_path / "empty.zip", test_image=blank, info=INFO)
+    assert not (tmp_path / "empty.zip").exists()
 
 
 def test_packages_are_told_apart_from_other_files(package, checkpoint, tmp_path):

@@ -13,7 +13,7 @@ PACKAGE = REPO / "cellrcnn"
 #: Each chain runs one way: a module may import those before it, never those after it.
 CHAINS = [
     ("config", "io", "augment", "targets", "data", "train"),
-    ("losses", "roi_heads", "model", "train"),
+    ("compat", "losses", "roi_heads", "model", "train"),  # compat: the private torch/torchvision names, a leaf
     ("model", "predict", "export"),
     ("model", "zoo", "predict", "export", "share"),  # zoo: the packaged module and reading packages; share: writing
     ("tiles", "predict"),  # tiles are pure numpy: stitching knows nothing of models
@@ -102,3 +102,20 @@ def test_dependency_floors_agree_and_hold_for_the_installed_packages():
         assert str(env[name]) == str(spec) or all(Version(s.version) >= floor for s in env[name]), name
     for name, spec in {**install, **test}.items():
         assert spec.contains(version(name), prereleases=True), f"installed {name} {version(name)} is not {spec}"
+
+
+def test_private_torch_and_torchvision_names_are_used_only_through_compat():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("torch", "torchvision"):
+                found += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                base = node.value
+                while isinstance(base, ast.Attribute):
+                    base = base.value
+                if isinstance(base, ast.Name) and base.id in ("torch", "torchvision"):
+                    found.append(f"{path.name}: ...{node.attr}")
+    assert not found, found

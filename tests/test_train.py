@@ -244,8 +244,9 @@ def test_resume_matches_an_uninterrupted_run(small_sample, tmp_path, augment):
     resumed = cellrcnn.fit(config, small_sample, tmp_path / "cut", resume=True, quiet=True)
     columns = [c for c in whole.columns if not c.endswith("seconds")]
     pd.testing.assert_frame_equal(resumed[columns], whole[columns], rtol=1e-6)
-    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=False) for run in ("whole", "cut"))
+    assert a["hooks"] == b["hooks"] and a["hooks"]["BestCheckpoint"]["best"] is not None  # the hooks' own state
+    a, b = a["model"], b["model"]
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
@@ -383,6 +384,41 @@ def test_best_checkpoint_averages_the_metric_over_validations_when_they_are_few(
     assert smoothed_metric(history, "part_dice", 3) == pytest.approx(0.6)  # the epoch without validation is skipped
     assert smoothed_metric(history[:1], "part_dice", 3) == pytest.approx(0.5)
     assert smoothed_metric(history[:2], "part_dice", 3) is None  # not validated this epoch: nothing to compare
+
+
+def test_metric_hooks_keep_their_own_state_whatever_their_order(tmp_path):
+    """BestCheckpoint and EarlyStopping each follow the metric (no shared state on the trainer), so their order
+    does not matter, and each hook's state_dict restores it."""
+    from types import SimpleNamespace
+
+    from cellrcnn.hooks import BestCheckpoint, EarlyStopping
+
+    config = Config(train=TrainConfig(patience=2, val_every=1, epochs=10, best_metric="part_dice", best_smoothing=1))
+    values = [0.5, 0.6, 0.55, 0.58, 0.7]
+
+    def run(hooks, epochs):
+        saved = []
+        trainer = SimpleNamespace(config=config, history=[], row={}, has_validation=True, validation_due=True,
+                                  out=tmp_path, stop=False, improved=False, datasets={"val": [None] * 10},
+                                  checkpoint_state=lambda: {}, save_checkpoint=lambda path, state: saved.append(path))
+        for epoch, value in enumerate(epochs, start=1):
+            trainer.row = {"epoch": epoch, "part_dice": value}
+            trainer.history.append(trainer.row)
+            for hook in hooks:
+                hook.after_epoch(trainer)
+            if trainer.stop:
+                return epoch, saved
+        return None, saved
+
+    for order in ((BestCheckpoint, EarlyStopping), (EarlyStopping, BestCheckpoint)):
+        hooks = [cls() for cls in order]
+        stopped, saved = run(hooks, values)
+        assert stopped == 4  # 0.55 and 0.58 do not beat 0.6: two validations without improvement
+        assert [h.state_dict() for h in hooks] == [{"best": 0.6, "since_best": 2}] * 2
+        assert [p.name for p in saved].count("best.pt") == 2  # epochs 1 and 2
+    resumed = EarlyStopping()
+    resumed.load_state_dict({"best": 0.6, "since_best": 1})
+    assert run([resumed], [0.5])[0] == 1  # one more validation without improvement stops it
 
 
 def test_sweep_names_the_weighted_part_and_follows_the_part_names(small_sample, tmp_path):
