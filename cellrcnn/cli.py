@@ -7,6 +7,7 @@ line with exit code 2, and a data problem as one line naming the file.
 from __future__ import annotations
 
 import argparse
+import glob
 import dataclasses
 import inspect
 import logging
@@ -370,14 +371,34 @@ def _check_scale_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--overlap must lie between 0 and half the tile, got {args.overlap}")
 
 
+def _expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Image paths, folders and glob patterns (quoted, as the shell leaves them) as paths; and what matched nothing."""
+    paths, missing = [], []
+    for text in inputs:
+        if Path(text).exists():
+            paths.append(Path(text))
+        elif glob.has_magic(text):
+            matched = sorted(Path(p) for p in glob.glob(text))
+            paths += matched
+            if not matched:
+                missing.append(text)
+        else:
+            missing.append(text)
+    return paths, missing
+
+
 def predict_main(argv: list[str] | None = None) -> int:
-    """``cellrcnn-predict MODEL.pt INPUT --out OUT_DIR``: exit 0 done, 1 some images failed, 2 bad arguments."""
+    """``cellrcnn-predict MODEL.pt INPUT... --out OUT_DIR``: exit 0 done, 1 some images failed, 2 bad arguments."""
     parser = _Parser(prog="cellrcnn-predict", formatter_class=_HelpFormatter,
                      description="Segment cells with a trained model and write label TIFFs, a per-cell table "
-                                 "and, on request, ImageJ ROI sets and overlay PNGs.")
+                                 "and, on request, ImageJ ROI sets and overlay PNGs.",
+                     epilog="Many files at once: run it under torchrun (torchrun --nproc-per-node N --no-python "
+                            "cellrcnn-predict ...): each process takes every N-th image, one GPU each (or CPU "
+                            "cores), and cells.csv is the same as one process writes.")
     parser.add_argument("model", type=Path, help="checkpoint of a run (best.pt), a run folder, or a bioimage.io "
                                                  "package exported by cellrcnn-export-model (model.zip)")
-    parser.add_argument("input", type=Path, help="an image file or a folder of images")
+    parser.add_argument("input", nargs="+", help="image files, folders of images, or patterns such as "
+                                                 "'plate1/*.tif' (quoted or expanded by the shell)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")
     _add_cell_arguments(parser)
     out = parser.add_argument_group("outputs")
@@ -388,7 +409,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     _add_scale_arguments(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--image-glob", default="*", help="pattern of image files in a folder")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: each process "
+                                                      "its LOCAL_RANK's GPU)")
     run.add_argument("--batch-size", type=int, default=1, help="images (or tiles of a large image) per forward pass")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -400,19 +422,22 @@ def predict_main(argv: list[str] | None = None) -> int:
         parser.error(f"--pixel-size must be positive, got {args.pixel_size}")
     if not args.model.exists():
         parser.error(f"{args.model}: model not found (give best.pt, a run folder or a package .zip)")
-    if not args.input.exists():
-        parser.error(f"{args.input}: no such file or folder")
+    inputs, missing = _expand_inputs(args.input)
+    if missing:
+        parser.error(f"{missing[0]}: no such file or folder, and no file matches it"
+                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     _setup_logging(args.quiet)
-    import pandas as pd  # the heavy imports, after the arguments are checked
-
-    from .export import OUTPUT_SUFFIXES, export_prediction, output_paths, write_table
+    from .export import OUTPUT_SUFFIXES, output_paths  # the heavy imports, after the arguments are checked
     from .io import list_images
     from .predict import Predictor
+    from .runtime import join_process_group
 
     try:
-        predictor = Predictor.from_checkpoint(args.model, device=args.device, scale=args.scale,
+        images = list(dict.fromkeys(p for i in inputs for p in list_images(i, args.image_glob,
+                                                                           OUTPUT_SUFFIXES + ("_masks",))))
+        runtime = join_process_group(args.device)
+        predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
                                               cell_diameter=args.cell_diameter)
-        images = list_images(args.input, args.image_glob, OUTPUT_SUFFIXES + ("_masks",))
     except (DataError, ValueError, FileNotFoundError, ImportError) as err:
         logger.error("error: %s", err)
         return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
@@ -425,20 +450,39 @@ def predict_main(argv: list[str] | None = None) -> int:
                          "another --out", args.out, clashes[0].name,
                          f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
             return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
+    if runtime.distributed:  # every process has looked before any writes
+        import torch.distributed as torch_dist
 
-    tables, failed = [], []
-    options = {**choice, "pixel_size": args.pixel_size}
+        torch_dist.barrier()
+    args.out.mkdir(parents=True, exist_ok=True)
     if predictor.auto_scale:
         logger.info("the scale of each image is estimated from the cells found in it (training scale %.3g)",
                     predictor.config.model.input_scale)
     elif predictor.scale is not None:
         logger.info("images resized by %.3g for the network (%s)", predictor.scale,
                     "given" if args.scale or args.cell_diameter else "the scale the model was trained at")
-    results = predictor.predict_paths(images, args.batch_size, tile=args.tile, overlap=args.overlap,
+    return _predict_files(predictor, images, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path)
+
+
+def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namespace, options: dict,
+                   table_path: Path) -> int:
+    """Predict this process's share of ``images``, write each one's files, and the table of all (rank 0)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .export import export_prediction, write_table
+    from .runtime import shard
+
+    order = {path: i for i, path in enumerate(images)}
+    mine = shard(images, runtime)
+    if runtime.distributed:
+        logger.info("process %d of %d: %d of the %d images", runtime.rank + 1, runtime.world_size, len(mine),
+                    len(images))
+    tables, failed = [], []
+    results = predictor.predict_paths(mine, args.batch_size, tile=args.tile, overlap=args.overlap,
                                       progress=not args.quiet, **options)
-    for result in tqdm(results, total=len(images), desc="predict", unit="image", disable=args.quiet):
+    for result in tqdm(results, total=len(mine), desc="predict", unit="image",
+                       disable=args.quiet or not runtime.is_main):
         if result.error is not None:
             failed.append(result.error)
             continue
@@ -447,17 +491,26 @@ def predict_main(argv: list[str] | None = None) -> int:
                            "with its label TIFFs in Fiji or napari instead)", result.path.name)
         export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
                           overwrite=args.overwrite)
-        tables.append(result.prediction.table)
+        tables.append((order[result.path], result.prediction.table))
         logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
-    if tables:
+    if runtime.distributed:  # the tables and failures of every process, to rank 0, in image order
+        import torch.distributed as torch_dist
+
+        gathered = [None] * runtime.world_size
+        torch_dist.all_gather_object(gathered, (tables, failed))
+        tables = [t for part, _ in gathered for t in part]
+        failed = [f for _, part in gathered for f in part]
+    tables = [table for _, table in sorted(tables, key=lambda item: item[0])]
+    if tables and runtime.is_main:
         write_table(pd.concat(tables, ignore_index=True), table_path, overwrite=args.overwrite)
-    done = len(images) - len(failed)
-    logger.info("%d of %d images done, %d cells; results in %s", done, len(images),
-                sum(len(t) for t in tables), args.out)
-    if failed:
-        logger.error("%d image(s) failed:\n%s", len(failed), "\n".join(failed))
-        return 1
-    return 0
+    if runtime.is_main:
+        logger.info("%d of %d images done, %d cells; results in %s", len(images) - len(failed), len(images),
+                    sum(len(t) for t in tables), args.out)
+        if failed:
+            logger.error("%d image(s) failed:\n%s", len(failed), "\n".join(failed))
+    if runtime.distributed:
+        torch_dist.destroy_process_group()
+    return 1 if failed else 0
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,9 @@ from .config import Config, ModelConfig, TrainConfig
 from .data import CellDataset, cell_sizes, collate, derived_seed, load_sample, make_splits, write_split_csv
 from .io import atomic_write
 from .metrics import part_dice
-from .model import build_model, load_checkpoint, resolve_device, resolve_norm, to_label_images
+from .model import build_model, load_checkpoint, resolve_norm, to_label_images
 from .predict import Predictor
+from .runtime import Runtime, join_process_group
 
 __all__ = ["Trainer", "fit", "sweep", "new_run_dir", "latest_run", "Runtime", "validate", "lr_factor",
            "steps_per_epoch", "sizes_for_cell_size", "save_checkpoint", "epoch_seed"]
@@ -40,38 +41,13 @@ __all__ = ["Trainer", "fit", "sweep", "new_run_dir", "latest_run", "Runtime", "v
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """Where training runs: device, mixed precision and the process's place under torchrun."""
-
-    device: torch.device
-    amp: bool = False
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
 def setup_runtime(config: TrainConfig) -> Runtime:
     """Resolve the device and join the process group when started by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    want = resolve_device(config.device)
-    device = torch.device(f"cuda:{local_rank}" if want == "cuda" and world_size > 1 else want)
-    if world_size > 1 and not torch_dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    amp = config.amp if config.amp is not None else device.type == "cuda"
-    if amp and device.type != "cuda":
+    runtime = join_process_group(config.device)
+    amp = config.amp if config.amp is not None else runtime.device.type == "cuda"
+    if amp and runtime.device.type != "cuda":
         raise ValueError("mixed precision (--amp) needs a CUDA device; drop --amp to train on the CPU")
-    return Runtime(device=device, amp=amp, rank=rank, world_size=world_size)
+    return dataclasses.replace(runtime, amp=amp)
 
 
 def lr_factor(config: TrainConfig, total_steps: int | None = None, steps_per_epoch: int = 1) -> Callable[[int], float]:

@@ -1,9 +1,11 @@
 """Prediction, measurements, export files and the predict/evaluate commands."""
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,6 +151,35 @@ def test_evaluate_perfect_and_partial_predictions():
 def run(script, *args):
     return subprocess.run([sys.executable, str(REPO / "scripts" / script), *map(str, args)],
                           capture_output=True, text=True, timeout=600)
+
+
+def test_predict_under_torchrun_shards_the_files_and_writes_what_one_process_writes(checkpoint, tmp_path):
+    """Issue 22: two gloo processes on the CPU split the images (given as a folder, a file and a quoted pattern)
+    and together write the label images and the table one process writes."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        shutil.copy(SAMPLE / "images" / f"sample_{i:02d}.png", images)
+    shutil.copy(SAMPLE / "images" / "sample_07.png", tmp_path)
+    inputs = [str(images / "sample_0[0-2].png"), str(images / "sample_04.png"), str(tmp_path / "sample_07.png")]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it: float sums then add up in the same order
+    one = subprocess.run([str(bin_dir / "cellrcnn-predict"), str(checkpoint), *inputs, "--out", str(tmp_path / "one"),
+                          "--quiet", "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stdout + one.stderr
+    two = subprocess.run([str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python",
+                          str(bin_dir / "cellrcnn-predict"), str(checkpoint), *inputs, "--out", str(tmp_path / "two"),
+                          "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "process 2 of 2: 2 of the 5 images" in two.stdout + two.stderr
+    written = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(written) == 11  # 5 x 2 + table
+    for name in written:
+        if name.endswith(".tif"):
+            np.testing.assert_array_equal(tifffile.imread(tmp_path / "two" / name), tifffile.imread(tmp_path / "one" / name))
+    assert (tmp_path / "two" / "cells.csv").read_bytes() == (tmp_path / "one" / "cells.csv").read_bytes()
+    assert list(pd.read_csv(tmp_path / "one" / "cells.csv")["image"].unique()) == [
+        "sample_00", "sample_01", "sample_02", "sample_04", "sample_07"]
 
 
 def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
