@@ -20,6 +20,7 @@ CHAINS = [
     ("config", "targets", "selection", "zoo", "predict"),  # one rule for the cells kept, below every prediction path
     ("selection", "model"),  # the rule is pure numpy: it knows nothing of models
     ("metrics", "report"),
+    ("model", "runtime", "train"),  # runtime: the device and torchrun's process group, for training and prediction
 ]
 
 
