@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import (_SECTIONS, AUGMENTATIONS, BACKBONES, ENCODINGS, LR_SCHEDULES, MASK_ALIGNMENTS, MASK_SIZES,
+from .config import (_SECTIONS, rename_settings, AUGMENTATIONS, BACKBONES, ENCODINGS, LR_SCHEDULES, MASK_ALIGNMENTS, MASK_SIZES,
                      NORMS, PROJECTIONS, SCHEDULES, TARGETS, Config, DataConfig, _field_types, parse_field_value)
 from .io import DataError
 
@@ -34,10 +34,41 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (no usage dump), exit code 2."""
+    """An argument parser whose errors are one line (no usage dump), exit code 2, in its own flags' terms."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+        self.exit(2, f"{self.prog}: error: {in_cli_terms(message, self)} (--help lists the options)\n")
+
+
+def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with the settings it names (``data.snap_values=True``, ``cell_diameter='auto'``) as this
+    command's flags (``--snap-values``, ``--cell-diameter auto``); settings without a flag stay as they are.
+    The library names config fields and arguments, so that its messages hold in a notebook too."""
+    flags = {action.dest: action.option_strings for action in parser._actions if action.option_strings}
+
+    def flag(name: str, value: str | None) -> str | None:
+        strings = flags.get(name)
+        if not strings:
+            return None
+        if value is None or value == "True":
+            return strings[0]
+        if value == "False":
+            return next((s for s in strings if s.startswith("--no-")), f"{strings[0]} false")
+        return f"{strings[0]} {value}"
+
+    return rename_settings(message, flag)
+
+
+class _InCliTerms(logging.Filter):
+    """Log lines in the command's terms (:func:`in_cli_terms`)."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__()
+        self.parser = parser
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = in_cli_terms(record.getMessage(), self.parser), None
+        return True
 
 
 #: Command-line shortcuts: (argument group, section, fields). Flag names, types, defaults and help come from
@@ -137,8 +168,13 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(","))
 
 
-def _setup_logging(quiet: bool = False) -> None:
+def _setup_logging(quiet: bool = False, parser: argparse.ArgumentParser | None = None) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stdout)
+    if parser is not None:  # the library's messages name config fields; the user typed flags
+        for handler in logging.getLogger().handlers:
+            for old in [f for f in handler.filters if isinstance(f, _InCliTerms)]:
+                handler.removeFilter(old)
+            handler.addFilter(_InCliTerms(parser))
     # tifffile logs its own error for a corrupt file; the DataError raised for it says it better, naming the file.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
@@ -163,7 +199,7 @@ def check_data_main(argv: list[str] | None = None) -> int:
         parser.error(f"--parts names {len(args.parts)} parts but --part-values gives {len(config.part_values)} values")
     if not args.data_dir.is_dir():
         parser.error(f"{args.data_dir}: folder not found")
-    _setup_logging()
+    _setup_logging(parser=parser)
     try:
         from .data import check_folder  # loads torch: after the arguments are checked
 
@@ -293,7 +329,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
         parser.error(f"--resume: {args.out} holds no last.pt to continue from")
     if not args.resume and (args.out / "last.pt").exists():
         parser.error(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
-    _setup_logging()
+    _setup_logging(parser=parser)
     from .train import fit  # torch and the model load only now: --help and argument errors stay fast
 
     try:
@@ -426,7 +462,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"{missing[0]}: no such file or folder, and no file matches it"
                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    _setup_logging(args.quiet)
+    _setup_logging(args.quiet, parser)
     from .export import OUTPUT_SUFFIXES, output_paths  # the heavy imports, after the arguments are checked
     from .io import list_images
     from .predict import Predictor
@@ -572,7 +608,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     outputs = [args.out / n for n in ("per_image.csv", "summary.csv", "worst_images.png")]
     if not args.overwrite and any(p.exists() for p in outputs):
         parser.error(f"{args.out} already holds results; pass --overwrite to replace them or choose another --out")
-    _setup_logging()
+    _setup_logging(parser=parser)
     try:
         dataset = CellDataset(find_pairs(data_dir, config), config)
         if model_path is not None:
@@ -638,7 +674,7 @@ def export_model_main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.model}: checkpoint not found")
     if args.test_image is not None and not args.test_image.is_file():
         parser.error(f"{args.test_image}: test image not found")
-    _setup_logging()
+    _setup_logging(parser=parser)
     try:
         from .selection import CellChoice
         from .share import PackageInfo, export_model

@@ -9,6 +9,7 @@ that a bad value fails with a clear ``ValueError`` before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import json
 import math
 import os
@@ -17,12 +18,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 __all__ = ["BACKBONES", "WEIGHT_CHOICES", "MASK_SIZES", "MASK_ALIGNMENTS", "NORMS", "PREDICTOR_INITS", "ENCODINGS",
            "TARGETS", "AUGMENTATIONS", "LR_SCHEDULES", "PROJECTIONS", "BEST_METRICS", "best_metrics", "SCHEDULES",
            "ADAPT_RECIPE", "DataConfig", "ModelConfig", "TrainConfig",
-           "Config", "parse_field_value"]
+           "Config", "parse_field_value", "rename_settings"]
 
 #: The one table of backbones: name -> torchvision's body builder, its ImageNet weights and the COCO detection
 #: weights that start a whole model (None: none published), by their torchvision names
@@ -833,3 +834,35 @@ def _json_or(text: str, kind: type):
 
 
 _SECTIONS: dict[str, type[_Section]] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+#: A setting as library messages name it: a config field (``data.projection``) or an argument
+#: (``cell_diameter``), with an optional value (``='max'``, ``=True``); not the setting a message is about
+#: (``train.epochs: expected an integer``).
+_SETTING = re.compile(r"\b(?>((?:model|data|train)\.[a-z_]+|[a-z]+(?:_[a-z]+)*)(?:=('[^']*'|[\w.,-]+))?)(?(2)|(?!:))")
+
+
+def rename_settings(message: str, rename: Callable[[str, str | None], str | None]) -> str:
+    """``message`` with each setting it names put in a front end's terms.
+
+    Library messages name config fields (``data.snap_values=True``) and
+    arguments (``cell_diameter='auto'``), so that they hold in a notebook; the
+    command line and napari call this to say it in flags or widget labels.
+
+    Parameters
+    ----------
+    message : str
+        One message.
+    rename : callable
+        ``rename(name, value)`` gives the text for a setting (``value``: the
+        text after ``=``, unquoted, or None), or None to leave it as it is. A
+        bare word (no ``section.`` and no value) is never taken for a setting.
+    """
+    def replace(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if "." not in name and value is None:
+            return match.group(0)
+        told = rename(name, value.strip("'") if value is not None else None)
+        return match.group(0) if told is None else told
+
+    return _SETTING.sub(replace, message)

@@ -177,7 +177,7 @@ def _guess_layout(shape: tuple[int, ...], axes: str | None, name: str) -> tuple[
                         f"give select_channels its axes (such as 'ZCYX'), or split it into 2-D images")
     raise DataError(f"{name}: shape {tuple(shape)} (axes {axes}) is not a 2-D image with up to 4 channels, and "
                     f"the file does not say which axes are planes, frames or channels; save it as an ImageJ hyperstack or "
-                    f"OME-TIFF (then --projection max and --channels apply), or as single 2-D images")
+                    f"OME-TIFF (then data.projection='max' and data.channels apply), or as single 2-D images")
 
 
 def _layout(shape: tuple[int, ...], axes: str | None, channels: tuple[int, ...] | None, projection: str,
@@ -198,7 +198,7 @@ def _layout(shape: tuple[int, ...], axes: str | None, channels: tuple[int, ...] 
             n = shape[axes.index(letter)] if letter in axes else 1
             if n > 1 and projection != "max":
                 raise DataError(f"{name}: {what.format(n=n)} (axes {axes}); cellrcnn segments 2-D images: "
-                                f"pass --projection max for the maximum projection, or save single {items}")
+                                f"set data.projection='max' for the maximum projection, or save single {items}")
         project = tuple(i for i, a in enumerate(axes) if a in "ZT" and shape[i] > 1)
         y, x = axes.index("Y"), axes.index("X")
         colour = [i for i, a in enumerate(axes) if a in "CS" and shape[i] > 1]
@@ -214,11 +214,11 @@ def _layout(shape: tuple[int, ...], axes: str | None, channels: tuple[int, ...] 
         bad = [c for c in channels if not 0 <= c < count]
         if bad:
             have = f"{count} channel{'s' if count > 1 else ''} ({'0' if count == 1 else f'0-{count - 1}'})"
-            raise DataError(f"{name}: has {have}; --channels {','.join(map(str, channels))} asks for "
+            raise DataError(f"{name}: has {have}; data.channels='{','.join(map(str, channels))}' asks for "
                             f"channel {bad[0]}")
     elif count > 4:
-        raise DataError(f"{name}: has {count} channels; choose up to 3 with --channels (counted from 0, "
-                        f"such as --channels 0,1)")
+        raise DataError(f"{name}: has {count} channels; choose up to 3 with data.channels (counted from 0, "
+                        f"such as data.channels='0,1')")
     pick = channels if channels is not None and channel is not None else None
     return _Layout(len(shape), y, x, shape[y], shape[x], project, channel, pick)
 
@@ -627,7 +627,8 @@ def map_part_values(mask: np.ndarray, part_values: tuple[int, ...], snap: bool =
     if len(unknown) and not snap:
         shown = ", ".join(map(str, unknown[:10])) + (", ..." if len(unknown) > 10 else "")
         raise DataError(f"{name}: mask values {shown} are not among the declared part values "
-                        f"{list(part_values)}; fix --part-values, or pass --snap-values to map each to the nearest")
+                        f"{list(part_values)}; fix data.part_values, or set data.snap_values=True to map each to the "
+                        f"nearest")
     lut_keys = present
     nearest = np.abs(lut_keys[:, None] - values[None, :]).argmin(axis=1)
     return nearest[np.searchsorted(lut_keys, mask)].astype(np.uint8)
@@ -659,7 +660,7 @@ def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[s
              and not (skip_suffixes and p.stem.endswith(tuple(skip_suffixes)))]
     if not found:
         raise DataError(f"{path}: no images matching {glob!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-                        f"check the folder and the image pattern (--image-glob)")
+                        f"check the folder and the image pattern (data.image_glob)")
     return found
 
 
@@ -681,7 +682,7 @@ def _find_mask(stem: str, suffix: str, index: dict[str, list[Path]], exclude: Pa
     found = with_suffix or plain
     if len(found) > 1:
         raise DataError(f"{found[0].parent}: several masks for {stem}: {', '.join(p.name for p in found)}; "
-                        f"narrow them down with --mask-glob")
+                        f"narrow them down with data.mask_glob")
     return found[0] if found else None
 
 
@@ -712,7 +713,7 @@ def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
               if not (same_folder and config.mask_glob != "*" and fnmatch.fnmatch(p.name, config.mask_glob))]
     if not images:
         raise DataError(f"{image_dir}: no images matching {config.image_glob!r} apart from the masks "
-                        f"({config.mask_glob!r}); check the folder and --image-glob")
+                        f"({config.mask_glob!r}); check the folder and data.image_glob")
     wanted = {"parts": ("parts",), "cells+parts": ("parts", "cells"), "cells+nuclei": ("cells", "nuclei")}
     suffix = {"parts": config.mask_suffix, "cells": config.cells_suffix, "nuclei": config.nuclei_suffix}
     matching = Matching([], [])
@@ -753,11 +754,11 @@ def find_pairs(folder: str | os.PathLike, config: DataConfig) -> list[Pair]:
     matching = match_files(folder, config)
     for image, problem in matching.unpaired:
         if not config.skip_unpaired:
-            raise DataError(f"{image}: {problem}; add it, fix --mask-glob/--mask-suffix, "
-                            f"or pass --skip-unpaired to leave such images out")
+            raise DataError(f"{image}: {problem}; add it, fix data.mask_glob or data.mask_suffix, "
+                            f"or set data.skip_unpaired=True to leave such images out")
         logger.warning("skipping %s: %s", image, problem)
     if not matching.pairs:
-        raise DataError(f"{folder}: no image has a mask; check --mask-glob and --mask-suffix")
+        raise DataError(f"{folder}: no image has a mask; check data.mask_glob and data.mask_suffix")
     return matching.pairs
 
 

@@ -506,7 +506,7 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use --device auto or cpu")
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available; set train.device='auto' or 'cpu'")
     return str(name)
 
 

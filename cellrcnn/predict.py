@@ -216,7 +216,7 @@ def prediction_scale(model: ModelConfig, scale: float | None = None, cell_diamet
     if cell_diameter is not None:
         if model.cell_size is None:
             raise ValueError("this model does not record the cell size it was trained at (trained before it was "
-                             "recorded); give the scale (--scale) instead of the cell diameter")
+                             "recorded); give the resize factor instead (scale=FACTOR)")
         return model.cell_size / cell_diameter
     return model.input_scale
 
@@ -610,7 +610,7 @@ class Predictor:
             self._size_warned = True
             logger.warning("%s: the cells found span about %.0f network pixels, %.1fx the %.0f the model was "
                            "trained on: these images may have another magnification. Give the cell diameter "
-                           "(--cell-diameter auto or PIXELS; cell_diameter= in Python) to resize them",
+                           "(cell_diameter='auto', or cell_diameter=PIXELS) to resize them",
                            name, found, found / cell, cell)
 
     def _finish(self, name: str, image, stitcher: Stitcher, choice: CellChoice, pixel_size: float | None,
@@ -644,7 +644,7 @@ class Predictor:
         self._told.add(largest)
         if largest:
             logger.info("%s: the model was trained on crops of one cell: keeping the largest complete cell of each "
-                        "such image (largest=False, --no-largest: every cell)", name)
+                        "such image (largest=False: every cell)", name)
         else:
             logger.info("%s: predicted in tiles or larger than the model's single-cell training crops: keeping "
-                        "every cell (largest=True, --largest: only the largest)", name)
+                        "every cell (largest=True: only the largest)", name)

@@ -84,17 +84,17 @@ def _validation_image(run: Path) -> Path:
     """The first validation image of a run (``split.csv``), as the run recorded it."""
     split = run / "split.csv"
     if not split.is_file():
-        raise FileNotFoundError(f"{run} has no split.csv to take a test image from; give one with --test-image")
+        raise FileNotFoundError(f"{run} has no split.csv to take a test image from; give one (test_image=PATH)")
     rows = pd.read_csv(split)
     if not {"image", "split"} <= set(rows.columns):
-        raise ValueError(f"{split} has no image and split columns; give a test image with --test-image")
+        raise ValueError(f"{split} has no image and split columns; give a test image (test_image=PATH)")
     chosen = rows[rows["split"] == "val"] if (rows["split"] == "val").any() else rows
     for recorded in chosen["image"]:
         for candidate in (Path(recorded), run / recorded, run.parent / recorded):
             if candidate.is_file():
                 return candidate
     raise FileNotFoundError(f"the images listed in {split} are not found from here (first: {chosen['image'].iloc[0]}); "
-                            f"give a test image with --test-image")
+                            f"give a test image (test_image=PATH)")
 
 
 def input_pixels(path: str | os.PathLike, config: Config) -> np.ndarray:
@@ -115,7 +115,7 @@ def input_pixels(path: str | os.PathLike, config: Config) -> np.ndarray:
     side_w = min(W, TEST_IMAGE_SIDE) // SIZE_STEP * SIZE_STEP
     if min(side_h, side_w) < 4 * SIZE_STEP:
         raise DataError(f"{path}: {H}x{W} pixels is too small for a test image; give one at least "
-                        f"{4 * SIZE_STEP} pixels on each side with --test-image")
+                        f"{4 * SIZE_STEP} pixels on each side (test_image=PATH)")
     y0, x0 = (H - side_h) // 2, (W - side_w) // 2
     return np.ascontiguousarray(pixels[y0:y0 + side_h, x0:x0 + side_w])
 
@@ -270,9 +270,9 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_ima
     if out.suffix.lower() != ".zip":
         raise ValueError(f"the package is a zip file: name it *.zip, got {out}")
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"the folder {out.parent} does not exist; create it or choose another --out")
+        raise FileNotFoundError(f"the folder {out.parent} does not exist; create it or write the package elsewhere")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out} exists; set overwrite=True to replace it")
     info = info or PackageInfo()
     path = run_checkpoint(checkpoint)
     state = load_checkpoint(path)
@@ -291,7 +291,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_ima
     if prediction.table.empty:  # the zoo's test would refuse the all-zero outputs in its own words
         raise ValueError(f"the test image {test_image} gives no cell scoring at least {choice.score_threshold:g} with "
                          f"this model, and a package needs one to be tested; choose another test image (one the "
-                         f"model segments), or train the model longer")
+                         f"model segments: test_image=PATH), or train the model longer")
     blocker = _torchscript_blocker(module)
     logger.info("no TorchScript weights: %s", blocker)
 
@@ -363,7 +363,7 @@ def _describe(info: PackageInfo, name: str, config: Config, files: dict[str, Pat
     cite = [(MASK_RCNN_TEXT, MASK_RCNN_DOI), *info.cite]
     authors = info.authors or (getpass.getuser(),)
     if not info.authors:
-        logger.warning("the package names its author %r (the login name); give real names with --author", authors[0])
+        logger.warning("the package names its author %r (the login name); give real names (author=NAME)", authors[0])
     try:
         return spec.ModelDescr(
             name=name, description=info.description, authors=[spec.Author(name=a) for a in authors],

@@ -46,7 +46,8 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     runtime = join_process_group(config.device)
     amp = config.amp if config.amp is not None else runtime.device.type == "cuda"
     if amp and runtime.device.type != "cuda":
-        raise ValueError("mixed precision (--amp) needs a CUDA device; drop --amp to train on the CPU")
+        raise ValueError("mixed precision (train.amp=True) needs a CUDA device; set train.amp=False to train on "
+                         "the CPU")
     return dataclasses.replace(runtime, amp=amp)
 
 
@@ -422,7 +423,7 @@ class Trainer:
         self.runtime = setup_runtime(cfg)
         if self.runtime.device.type == "cpu" and self.runtime.is_main:
             logger.warning("training on the CPU: expect minutes per epoch even for small data; a CUDA GPU is "
-                           "10-50x faster (--device auto picks it when present)")
+                           "10-50x faster (train.device='auto' picks it when present)")
         if cfg.accumulate % (cfg.batch_size * self.runtime.world_size):
             raise ValueError(f"accumulate ({cfg.accumulate} images) must be a multiple of batch_size x processes "
                              f"({cfg.batch_size} x {self.runtime.world_size})")
@@ -506,7 +507,7 @@ class Trainer:
                 factor = 128 / side
                 sizes = [max(32, int(round(s * factor / 32)) * 32) for s in (model.min_size, model.max_size)]
                 logger.warning("cells of about %.0f px after resizing fall outside the anchor sizes (32-512 px); set "
-                               "min_size and max_size (--min-size, --max-size) to about %d and %d so they span about "
+                               "model.min_size and model.max_size to about %d and %d so they span about "
                                "128 px", side, *sizes)
         per_image = scale.groupby(table["image"]).first()
         single = bool((table.groupby("image").size() == 1).all()) and not crop  # a crop may cut out neighbours
@@ -606,7 +607,7 @@ class Trainer:
                     if bad_in_row >= cfg.max_nonfinite:
                         raise FloatingPointError(
                             f"{bad_in_row} non-finite losses in a row (last on {files}); training diverged: "
-                            f"lower --lr, check those images, or turn off --amp")
+                            f"lower train.lr, check those images, or set train.amp=False")
             if last:
                 if not skip_group:
                     if cfg.clip_grad_norm is not None:

@@ -213,6 +213,8 @@ def test_check_data_on_wbc_is_clean_with_the_right_values_and_flags_them_without
     assert "240 usable images, 240 cells" in good.stdout and "no problems found" in good.stdout
     bad = check_data(WBC_DIR, "--image-glob", "*.bmp", "--mask-glob", "*.png")
     assert bad.returncode == 1 and "mask values 128, 255 are not among" in bad.stdout
+    # the library names the config field, the command its own flag
+    assert "--snap-values" in bad.stdout and "data.snap_values" not in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr
 
 

@@ -106,7 +106,7 @@ def test_part_values_map_to_part_indices():
 
 def test_undeclared_values_are_an_error_naming_file_and_values_unless_snapped():
     mask = np.array([[0, 127, 255], [250, 3, 128]])
-    with pytest.raises(DataError, match=r"m.png: mask values 3, 127, 250 are not among .*--snap-values"):
+    with pytest.raises(DataError, match=r"m.png: mask values 3, 127, 250 are not among .*data.snap_values=True"):
         map_part_values(mask, (0, 128, 255), name="m.png")
     np.testing.assert_array_equal(map_part_values(mask, (0, 128, 255), snap=True), [[0, 1, 2], [2, 0, 1]])
 
@@ -173,7 +173,7 @@ def test_unpaired_image_is_an_error_or_skipped_on_request(tmp_path, caplog):
     save(tmp_path / "a.tif", IMG)
     save(tmp_path / "a_masks.tif", MASK)
     save(tmp_path / "lonely.tif", IMG)
-    with pytest.raises(DataError, match="lonely.tif: no parts mask .*--skip-unpaired"):
+    with pytest.raises(DataError, match="lonely.tif: no parts mask .*data.skip_unpaired=True"):
         find_pairs(tmp_path, DataConfig())
     pairs = find_pairs(tmp_path, DataConfig(skip_unpaired=True))
     assert [p.image.name for p in pairs] == ["a.tif"]
@@ -281,10 +281,10 @@ def test_one_chosen_channel_is_repeated_to_three(tmp_path):
 def test_a_channel_out_of_range_names_the_file_and_the_channels_there_are(tmp_path):
     path = tmp_path / "img.tif"
     tifffile.imwrite(path, two_channels(), imagej=True, metadata={"axes": "CYX"})
-    with pytest.raises(DataError, match=r"img.tif: has 2 channels \(0-1\); --channels 0,2 asks for channel 2$"):
+    with pytest.raises(DataError, match=r"img.tif: has 2 channels \(0-1\); data.channels='0,2' asks for channel 2$"):
         read_image(path, DataConfig(channels=(0, 2)))
     gray = save(tmp_path / "gray.png", np.zeros((8, 8), np.uint8))
-    with pytest.raises(DataError, match=r"gray.png: has 1 channel \(0\); --channels 1 asks for channel 1"):
+    with pytest.raises(DataError, match=r"gray.png: has 1 channel \(0\); data.channels='1' asks for channel 1"):
         read_image(gray, DataConfig(channels=(1,)))
 
 
@@ -292,7 +292,7 @@ def test_more_than_four_channels_need_a_choice(tmp_path):
     stack = np.stack([two_channels()[0] + 10 * c for c in range(6)])
     path = tmp_path / "six.tif"
     tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "CYX"})
-    with pytest.raises(DataError, match="six.tif: has 6 channels; choose up to 3 with --channels"):
+    with pytest.raises(DataError, match="six.tif: has 6 channels; choose up to 3 with data.channels"):
         read_image(path)
     image = read_image(path, DataConfig(channels=(5, 0), **FULL_RANGE))
     np.testing.assert_allclose(image[..., 0], minmax(stack[5]), atol=1e-6)
@@ -304,7 +304,7 @@ def test_a_z_stack_is_refused_unless_projected_and_the_projection_is_the_maximum
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZCYX"})
     with pytest.raises(DataError, match=r"stack.tif: a Z-stack of 12 planes \(axes ZCYX\); cellrcnn segments 2-D "
-                                        r"images: pass --projection max .*save single planes$"):
+                                        r"images: set data.projection='max' .*save single planes$"):
         read_image(path)
     projected = np.max(stack, axis=0)
     np.testing.assert_array_equal(select_channels(stack, "ZCYX", None, "max"), np.moveaxis(projected, 0, -1))
@@ -318,7 +318,7 @@ def test_a_time_series_is_refused_unless_projected(tmp_path):
     movie = rng.integers(0, 255, (5, 16, 18)).astype(np.uint8)
     path = tmp_path / "movie.tif"
     tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYX"})
-    with pytest.raises(DataError, match=r"movie.tif: a time series of 5 frames \(axes TYX\);.*--projection max"):
+    with pytest.raises(DataError, match=r"movie.tif: a time series of 5 frames \(axes TYX\);.*data.projection='max'"):
         read_image(path)
     np.testing.assert_allclose(read_image(path, DataConfig(projection="max"))[..., 1], movie.max(axis=0) / 255,
                                atol=1e-7)
@@ -385,7 +385,7 @@ def test_fields_refuse_what_read_image_refuses(tmp_path):
     stack = np.zeros((3, 2, 8, 8), np.uint16)
     path = tmp_path / "z.tif"
     tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZCYX"})
-    with pytest.raises(DataError, match=r"z.tif: a Z-stack of 3 planes.*--projection max"):
+    with pytest.raises(DataError, match=r"z.tif: a Z-stack of 3 planes.*data.projection='max'"):
         open_field(path, DataConfig())
     assert open_field(path, DataConfig(projection="max")).shape == (8, 8)
     nan = tmp_path / "nan.tif"

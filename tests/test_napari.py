@@ -241,3 +241,10 @@ def test_the_screenshot_script_shows_the_widget_and_the_predicted_layers(checkpo
     again = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshot_napari.py"), "--model",
                             str(checkpoint), "--out", str(out)], capture_output=True, text=True)
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+
+
+def test_a_widget_names_the_settings_of_a_message_by_its_own_labels(make_napari_viewer):
+    widget = PredictWidget(make_napari_viewer())
+    widget._fail("keep fewer cells: score_threshold=0.9 or largest=True; data.snap_values=True is no setting here")
+    assert widget.status.value == ("keep fewer cells: 'Score threshold' 0.9 or 'Cells'; data.snap_values=True is no "
+                                   "setting here")

@@ -241,7 +241,7 @@ def test_training_records_its_scale_and_prediction_follows_it(checkpoint):
         prediction_scale(model, scale=1.0, cell_diameter=10.0)
     legacy = ModelConfig(weights="none", backbone="resnet18_fpn")
     assert prediction_scale(legacy) is None
-    with pytest.raises(ValueError, match="--scale"):
+    with pytest.raises(ValueError, match=r"scale=FACTOR"):
         prediction_scale(legacy, cell_diameter=30.0)
 
 
@@ -442,7 +442,7 @@ def test_auto_scale_finds_the_scale_of_wbc_images_enlarged_twice(wbc_mosaic_mode
         assert "another magnification" not in caplog.text
         at_training_scale = trained.predict(image)  # cells twice the trained size: warned, once
         trained.predict(image)
-    assert caplog.text.count("another magnification") == 1 and "--cell-diameter auto" in caplog.text
+    assert caplog.text.count("another magnification") == 1 and "cell_diameter='auto'" in caplog.text
     truth_cells = rescale(imread(pairs[0].parts) > 0, 2, order=0) > 0
     assert cellrcnn.dice(auto.cells > 0, truth_cells) > max(0.8, cellrcnn.dice(at_training_scale.cells > 0, truth_cells))
 

@@ -80,3 +80,25 @@ def test_demo_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, setup,
         assert (out / "earlier.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
     else:
         assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_library_messages_are_told_in_the_commands_flags():
+    import argparse
+
+    from cellrcnn import cli
+
+    parser = cli._Parser(prog="x")
+    cli.add_config_arguments(parser, cli._DATA_FLAGS)
+    parser.add_argument("--largest", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--cell-diameter")
+    told = [cli.in_cli_terms(m, parser) for m in (
+        "a.tif: 3 planes; set data.projection='max' for the maximum projection",
+        "fix data.part_values, or set data.snap_values=True to map each to the nearest",
+        "has 2 channels; data.channels='0,2' asks for channel 2",
+        "keeping every cell (largest=True: only the largest, largest=False: every cell); cell_diameter='auto'",
+        "data.min_area: expected an integer; train.lr stays; sample_00 and image_glob are words")]
+    assert told == ["a.tif: 3 planes; set --projection max for the maximum projection",
+                    "fix --part-values, or set --snap-values to map each to the nearest",
+                    "has 2 channels; --channels 0,2 asks for channel 2",
+                    "keeping every cell (--largest: only the largest, --no-largest: every cell); --cell-diameter auto",
+                    "data.min_area: expected an integer; train.lr stays; sample_00 and image_glob are words"]

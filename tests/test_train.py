@@ -182,7 +182,7 @@ def test_a_non_finite_loss_skips_its_step_and_names_the_images(caplog, tmp_path)
 
 
 def test_non_finite_losses_in_a_row_abort(tmp_path):
-    with pytest.raises(FloatingPointError, match="2 non-finite losses in a row .*lower --lr"):
+    with pytest.raises(FloatingPointError, match="2 non-finite losses in a row .*lower train.lr"):
         run_epoch(LinearLoss(poison={0, 1, 2, 3}), 4, TrainConfig(batch_size=1, accumulate=2, max_nonfinite=2),
                   tmp_path)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from magicgui.widgets import Container, FileEdit, Label
 from napari.utils.notifications import show_error
+
+from cellrcnn.config import rename_settings
 
 __all__ = ["follow_layers", "given", "fail"]
 
@@ -26,7 +28,14 @@ def given(edit: FileEdit) -> Path | None:
     return Path(edit.value) if str(edit.value) not in ("", ".") else None
 
 
-def fail(status: Label, message: str) -> None:
-    """One line in the widget's status and a napari notification."""
+def fail(status: Label, message: str, labels: Mapping[str, str] | None = None) -> None:
+    """One line in the widget's status and a napari notification, the settings it names in the widget's terms.
+
+    ``labels`` maps settings (``score_threshold``, ``train.steps``) to the widget's own labels; a setting the
+    widget does not show stays as the library names it (``data.snap_values``: a config field).
+    """
+    if labels:
+        message = rename_settings(message, lambda name, value: None if name not in labels else
+                                  f"'{labels[name]}'" + (f" {value}" if value not in (None, "True") else ""))
     status.value = message
     show_error(message)

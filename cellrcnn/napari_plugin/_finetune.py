@@ -29,6 +29,11 @@ __all__ = ["FinetuneWidget"]
 logger = logging.getLogger(__name__)
 
 
+#: The settings this widget shows, by the names library messages give them.
+LABELS = {"train.steps": "Steps (adapting)", "train.epochs": "Epochs", "model.part_weights": "Cytoplasm weight",
+          "train.device": "Device", "model.weights": "Starting model"}
+
+
 class FinetuneWidget(Container):
     """Fine-tune a model on an image layer with its part labels, or on a folder of images and masks.
 
@@ -86,7 +91,7 @@ class FinetuneWidget(Container):
         return lambda _widget=None: [(layer.name, layer) for layer in self.viewer.layers if layer._type_string == kind]
 
     def _fail(self, message: str) -> None:
-        fail(self.status, message)
+        fail(self.status, message, LABELS)
 
     def config(self) -> Config:
         """The run's config from the widget's settings.

@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 #: The Cells choice as :meth:`Predictor.predict`'s ``largest``: None follows the model's ``single_cell``.
 CELL_CHOICES = {"as the model was trained": None, "all": False, "largest complete cell only": True}
+#: The settings this widget shows, by the names library messages give them.
+LABELS = {"score_threshold": "Score threshold", "largest": "Cells", "tile": "Tile (px)",
+          "pixel_size": "Pixel size (µm)", "overwrite": "Replace existing files"}
 
 
 def _predict(model: Path, loaded: dict, image: np.ndarray, name: str, options: dict):
@@ -119,7 +122,7 @@ class PredictWidget(Container):
         return np.asarray(data[index]), f" (the plane on screen, {index})"
 
     def _fail(self, message: str) -> None:
-        fail(self.status, message)
+        fail(self.status, message, LABELS)
 
     def _stop(self) -> None:
         """On close: stop the worker, updating no widget (they may be gone already)."""
