@@ -359,12 +359,16 @@ def _add_cell_arguments(parser: argparse.ArgumentParser, exported: bool = False)
 
 
 def _cell_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
-    """The cell options given, checked (``parser.error`` otherwise); None where not given."""
-    if args.score_threshold is not None and not 0 <= args.score_threshold < 1:
-        parser.error(f"--score-threshold must lie in [0, 1), got {args.score_threshold}")
-    if args.max_cells is not None and args.max_cells < 1:
-        parser.error("--max-cells must be at least 1")
-    return {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells}
+    """The cell options given (None where not), checked by :class:`~cellrcnn.selection.CellChoice`
+    (``parser.error`` otherwise)."""
+    from .selection import CellChoice  # numpy only: the command line stays fast
+
+    given = {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells}
+    try:
+        CellChoice().replace(**given)
+    except ValueError as err:
+        parser.error(str(err))
+    return given
 
 
 def _cell_diameter(text: str) -> float | str:

@@ -61,13 +61,13 @@ class CellChoice:
         threshold = self.score_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
                 math.isfinite(threshold) and 0 <= threshold < 1):
-            raise ValueError(f"the score threshold must lie in [0, 1), got {threshold!r}")
+            raise ValueError(f"score_threshold={threshold!r}: the score threshold must lie in [0, 1)")
         object.__setattr__(self, "score_threshold", float(threshold))
         if self.largest is not None and not isinstance(self.largest, (bool, np.bool_)):
-            raise ValueError(f"largest must be true, false or none (as the model was trained), got {self.largest!r}")
+            raise ValueError(f"largest={self.largest!r}: must be true, false or none (as the model was trained)")
         if self.max_cells is not None and (isinstance(self.max_cells, bool) or not isinstance(
                 self.max_cells, (int, np.integer)) or self.max_cells < 1):
-            raise ValueError(f"max_cells must be a whole number of at least 1, got {self.max_cells!r}")
+            raise ValueError(f"max_cells={self.max_cells!r}: must be a whole number of at least 1")
 
     def replace(self, **given) -> "CellChoice":
         """This choice with the values given that are not None."""

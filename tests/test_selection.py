@@ -46,7 +46,7 @@ def test_a_choice_is_checked_and_overridden_only_by_what_is_given():
     choice = CellChoice(score_threshold=0.2, largest=False)
     assert choice.replace(score_threshold=None, largest=None, max_cells=3) == CellChoice(0.2, False, 3)
     assert CellChoice(**choice.as_kwargs()) == choice
-    for bad, match in (({"score_threshold": 1.0}, "score threshold"), ({"score_threshold": "high"}, "score threshold"),
+    for bad, match in (({"score_threshold": 1.0}, "score_threshold=1.0"), ({"score_threshold": "high"}, "score threshold"),
                        ({"max_cells": 0}, "max_cells"), ({"max_cells": 2.5}, "max_cells"), ({"largest": "yes"}, "largest")):
         with pytest.raises(ValueError, match=match):
             CellChoice(**bad)
