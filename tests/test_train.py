@@ -419,6 +419,16 @@ def test_metric_hooks_keep_their_own_state_whatever_their_order(tmp_path):
     resumed = EarlyStopping()
     resumed.load_state_dict({"best": 0.6, "since_best": 1})
     assert run([resumed], [0.5])[0] == 1  # one more validation without improvement stops it
+    # a checkpoint keys each hook's state by its class; one from before hooks kept state has it at the top
+    trainer = cellrcnn.Trainer(config, None, tmp_path / "run")
+    trainer.hooks = [BestCheckpoint(), EarlyStopping(), BestCheckpoint()]
+    trainer._restore_hooks({"hooks": {"BestCheckpoint": {"best": 0.8, "since_best": 0},
+                                      "EarlyStopping": {"best": 0.7, "since_best": 1},
+                                      "BestCheckpoint.2": {"best": 0.9, "since_best": 3}}})
+    assert [h.state_dict() for h in trainer.hooks] == [{"best": 0.8, "since_best": 0}, {"best": 0.7, "since_best": 1},
+                                                       {"best": 0.9, "since_best": 3}]
+    trainer._restore_hooks({"best": 0.5, "since_best": 2})
+    assert [h.state_dict() for h in trainer.hooks] == [{"best": 0.5, "since_best": 2}] * 3
 
 
 def test_sweep_names_the_weighted_part_and_follows_the_part_names(small_sample, tmp_path):
