@@ -195,7 +195,7 @@ def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, 
                                hooks=[cellrcnn.hooks.Callback(lambda row, frame: seen.append(len(frame)))])
     # The sample's cells (about 42 px) shrink to about 21 px at min_size 64: below the anchors, and it says so.
     assert "cells span about 42 px" in caplog.text and "they span about 21 px" in caplog.text
-    assert "set min_size and max_size (--min-size, --max-size) to about 384 and 384" in caplog.text
+    assert "set model.min_size and model.max_size to about 384 and 384" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "history.csv",
                                                       "last.pt", "split.csv", "train.log"]
     assert seen == [1, 2] and list(history["epoch"]) == [1, 2]
