@@ -470,7 +470,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     from .export import OUTPUT_SUFFIXES, output_paths  # the heavy imports, after the arguments are checked
     from .io import list_images
     from .predict import Predictor
-    from .runtime import join_process_group
+    from .runtime import barrier, join_process_group
 
     try:
         images = list(dict.fromkeys(p for i in inputs for p in list_images(i, args.image_glob,
@@ -490,10 +490,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                          "another --out", args.out, clashes[0].name,
                          f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
             return 2
-    if runtime.distributed:  # every process has looked before any writes
-        import torch.distributed as torch_dist
-
-        torch_dist.barrier()
+    barrier(runtime)  # every process has looked before any writes
     args.out.mkdir(parents=True, exist_ok=True)
     if predictor.auto_scale:
         logger.info("the scale of each image is estimated from the cells found in it (training scale %.3g)",
@@ -511,7 +508,7 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
     from tqdm.auto import tqdm
 
     from .export import export_prediction, write_table
-    from .runtime import shard
+    from .runtime import gather, leave_process_group, shard
 
     order = {path: i for i, path in enumerate(images)}
     mine = shard(images, runtime)
@@ -533,13 +530,9 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
                           overwrite=args.overwrite)
         tables.append((order[result.path], result.prediction.table))
         logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
-    if runtime.distributed:  # the tables and failures of every process, to rank 0, in image order
-        import torch.distributed as torch_dist
-
-        gathered = [None] * runtime.world_size
-        torch_dist.all_gather_object(gathered, (tables, failed))
-        tables = [t for part, _ in gathered for t in part]
-        failed = [f for _, part in gathered for f in part]
+    gathered = gather((tables, failed), runtime)  # every process's tables and failures, put in image order below
+    tables = [t for part, _ in gathered for t in part]
+    failed = [f for _, part in gathered for f in part]
     tables = [table for _, table in sorted(tables, key=lambda item: item[0])]
     if tables and runtime.is_main:
         write_table(pd.concat(tables, ignore_index=True), table_path, overwrite=args.overwrite)
@@ -548,8 +541,7 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
                     sum(len(t) for t in tables), args.out)
         if failed:
             logger.error("%d image(s) failed:\n%s", len(failed), "\n".join(failed))
-    if runtime.distributed:
-        torch_dist.destroy_process_group()
+    leave_process_group(runtime)
     return 1 if failed else 0
 
 

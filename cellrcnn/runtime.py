@@ -17,7 +17,7 @@ import torch.distributed as torch_dist
 
 from .model import resolve_device
 
-__all__ = ["Runtime", "join_process_group", "shard"]
+__all__ = ["Runtime", "join_process_group", "shard", "barrier", "gather", "leave_process_group"]
 
 T = TypeVar("T")
 
@@ -59,3 +59,24 @@ def join_process_group(device: str = "auto") -> Runtime:
 def shard(items: Sequence[T], runtime: Runtime) -> list[T]:
     """This process's share of ``items``: every ``world_size``-th one from its rank (all of them alone)."""
     return list(items[runtime.rank::runtime.world_size])
+
+
+def barrier(runtime: Runtime) -> None:
+    """Wait until every process of the group gets here (nothing alone)."""
+    if runtime.distributed:
+        torch_dist.barrier()
+
+
+def gather(item: T, runtime: Runtime) -> list[T]:
+    """``item`` of every process, in rank order, on every process (``[item]`` alone); pickled, so any object."""
+    if not runtime.distributed:
+        return [item]
+    gathered: list = [None] * runtime.world_size
+    torch_dist.all_gather_object(gathered, item)
+    return gathered
+
+
+def leave_process_group(runtime: Runtime) -> None:
+    """Leave the group joined by :func:`join_process_group` (nothing alone)."""
+    if runtime.distributed and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig
-from .targets import largest_complete
+from .targets import border_labels, largest_complete
 
 __all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "border_labels", "CROP_LIKE"]
 
@@ -140,8 +140,3 @@ def kept_cells(scores: np.ndarray, areas: np.ndarray, complete: np.ndarray, scor
     if largest and len(keep):
         keep = keep[[largest_complete(areas[keep], complete[keep])]]
     return keep.astype(np.int64)
-
-
-def border_labels(cells: np.ndarray) -> np.ndarray:
-    """The labels (int ``[K]``, 0 included when present) on the border of a label image ``[H, W]``."""
-    return np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))

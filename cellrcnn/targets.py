@@ -13,7 +13,7 @@ from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
 __all__ = ["whole_cell_targets", "instance_targets", "parts_from_instances", "select_largest",
-           "largest_complete", "largest_complete_label"]
+           "largest_complete", "largest_complete_label", "border_labels"]
 
 
 def instance_targets(cells: np.ndarray, parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:
@@ -109,5 +109,9 @@ def largest_complete_label(cells: np.ndarray) -> int:
     ids, counts = np.unique(cells[cells > 0], return_counts=True)
     if len(ids) == 0:
         return 0
-    border = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
-    return int(ids[largest_complete(counts, ~np.isin(ids, border))])
+    return int(ids[largest_complete(counts, ~np.isin(ids, border_labels(cells)))])
+
+
+def border_labels(cells: np.ndarray) -> np.ndarray:
+    """The labels (int ``[K]``, 0 included when present) on the border of a label image ``[H, W]``."""
+    return np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))

@@ -33,7 +33,7 @@ from .io import atomic_write
 from .metrics import part_dice
 from .model import build_model, load_checkpoint, resolve_norm, to_label_images
 from .predict import Predictor
-from .runtime import Runtime, join_process_group
+from .runtime import Runtime, join_process_group, leave_process_group
 
 __all__ = ["Trainer", "fit", "sweep", "new_run_dir", "latest_run", "Runtime", "validate", "lr_factor",
            "steps_per_epoch", "sizes_for_cell_size", "save_checkpoint", "epoch_seed"]
@@ -430,8 +430,7 @@ class Trainer:
         try:
             return self._train()
         finally:
-            if self.runtime.distributed and torch_dist.is_initialized():
-                torch_dist.destroy_process_group()
+            leave_process_group(self.runtime)
 
     def _setup(self) -> None:
         """Everything that can fail on bad input (data, weights) happens before the first file is written."""
