@@ -25,8 +25,8 @@ import numpy as np
 from skimage.io import imsave
 
 import cellrcnn
-from cellrcnn.cli import check_data_main
-from cellrcnn.io import match_files
+from cellrcnn.cli.check_data import check_data_main
+from cellrcnn.io.folders import match_files
 
 
 def write_folder(folder: Path, pairs: int, distinct: int = 50) -> None:

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import cellrcnn
-from cellrcnn.synthetic import synthetic_field, write_field
+from cellrcnn.sample_data.field import synthetic_field
+from cellrcnn.sample_data.files import write_field
 
 
 def _rss_mb() -> float:

@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 
 import cellrcnn
-from cellrcnn.data import build_target, load_sample
-from cellrcnn.model import PartRCNNTransform
-from cellrcnn.roi_heads import _to_mask_scale
+from cellrcnn.data.dataset import build_target, load_sample
+from cellrcnn.modeling.heads import _to_mask_scale
+from cellrcnn.modeling.transform import PartRCNNTransform
 
 WBC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wbc_jtsc"
 PARTS = ("background", "cytoplasm", "nucleus")

@@ -34,10 +34,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
-import cellrcnn
 from train_wbc import DATA, PARTS, WBC, link_split
 from transfer_wbc import link_halves
+
+import cellrcnn
+
 
 def folders(root: Path) -> dict[str, Path]:
     train, val = link_split(root / "split", WBC)

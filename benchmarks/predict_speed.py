@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 import cellrcnn
-from cellrcnn.export import export_prediction
-from cellrcnn.predict import Prediction, Predictor, measure_cells
+from cellrcnn.export.files import export_prediction
+from cellrcnn.inference.measure import Prediction, measure_cells
+from cellrcnn.inference.predictor import Predictor
 
 WBC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wbc_jtsc"
 

@@ -32,10 +32,10 @@ import pandas as pd
 import torch
 from skimage.io import imread
 from skimage.transform import rescale
+from train_wbc import DATA, WBC
 
 import cellrcnn
-from cellrcnn.predict import SCALE_LADDER, scale_from_diameters
-from train_wbc import DATA, WBC
+from cellrcnn.inference.scale import SCALE_LADDER, scale_from_diameters
 
 CELLAVISION = WBC.parent / "wbc_cellavision_few"
 

@@ -31,9 +31,9 @@ from skimage.io import imread
 from skimage.measure import regionprops
 
 import cellrcnn
-from cellrcnn.metrics import matching, part_dice
-from cellrcnn.synthetic import wbc_mosaic
-from cellrcnn.tiles import grid_overlap
+from cellrcnn.evaluation.metrics import matching, part_dice
+from cellrcnn.inference.tiles import grid_overlap
+from cellrcnn.sample_data.mosaic import wbc_mosaic
 
 WBC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "wbc_jtsc"
 WBC = cellrcnn.DataConfig(image_glob="*.bmp", mask_glob="*.png", part_values=(0, 128, 255))

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from train_wbc import ABLATION, DATA, WBC, base_config, finished, link_split, run
 
 import cellrcnn
-from train_wbc import ABLATION, DATA, WBC, base_config, finished, link_split, run
 
 CELLAVISION = WBC.parent / "wbc_cellavision_few"
 PARTS = ("background", "cytoplasm", "nucleus")

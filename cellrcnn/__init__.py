@@ -11,43 +11,42 @@ import logging
 
 __version__ = "0.1.0"
 
-#: Public name -> submodule that defines it.
+#: Public name -> module that defines it.
 _API = {
     "config": ("BACKBONES", "Config", "DataConfig", "ModelConfig", "TrainConfig"),
     "io": ("DataError", "find_pairs", "read_image", "read_labels", "open_field", "ImageField"),
-    "data": ("CellDataset", "check_folder", "make_splits"),
-    "augment": ("build_augmentation",),
-    "synthetic": ("synthetic_sample", "synthetic_field", "write_field"),
-    "model": ("build_model", "build_backbone", "model_from_checkpoint", "model_config_from_run", "adaptation_overrides",
-              "load_checkpoint"),
-    "roi_heads": ("PartRoIHeads",),
-    "metrics": ("dice", "part_dice", "matching", "coco_mask_ap"),
-    "selection": ("CellChoice",),
-    "predict": ("Prediction", "Predictor", "measure_cells"),
-    "export": ("export_prediction",),
-    "share": ("PackageInfo", "export_model"),
-    "report": ("Scored", "evaluate", "score_folder"),
-    "style": ("PART_COLOURS", "part_colour"),
-    "train": ("Trainer", "fit", "sweep", "new_run_dir", "latest_run"),
+    "data": ("CellDataset", "check_folder", "make_splits", "build_augmentation"),
+    "modeling": ("build_model", "build_backbone", "model_from_checkpoint", "model_config_from_run",
+                 "adaptation_overrides", "load_checkpoint", "PartRoIHeads"),
+    "evaluation": ("dice", "part_dice", "matching", "coco_mask_ap", "Scored", "evaluate", "score_folder"),
+    "inference": ("CellChoice", "Prediction", "Predictor", "measure_cells"),
+    "export": ("export_prediction", "PackageInfo", "export_model"),
+    "viz.style": ("PART_COLOURS", "part_colour"),
+    "engine": ("Trainer", "fit", "sweep", "new_run_dir", "latest_run"),
 }
 #: Reachable as ``cellrcnn.<name>`` for code written before the API was trimmed; not part of it.
 _INTERNAL = {
-    "losses": ("part_mask_loss", "project_parts_on_boxes"),
-    "model": ("load_matching_state_dict", "paste_parts_in_image", "read_state_dict", "to_label_images"),
-    "targets": ("whole_cell_targets", "instance_targets", "select_largest"),
-    "data": ("collate", "write_split_csv"),
+    "modeling": ("part_mask_loss", "project_parts_on_boxes", "load_matching_state_dict", "paste_parts_in_image",
+                 "read_state_dict", "to_label_images"),
+    "data": ("whole_cell_targets", "instance_targets", "select_largest", "collate", "write_split_csv"),
+    "sample_data": ("synthetic_sample", "synthetic_field", "write_field"),  # sample data: cellrcnn.sample_data
 }
-_SUBMODULES = ("plots", "hooks", "config", "io", "augment", "targets", "data", "losses", "roi_heads", "model",
-               "train", "predict", "export", "metrics", "report", "style", "synthetic", "cli", "zoo", "share", "tiles",
-               "selection")
+#: The layers (subpackages), and the flat modules of earlier versions, which now live in them.
+_SUBPACKAGES = ("utils", "config", "io", "data", "sample_data", "modeling", "inference", "evaluation", "engine",
+                "export", "viz", "cli", "napari_plugin")
+_MOVED = {"compat": "utils.compat", "runtime": "utils.runtime", "augment": "data.augment", "targets": "data.targets",
+          "synthetic": "sample_data", "model": "modeling", "roi_heads": "modeling.heads", "losses": "modeling.losses",
+          "predict": "inference", "tiles": "inference.tiles", "selection": "inference.selection",
+          "metrics": "evaluation.metrics", "report": "evaluation.report", "train": "engine", "hooks": "engine.hooks",
+          "share": "export.bioimage", "plots": "viz.plots", "style": "viz.style"}
 _WHERE = {name: module for table in (_INTERNAL, _API) for module, names in table.items() for name in names}
 
 __all__ = [name for names in _API.values() for name in names] + ["plots", "hooks"]
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+    if name in _SUBPACKAGES or name in _MOVED or name == "zoo":
+        return importlib.import_module(f".{_MOVED.get(name, name)}", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'cellrcnn' has no attribute {name!r}")

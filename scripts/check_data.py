@@ -6,7 +6,7 @@
 
 import sys
 
-from cellrcnn.cli import check_data_main
+from cellrcnn.cli.check_data import check_data_main
 
 if __name__ == "__main__":
     sys.exit(check_data_main())

@@ -7,7 +7,7 @@
 
 import sys
 
-from cellrcnn.cli import evaluate_main
+from cellrcnn.cli.evaluate import evaluate_main
 
 if __name__ == "__main__":
     sys.exit(evaluate_main())

@@ -10,7 +10,7 @@ labels; bioimageio.core's model test runs before it is written. Needs
 
 import sys
 
-from cellrcnn.cli import export_model_main
+from cellrcnn.cli.export_model import export_model_main
 
 if __name__ == "__main__":
     sys.exit(export_model_main())

@@ -8,7 +8,7 @@ Run it under ``torchrun --nproc_per_node=N`` to train on N GPUs.
 
 import sys
 
-from cellrcnn.cli import finetune_main
+from cellrcnn.cli.finetune import finetune_main
 
 if __name__ == "__main__":
     sys.exit(finetune_main())

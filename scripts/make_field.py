@@ -18,7 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from cellrcnn.synthetic import synthetic_field, write_field
+from cellrcnn.sample_data.field import synthetic_field
+from cellrcnn.sample_data.files import write_field
 
 log = logging.getLogger("make_field")
 

@@ -9,7 +9,7 @@ labels), plus cells.csv with one row per cell for the whole run.
 
 import sys
 
-from cellrcnn.cli import predict_main
+from cellrcnn.cli.predict import predict_main
 
 if __name__ == "__main__":
     sys.exit(predict_main())

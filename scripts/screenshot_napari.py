@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
     from skimage.io import imread, imsave
 
-    from cellrcnn.io import atomic_write
+    from cellrcnn.utils.files import atomic_write
 
     viewer = napari.Viewer(show=False)
     gl = not args.no_gl and has_opengl()

@@ -10,8 +10,8 @@ import torch
 
 import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
-from cellrcnn.synthetic import synthetic_sample
-from cellrcnn.targets import whole_cell_targets
+from cellrcnn.data.targets import whole_cell_targets
+from cellrcnn.sample_data.sample import synthetic_sample
 
 # Qt without a display, for the napari widget tests (read when the QApplication is made, by the first test).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

@@ -6,9 +6,8 @@ import nbformat
 import numpy as np
 import pytest
 import tifffile
-from nbclient import NotebookClient
-
 from conftest import REPO
+from nbclient import NotebookClient
 
 NOTEBOOKS = ["01_look_at_your_data.ipynb", "02_finetune.ipynb", "03_predict_and_export.ipynb"]
 

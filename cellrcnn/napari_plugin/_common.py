@@ -8,7 +8,7 @@ from typing import Callable, Mapping
 from magicgui.widgets import Container, FileEdit, Label
 from napari.utils.notifications import show_error
 
-from cellrcnn.config import rename_settings
+from ..config.tree import rename_settings
 
 __all__ = ["follow_layers", "given", "fail"]
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox)
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.qt.threading import create_worker
@@ -17,11 +16,11 @@ from superqt.utils import ensure_main_thread
 
 from cellrcnn import (Config, DataConfig, ModelConfig, TrainConfig, adaptation_overrides, fit, load_checkpoint,
                       model_config_from_run)
-from cellrcnn.config import ADAPT_RECIPE
-from cellrcnn.hooks import Callback, Cancel, Cancelled, HookBase
-from cellrcnn.io import write_pair
-from cellrcnn.plots import plot_history
 
+from ..config.train import ADAPT_RECIPE
+from ..engine.hooks import Callback, Cancel, Cancelled, HookBase
+from ..io.folders import write_pair
+from ..viz.plots import plot_history
 from ._common import fail, follow_layers, given
 
 __all__ = ["FinetuneWidget"]

@@ -13,10 +13,10 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info
 
 from cellrcnn import Predictor
-from cellrcnn.export import export_prediction, output_paths, write_table
-from cellrcnn.io import safe_stem
-from cellrcnn.style import part_colour
 
+from ..export.files import export_prediction, output_paths, write_table
+from ..utils.files import safe_stem
+from ..viz.style import part_colour
 from ._common import fail, follow_layers, given
 
 __all__ = ["PredictWidget"]

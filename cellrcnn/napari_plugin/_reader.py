@@ -9,7 +9,7 @@ __all__ = ["get_reader", "model_file"]
 
 def model_file(path: str | Path) -> Path | None:
     """The model a dropped path names: a checkpoint, a run folder's ``best.pt``, or a package; else None."""
-    from cellrcnn.zoo import is_package
+    from ..inference.package import is_package
 
     path = Path(path)
     if path.is_dir() and (path / "best.pt").is_file():

@@ -1,0 +1,198 @@
+"""Evaluation of predicted label images against ground truth: tables and a figure."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io.files import DataError
+from ..io.masks import read_labels
+from ..viz.style import part_colour
+from .metrics import coco_mask_ap, matching, part_dice
+
+__all__ = ["Scored", "evaluate", "score_folder", "truth_label_images", "worst_images_figure", "THRESHOLDS"]
+
+#: IoU thresholds of the instance matching: 0.50, 0.55, ..., 0.95.
+THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.5, 1.0, 0.05), 2))
+
+
+@dataclass
+class Scored:
+    """One image's ground truth and prediction, as label images.
+
+    ``pred_parts`` may be None (instance labels only, from another tool); then the
+    part metrics of that image are NaN. ``scores`` maps predicted labels to
+    confidences (None: every prediction scores 1).
+    """
+
+    name: str
+    true_cells: np.ndarray
+    true_parts: np.ndarray
+    pred_cells: np.ndarray
+    pred_parts: np.ndarray | None = None
+    scores: dict[int, float] | None = None
+    image: np.ndarray | None = None
+
+
+def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """Score every image and the whole set.
+
+    Returns
+    -------
+    dict
+        ``per_image``: one row per image with the Dice and IoU of each part and
+        of the whole cell, and precision, recall, F1 and PQ at IoU 0.5 and 0.75;
+        ``summary``: rows of (metric, threshold, value) for the whole set: the
+        mean Dice and IoU per part, matching pooled over all images at every
+        threshold 0.50:0.95, and COCO mask AP, AP50 and AP75 (pycocotools).
+    """
+    rows, pooled = [], []
+    for item in items:
+        row = {"image": item.name, "true_cells": int(len(np.unique(item.true_cells)) - (item.true_cells == 0).any()),
+               "pred_cells": int(len(np.unique(item.pred_cells)) - (item.pred_cells == 0).any())}
+        if item.pred_parts is not None:
+            scores = part_dice(item.pred_parts, item.true_parts, part_names)
+        else:
+            scores = {f"{n}_dice": np.nan for n in part_names[1:]}
+            scores.update(part_dice((item.pred_cells > 0).astype(np.uint8), (item.true_parts > 0).astype(np.uint8),
+                                    ("background", "cell")))
+            scores["part_dice"] = np.nan
+        row.update(scores)
+        row.update({k.replace("_dice", "_iou"): v / (2 - v) for k, v in scores.items() if k != "part_dice"})
+        table = matching(item.true_cells, item.pred_cells, THRESHOLDS)
+        table["image"] = item.name
+        pooled.append(table)
+        for t in (0.5, 0.75):
+            at = table.loc[np.isclose(table["threshold"], t)].iloc[0]
+            row.update({f"{m}@{t:g}": at[m] for m in ("precision", "recall", "f1", "pq")})
+        rows.append(row)
+    per_image = pd.DataFrame(rows)
+
+    summary = []
+    for column in [c for c in per_image.columns if c.endswith(("_dice", "_iou"))]:
+        summary.append({"metric": f"mean {column}", "threshold": np.nan, "value": per_image[column].mean()})
+    counts = pd.concat(pooled).groupby("threshold")[["tp", "fp", "fn", "iou_sum"]].sum()
+    for t, c in counts.iterrows():
+        n_pred, n_true = c.tp + c.fp, c.tp + c.fn
+        summary += [
+            {"metric": "precision", "threshold": t, "value": c.tp / n_pred if n_pred else np.nan},
+            {"metric": "recall", "threshold": t, "value": c.tp / n_true if n_true else np.nan},
+            {"metric": "f1", "threshold": t, "value": 2 * c.tp / (n_true + n_pred) if n_true + n_pred else np.nan},
+            {"metric": "pq", "threshold": t, "value": c.iou_sum / (c.tp + c.fp / 2 + c.fn / 2)
+             if c.tp + c.fp + c.fn else np.nan},
+        ]
+    ap = coco_mask_ap([i.true_cells for i in items], [i.pred_cells for i in items],
+                      [i.scores or {} for i in items])
+    summary += [{"metric": f"COCO mask {k}", "threshold": np.nan, "value": v} for k, v in ap.items()]
+    return {"per_image": per_image, "summary": pd.DataFrame(summary)}
+
+
+def truth_label_images(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset target's ``masks`` (uint8 ``[N, H, W]`` part labels) as cells (int64 labels 1..N) and parts
+    (uint8), two label images."""
+    masks = np.asarray(masks)
+    cells = np.zeros(masks.shape[1:], dtype=np.int64)
+    for k, mask in enumerate(masks, start=1):
+        cells[mask > 0] = k
+    parts = masks.max(axis=0) if len(masks) else np.zeros(masks.shape[1:], dtype=np.uint8)
+    return cells, parts.astype(np.uint8)
+
+
+def score_folder(dataset, part_names: tuple[str, ...], predictions, **options) -> dict:
+    """Score predictions for every image of a dataset against its ground truth.
+
+    Parameters
+    ----------
+    dataset : CellDataset
+        The images and their true masks (``dataset.pairs`` names the files).
+    part_names : tuple of str
+        Part names, background first.
+    predictions : Predictor or path
+        A :class:`~cellrcnn.inference.predictor.Predictor` to run on each image (``options``:
+        ``score_threshold``, ``largest``), or a folder of label TIFFs written for
+        the images (``options``: ``cells_suffix``, default ``"_cells"``, and
+        ``parts_suffix``, default ``"_parts"``; without a parts file only cells
+        are scored).
+
+    Returns
+    -------
+    dict
+        ``per_image`` and ``summary`` as from :func:`evaluate`, and ``items``
+        (the :class:`Scored` images, for :func:`worst_images_figure`).
+
+    Raises
+    ------
+    DataError
+        A prediction file is missing or its size differs from its image.
+    """
+    items = []
+    for i, pair in enumerate(dataset.pairs):
+        image, target = dataset[i]
+        true_cells, true_parts = truth_label_images(target["masks"].numpy())
+        if isinstance(predictions, (str, os.PathLike)):
+            pred_cells, pred_parts = _read_predicted(Path(predictions), pair, true_cells.shape, **options)
+            scores = None
+        else:
+            result = predictions.predict(pair.image, **options)
+            scores = dict(zip(result.table["cell_id"].astype(int), result.table["score"]))
+            pred_cells, pred_parts = result.cells, result.parts
+        items.append(Scored(pair.name, true_cells, true_parts, pred_cells, pred_parts, scores,
+                            image.permute(1, 2, 0).numpy()))
+    return {**evaluate(items, part_names), "items": items}
+
+
+def _read_predicted(folder: Path, pair, shape: tuple[int, int], cells_suffix: str = "_cells",
+                    parts_suffix: str = "_parts") -> tuple[np.ndarray, np.ndarray | None]:
+    cells_path, parts_path = folder / f"{pair.name}{cells_suffix}.tif", folder / f"{pair.name}{parts_suffix}.tif"
+    if not cells_path.is_file():
+        raise DataError(f"{cells_path}: no prediction for {pair.image.name}")
+    cells = read_labels(cells_path)
+    if cells.shape != shape:
+        raise DataError(f"{cells_path}: size {cells.shape} differs from {pair.image.name} {shape}")
+    return cells, read_labels(parts_path) if parts_path.is_file() else None
+
+
+def _colour_parts(parts: np.ndarray, part_names: tuple[str, ...]) -> np.ndarray:
+    rgb = np.ones((*parts.shape, 3))
+    for k, name in enumerate(part_names[1:], start=1):
+        rgb[parts == k] = part_colour(name, k, scale=1.0)
+    return rgb
+
+
+def worst_images_figure(path: str | os.PathLike, items: list[Scored], per_image: pd.DataFrame,
+                        part_names: tuple[str, ...], count: int = 6, overwrite: bool = False) -> Path:
+    """A PNG of the ``count`` images with the lowest part Dice (cell Dice without parts):
+    image, true parts, predicted parts."""
+    # A Figure of its own, outside pyplot: no backend switched, nothing left open in a notebook.
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from ..utils.files import atomic_write
+
+    key = "part_dice" if per_image["part_dice"].notna().any() else "cell_dice"
+    worst = per_image.nsmallest(count, key)
+    by_name = {i.name: i for i in items}
+    fig = Figure(figsize=(7.5, 2.5 * len(worst)))
+    axes = fig.subplots(len(worst), 3, squeeze=False)
+    for row, (_, record) in zip(axes, worst.iterrows()):
+        item = by_name[record["image"]]
+        if item.image is not None:
+            row[0].imshow(np.clip(item.image, 0, 1))
+        row[0].set_title(f"{item.name}  ({key.replace('_', ' ')} {record[key]:.2f})", fontsize=9)
+        row[1].imshow(_colour_parts(item.true_parts, part_names))
+        row[1].set_title("ground truth", fontsize=9)
+        predicted = item.pred_parts if item.pred_parts is not None else (item.pred_cells > 0).astype(np.uint8)
+        row[2].imshow(_colour_parts(predicted, part_names))
+        row[2].set_title("prediction", fontsize=9)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    handles = [Patch(color=part_colour(n, k, 1.0), label=n) for k, n in enumerate(part_names) if k > 0]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle("Images with the lowest Dice", fontsize=11)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=overwrite)

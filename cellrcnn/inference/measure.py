@@ -1,0 +1,129 @@
+"""A prediction's result, and the per-cell measurements of its table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Prediction", "measure_cells"]
+
+
+@dataclass
+class Prediction:
+    """What the model finds in one image.
+
+    Attributes
+    ----------
+    name : str
+        The image's name (file stem).
+    image : np.ndarray or None
+        float32 ``[H, W, 3]``, the normalised image the model saw; None for an
+        image predicted in tiles (it is read window by window, never whole).
+    cells : np.ndarray
+        uint16 ``[H, W]`` cell labels, 0 background, 1..N by descending score
+        (uint32 beyond 65535 cells).
+    parts : np.ndarray
+        uint8 ``[H, W]`` part labels (index into the config's parts).
+    table : pandas.DataFrame
+        One row per cell: see :func:`measure_cells`.
+    """
+
+    name: str
+    image: np.ndarray | None
+    cells: np.ndarray
+    parts: np.ndarray
+    table: pd.DataFrame = field(repr=False)
+
+
+def measure_cells(cells: np.ndarray, parts: np.ndarray, image, part_names: tuple[str, ...],
+                  scores: dict[int, float] | None = None, classes: dict[int, str] | None = None,
+                  pixel_size: float | None = None, name: str = "image", block: int = 1024) -> pd.DataFrame:
+    """Per-cell measurements from label images.
+
+    The images are read block by block, so a whole field of view is measured
+    without a copy of it.
+
+    Parameters
+    ----------
+    cells : np.ndarray
+        Integer ``[H, W]`` cell labels, 0 background.
+    parts : np.ndarray
+        Integer ``[H, W]`` part labels.
+    image : np.ndarray or ImageField
+        ``[H, W, C]`` intensities (the normalised image, values 0..1), or an
+        :class:`~cellrcnn.io.ImageField` read window by window.
+    part_names : tuple of str
+        Part names, background first.
+    scores, classes : dict, optional
+        Detection score and class name of each cell label.
+    pixel_size : float, optional
+        Micrometres per pixel; adds areas in square micrometres.
+    name : str
+        The image's name, first column.
+    block : int
+        Side of the blocks read at a time.
+
+    Returns
+    -------
+    pandas.DataFrame
+        image, cell_id, class, score, bbox_x0/y0/x1/y1 (pixel edges),
+        centroid_x/y, area_px (whole cell), ``<part>_area_px`` per part,
+        ``*_um2`` with a pixel size, ``nc_ratio`` (nucleus / cytoplasm area,
+        when both parts exist) and ``mean_<part>_c<k>``, the mean intensity of
+        channel k in each part. Coordinates are those of the whole image.
+    """
+    read = image.read if hasattr(image, "read") else (lambda y0, y1, x0, x1: image[y0:y1, x0:x1])
+    H, W = cells.shape
+    n, K = int(cells.max(initial=0)), len(part_names)
+    counts = np.zeros((n + 1) * K)
+    sums: np.ndarray | None = None
+    low = np.full((2, n + 1), np.iinfo(np.int64).max)
+    high = np.full((2, n + 1), -1)
+    coord_sums = np.zeros((2, n + 1))
+    for y0 in range(0, H, block):
+        for x0 in range(0, W, block):
+            inside = cells[y0:y0 + block, x0:x0 + block] > 0
+            if not inside.any():
+                continue
+            label = cells[y0:y0 + block, x0:x0 + block][inside].astype(np.int64)
+            key = label * K + parts[y0:y0 + block, x0:x0 + block][inside].astype(np.int64)
+            pixels = np.asarray(read(y0, min(y0 + block, H), x0, min(x0 + block, W)))[inside].astype(np.float64)
+            if sums is None:
+                sums = np.zeros((pixels.shape[-1], (n + 1) * K))
+            counts += np.bincount(key, minlength=(n + 1) * K)
+            for c in range(pixels.shape[-1]):
+                sums[c] += np.bincount(key, weights=pixels[:, c], minlength=(n + 1) * K)
+            for axis, coords in enumerate(np.nonzero(inside)):
+                coords = coords + (y0, x0)[axis]
+                np.minimum.at(low[axis], label, coords)
+                np.maximum.at(high[axis], label, coords)
+                coord_sums[axis] += np.bincount(label, weights=coords, minlength=n + 1)
+    counts = counts.reshape(n + 1, K)
+    ids = np.flatnonzero(counts.sum(axis=1) > 0)
+    ids = ids[ids > 0]
+    counts, area = counts[ids], counts[ids].sum(axis=1)
+    table = pd.DataFrame({
+        "image": name,
+        "cell_id": ids,
+        "class": [(classes or {}).get(int(i), "cell") for i in ids],
+        "score": [(scores or {}).get(int(i), np.nan) for i in ids],
+        "bbox_x0": low[1, ids], "bbox_y0": low[0, ids], "bbox_x1": high[1, ids] + 1, "bbox_y1": high[0, ids] + 1,
+        "centroid_x": coord_sums[1, ids] / area if len(ids) else [], "centroid_y": coord_sums[0, ids] / area if len(ids) else [],
+        "area_px": area.astype(np.int64),
+    })
+    for k, part_name in enumerate(part_names[1:], start=1):
+        table[f"{part_name}_area_px"] = counts[:, k].astype(np.int64)
+    if pixel_size:
+        for column in [c for c in table.columns if c.endswith("area_px")]:
+            table[column.replace("_px", "_um2")] = table[column] * pixel_size**2
+    if "nucleus" in part_names and "cytoplasm" in part_names:
+        cyto = table["cytoplasm_area_px"].astype(float)
+        table["nc_ratio"] = table["nucleus_area_px"] / cyto.where(cyto > 0)
+    # without any cell pixel, the channel count comes from the image (an ImageField always gives three)
+    channels = sums.shape[0] if sums is not None else (image.shape[-1] if isinstance(image, np.ndarray) else 3)
+    means = {f"mean_{part_name}_c{c}": (sums[c].reshape(n + 1, K)[ids, k] if sums is not None else np.zeros(0))
+             / np.where(counts[:, k] > 0, counts[:, k], np.nan)
+             for k, part_name in enumerate(part_names[1:], start=1) for c in range(channels)}
+    return pd.concat([table, pd.DataFrame(means, index=table.index)], axis=1)

@@ -1,0 +1,142 @@
+"""Which detected cells a prediction keeps: one rule for every path.
+
+:class:`cellrcnn.Predictor` (whole images, batches and tiled fields), the
+bioimage.io package's module (:class:`cellrcnn.zoo.CellLabels`), the napari
+widget and ``cellrcnn-evaluate`` all keep cells by :func:`kept_cells`, with the
+single-cell choice resolved by :func:`keeps_largest`. None of them has a copy.
+
+The rule, in order:
+
+1. detections scoring below ``score_threshold`` are dropped;
+2. ``max_cells``: at most this many remain, the best-scoring ones;
+3. the single-cell choice: only the largest *complete* cell (not touching the
+   image border; the largest cell when every one touches it) remains.
+
+The single-cell choice is on when asked for (``largest=True``). Left to the
+model (``largest=None``) it is on only for a model trained on single-cell crops
+(``ModelConfig.single_cell``) and an image like those crops: predicted whole, in
+one piece, and no more than :data:`CROP_LIKE` times the training images' side
+once resized for the network. A tiled field, or any image much larger than the
+crops, keeps every cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config.model import ModelConfig
+from ..data.targets import border_labels, largest_complete
+
+__all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "border_labels", "CROP_LIKE"]
+
+#: An image whose longer side, in network pixels, is at most this many times the training images' longest
+#: side (``ModelConfig.max_size``) counts as a crop like those of the training images.
+CROP_LIKE = 3.0
+
+
+@dataclass(frozen=True)
+class CellChoice:
+    """Which cells a prediction keeps (see the module's rule).
+
+    Parameters
+    ----------
+    score_threshold : float
+        Minimum detection score, in [0, 1).
+    largest : bool or None
+        Keep only the largest complete cell: True always, False never, None
+        as the model was trained (:func:`keeps_largest`).
+    max_cells : int or None
+        Keep at most this many cells, the best-scoring ones.
+    """
+
+    score_threshold: float = 0.5
+    largest: bool | None = None
+    max_cells: int | None = None
+
+    def __post_init__(self) -> None:
+        threshold = self.score_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+                math.isfinite(threshold) and 0 <= threshold < 1):
+            raise ValueError(f"score_threshold={threshold!r}: the score threshold must lie in [0, 1)")
+        object.__setattr__(self, "score_threshold", float(threshold))
+        if self.largest is not None and not isinstance(self.largest, (bool, np.bool_)):
+            raise ValueError(f"largest={self.largest!r}: must be true, false or none (as the model was trained)")
+        if self.max_cells is not None and (isinstance(self.max_cells, bool) or not isinstance(
+                self.max_cells, (int, np.integer)) or self.max_cells < 1):
+            raise ValueError(f"max_cells={self.max_cells!r}: must be a whole number of at least 1")
+
+    def replace(self, **given) -> "CellChoice":
+        """This choice with the values given that are not None."""
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def as_kwargs(self) -> dict:
+        """The choice as keyword arguments (of :class:`cellrcnn.zoo.CellLabels`, or a package's rdf.yaml)."""
+        return dataclasses.asdict(self)
+
+
+def looks_like_training_crops(model: ModelConfig, shape: tuple[int, int], scale: float | None) -> bool:
+    """True when an image of ``shape`` (H, W), resized by ``scale``, is no larger than :data:`CROP_LIKE`
+    times the training images (``max_size`` network pixels); ``scale`` None: resized to ``min_size``."""
+    if scale is None:
+        scale = model.min_size / max(1, min(shape))
+    return max(shape) * scale <= CROP_LIKE * model.max_size
+
+
+def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int], scale: float | None,
+                  tiled: bool) -> bool:
+    """Whether the single-cell choice applies to one image.
+
+    Parameters
+    ----------
+    choice : CellChoice
+        ``largest`` True or False decides; None follows the model.
+    model : ModelConfig
+        The model's config: ``single_cell`` and the training size.
+    shape : tuple of int
+        The image's (H, W) in image pixels.
+    scale : float or None
+        The factor resizing the image for the network.
+    tiled : bool
+        The image is predicted in several tiles (a whole field).
+    """
+    if choice.largest is not None:
+        return bool(choice.largest)
+    return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale)
+
+
+def kept_cells(scores: np.ndarray, areas: np.ndarray, complete: np.ndarray, score_threshold: float = 0.0,
+               largest: bool = False, max_cells: int | None = None) -> np.ndarray:
+    """Indices of the cells kept by the rule (see the module), in the order given.
+
+    Parameters
+    ----------
+    scores : np.ndarray
+        float ``[N]`` detection scores, in descending order (label order).
+    areas : np.ndarray
+        ``[N]`` pixel counts of the cells in the label image.
+    complete : np.ndarray
+        bool ``[N]``, True for a cell that does not touch the image border.
+    score_threshold, max_cells
+        As in :class:`CellChoice`.
+    largest : bool
+        The single-cell choice, resolved (:func:`keeps_largest`).
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``[K]`` indices into the inputs, ascending; ``K <= N``.
+    """
+    scores, areas, complete = np.asarray(scores), np.asarray(areas), np.asarray(complete, dtype=bool)
+    if not len(scores) == len(areas) == len(complete):
+        raise ValueError(f"scores, areas and complete must have one length, got {len(scores)}, {len(areas)}, "
+                         f"{len(complete)}")
+    keep = np.flatnonzero(scores >= score_threshold)
+    if max_cells is not None:
+        keep = keep[:max_cells]
+    if largest and len(keep):
+        keep = keep[[largest_complete(areas[keep], complete[keep])]]
+    return keep.astype(np.int64)
