@@ -70,7 +70,8 @@ class _InCliTerms(logging.Filter):
 DATA_FLAGS = (
     ("finding images and masks", "data", ("image_glob", "mask_glob", "mask_suffix", "skip_unpaired")),
     ("reading masks", "data", ("encoding", "part_values", "snap_values", "cells_suffix", "nuclei_suffix",
-                               "classes_csv", "class_names", "targets", "min_area", "percentiles")),
+                               "coco_cell", "coco_parts", "classes_csv", "class_names", "targets", "min_area",
+                               "percentiles")),
     ("validation split and augmentation", "data", ("val_fraction", "val_dir", "split_seed", "augment")),
     ("channels, stacks and crops", "data", ("channels", "projection", "crop")),
 )

@@ -28,6 +28,15 @@ class DataConfig(_Section):
         of whole cells (``<stem><cells_suffix>``) with the part map.
         ``"cells+nuclei"``: cell instances with nucleus instances
         (``<stem><nuclei_suffix>``); cytoplasm is cell minus nucleus.
+        ``"coco"``: one COCO instance JSON for the folder's images, where cells may
+        overlap (each keeps its whole mask) and parts are their own annotations. A
+        folder holding exactly one COCO JSON is read this way whatever the encoding's
+        default says.
+    coco_cell, coco_parts
+        With COCO annotations: the category of whole cells, and the categories of the
+        parts annotated on their own, parts 2, 3, ... in order (part 1, cytoplasm, is
+        the rest of the cell). A part goes to the cell that holds it by the rule of
+        :func:`cellrcnn.data.targets.tie_parts`.
     cells_suffix, nuclei_suffix
         Stem suffixes of the instance images of the last two encodings.
     part_values
@@ -77,6 +86,8 @@ class DataConfig(_Section):
     encoding: str = "parts"
     cells_suffix: str = "_cells"
     nuclei_suffix: str = "_nuclei"
+    coco_cell: str = "cell"
+    coco_parts: tuple[str, ...] = ("nucleus",)
     part_values: tuple[int, ...] = (0, 1, 2)
     snap_values: bool = False
     classes_csv: str | None = None
@@ -107,7 +118,7 @@ class DataConfig(_Section):
         if self.crop is not None:
             _check(isinstance(self.crop, int) and not isinstance(self.crop, bool) and self.crop >= 32,
                    f"crop must be a whole number of pixels, at least 32, got {self.crop!r}")
-        for name in ("part_values", "class_names", "percentiles"):
+        for name in ("part_values", "class_names", "percentiles", "coco_parts"):
             value = getattr(self, name)
             _check(isinstance(value, Sequence) and not isinstance(value, str),
                    f"{name} must be a sequence, got {value!r}")
@@ -126,6 +137,11 @@ class DataConfig(_Section):
         _check(len(self.class_names) >= 1 and len(set(self.class_names)) == len(self.class_names)
                and all(isinstance(n, str) and n for n in self.class_names),
                f"class_names must be distinct non-empty names, got {self.class_names}")
+        _check(isinstance(self.coco_cell, str) and self.coco_cell and self.coco_cell not in self.coco_parts
+               and all(isinstance(n, str) and n for n in self.coco_parts)
+               and len(set(self.coco_parts)) == len(self.coco_parts),
+               f"coco_cell and coco_parts must be distinct non-empty category names, got {self.coco_cell!r} and "
+               f"{self.coco_parts}")
         _check(self.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}; got {self.targets!r}")
         _positive_int("min_area", self.min_area)
         lo_hi = self.percentiles

@@ -12,12 +12,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config.data import DataConfig
+from ..io.coco import coco_masks, read_coco
 from ..io.files import DataError, read_raw_axes
 from ..io.folders import Pair, class_of, match_files, read_classes_csv
 from ..io.intensity import image_from_array
 from ..io.masks import map_part_values, read_labels
 from .augment import apply_augmentation, build_augmentation
-from .targets import instance_targets, parts_from_instances, select_largest, whole_cell_targets
+from .targets import (cell_part_maps, instance_targets, overlapping_targets, parts_from_instances, select_largest,
+                      tie_parts, whole_cell_targets)
 
 __all__ = ["derived_seed", "load_sample", "build_target", "random_crop", "CellDataset", "cell_sizes", "collate",
            "check_folder"]
@@ -31,6 +33,26 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
+def _coco_sample(pair: Pair, config: DataConfig, shape: tuple[int, int]) -> dict[str, Any]:
+    """Per-cell part maps of a COCO-annotated image: cells overlap, each part tied to its cell."""
+    if len(config.coco_parts) + 2 != len(config.part_values):
+        raise DataError(f"{pair.annotations}: {len(config.part_values)} parts need {len(config.part_values) - 2} "
+                        f"part categories besides the cell, but data.coco_parts names {len(config.coco_parts)} "
+                        f"({', '.join(config.coco_parts)})")
+    coco = read_coco(pair.annotations)
+    entry = coco.images[pair.image_id]
+    if (entry.height, entry.width) != shape:
+        raise DataError(f"{pair.annotations}: says {pair.image.name} is {entry.width}x{entry.height} pixels, but it "
+                        f"is {shape[1]}x{shape[0]}; annotations must match their image")
+    found = coco_masks(coco, pair.image_id, config.coco_cell, config.coco_parts)
+    cells = found["cells"]
+    parts = {k + 2: found["parts"][name] for k, name in enumerate(config.coco_parts)}
+    tied = {k: tie_parts(cells, masks) for k, masks in parts.items()}
+    instances = cell_part_maps(cells, parts, tied)
+    untied = sum(int((t < 0).sum()) for t in tied.values())
+    return {"instances": instances, "parts": instances.max(axis=0, initial=0), "untied": untied}
+
+
 def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None = None) -> dict[str, Any]:
     """Read one image and its masks as training would, before augmentation.
 
@@ -39,10 +61,17 @@ def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None =
     dict
         ``image`` float32 ``[H, W, 3]`` in [0, 1], ``parts`` uint8 ``[H, W]`` part
         indices, ``cells`` int64 ``[H, W]`` instance ids or None, ``label`` (the
-        image's cell class), ``dtype`` (of the image file, as a string).
+        image's cell class), ``dtype`` (of the image file, as a string). A COCO-annotated
+        image (whose cells may overlap) has ``instances``, uint8 ``[N, H, W]`` per-cell part
+        maps, with ``parts`` their union (the highest part where cells overlap) and
+        ``untied``, the number of part annotations no cell holds.
     """
     raw, axes = read_raw_axes(pair.image)  # channels chosen and stacks projected as config says
     image = image_from_array(raw, config, name=str(pair.image), axes=axes)
+    label = class_of(classes, pair.name, config.classes_csv) if classes is not None else 1
+    if pair.annotations is not None:
+        return {"image": image, "cells": None, "label": label, "dtype": str(raw.dtype),
+                **_coco_sample(pair, config, image.shape[:2])}
     maps = {kind: read_labels(path) for kind, path in
             (("parts", pair.parts), ("cells", pair.cells), ("nuclei", pair.nuclei)) if path is not None}
     for kind, labels in maps.items():
@@ -55,13 +84,16 @@ def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None =
         parts = parts_from_instances(maps["cells"], maps["nuclei"])
     else:
         parts = map_part_values(maps["parts"], config.part_values, config.snap_values, name=str(pair.parts))
-    label = class_of(classes, pair.name, config.classes_csv) if classes is not None else 1
     return {"image": image, "parts": parts, "cells": maps.get("cells"), "label": label, "dtype": str(raw.dtype)}
 
 
-def build_target(parts: np.ndarray, cells: np.ndarray | None, label: int, config: DataConfig) -> dict[str, np.ndarray]:
-    """Whole-cell targets of one image: from the instance map when there is one, else from the part map."""
-    if cells is not None:
+def build_target(parts: np.ndarray, cells: np.ndarray | None, label: int, config: DataConfig,
+                 instances: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Whole-cell targets of one image: from per-cell part maps (overlapping cells) when there are some, else
+    from the instance map when there is one, else from the part map."""
+    if instances is not None:
+        target = overlapping_targets(instances, config.min_area, label)
+    elif cells is not None:
         target = instance_targets(cells, parts, config.min_area, label)
     else:
         target = whole_cell_targets(parts, config.min_area, label)
@@ -80,7 +112,8 @@ def random_crop(sample: dict[str, Any], size: int, rng: np.random.Generator) -> 
     y0 = int(rng.integers(0, max(H - size, 0) + 1))
     x0 = int(rng.integers(0, max(W - size, 0) + 1))
     window = (slice(y0, y0 + size), slice(x0, x0 + size))
-    cropped = {k: (v[window] if isinstance(v, np.ndarray) else v) for k, v in sample.items()}
+    cropped = {k: (v[(slice(None), *window)] if k == "instances" else v[window] if isinstance(v, np.ndarray) else v)
+               for k, v in sample.items()}
     cropped["image"] = np.ascontiguousarray(cropped["image"])
     return cropped
 
@@ -140,13 +173,17 @@ class CellDataset(Dataset):
         sample = load_sample(self.pairs[index], self.config, self.classes)
         if self.config.crop:
             sample = random_crop(sample, self.config.crop, np.random.default_rng(self._item_seed(index, 1)))
-        maps = [sample["parts"]] + ([sample["cells"]] if sample["cells"] is not None else [])
+        instances = sample.get("instances")
+        extra = [sample["cells"]] if sample["cells"] is not None else list(instances if instances is not None else [])
         if self.augmentation is not None:
             # albumentations 2 keeps its own generator, blind to torch and numpy seeding: seed it per item.
             self.augmentation.set_random_seed(self._item_seed(index))
-        image, maps = apply_augmentation(self.augmentation, sample["image"], maps)
-        cells = maps[1] if len(maps) > 1 else None
-        target = build_target(maps[0], cells, sample["label"], self.config)
+        image, maps = apply_augmentation(self.augmentation, sample["image"], [sample["parts"], *extra])
+        if instances is not None:  # overlapping cells: each keeps its own whole map through the augmentation
+            stacked = np.stack(maps[1:]) if len(maps) > 1 else np.zeros((0, *maps[0].shape), np.uint8)
+            target = build_target(maps[0], None, sample["label"], self.config, stacked)
+        else:
+            target = build_target(maps[0], maps[1] if len(maps) > 1 else None, sample["label"], self.config)
         tensors = {k: torch.from_numpy(v) for k, v in target.items()}
         tensors["image_id"] = torch.tensor(index, dtype=torch.int64)
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), tensors
@@ -166,7 +203,7 @@ def cell_sizes(pairs: list[Pair], config: DataConfig, count: int = 20) -> pd.Dat
     for pair in chosen:
         sample = load_sample(pair, config)
         H, W = sample["parts"].shape
-        boxes = build_target(sample["parts"], sample["cells"], 1, config)["boxes"]
+        boxes = build_target(sample["parts"], sample["cells"], 1, config, sample.get("instances"))["boxes"]
         sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
         rows += [{"image": pair.image.name, "height": H, "width": W, "cell_side": float(s)} for s in sides]
     return pd.DataFrame(rows, columns=["image", "height", "width", "cell_side"])
@@ -210,15 +247,22 @@ def check_folder(folder: str | os.PathLike, config: DataConfig, part_names: tupl
     for pair in matching.pairs:
         try:
             sample = load_sample(pair, config, classes)
-            target = build_target(sample["parts"], sample["cells"], sample["label"], config)
+            target = build_target(sample["parts"], sample["cells"], sample["label"], config, sample.get("instances"))
         except DataError as err:
             problems.append(str(err))
             continue
+        overlap = {}
+        if "instances" in sample:
+            if sample["untied"]:
+                problems.append(f"{pair.image}: {sample['untied']} part annotation(s) of {pair.annotations.name} lie "
+                                f"in no cell (less than half inside any); they are left out")
+            covered = (sample["instances"] > 0).sum(axis=0)
+            overlap = {"overlap_fraction": float((covered > 1).sum() / max((covered > 0).sum(), 1))}
         H, W = sample["parts"].shape
         fractions = np.bincount(sample["parts"].ravel(), minlength=len(names)) / (H * W)
         if len(target["boxes"]) == 0:
             logger.info("%s has no cell of at least %d pixels (a negative sample)", pair.image, config.min_area)
         rows.append({"image": pair.image.name, "mask": ";".join(p.name for p in pair.masks), "width": W,
                      "height": H, "dtype": sample["dtype"], "class": sample["label"], "cells": len(target["boxes"]),
-                     **{f"{n}_fraction": f for n, f in zip(names, fractions)}})
+                     **{f"{n}_fraction": f for n, f in zip(names, fractions)}, **overlap})
     return {"table": pd.DataFrame(rows), "problems": problems}

@@ -9,11 +9,15 @@ has ``x1 = 10, x2 = 30``), ``labels`` int64 ``[N]`` and ``masks`` uint8
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
-__all__ = ["whole_cell_targets", "instance_targets", "parts_from_instances", "select_largest",
-           "largest_complete", "largest_complete_label", "border_labels"]
+__all__ = ["whole_cell_targets", "instance_targets", "overlapping_targets", "parts_from_instances", "tie_parts",
+           "cell_part_maps", "select_largest", "largest_complete", "largest_complete_label", "border_labels"]
+
+#: A part is tied only to a cell holding at least this fraction of its pixels.
+TIE_CONTAINMENT = 0.5
 
 
 def instance_targets(cells: np.ndarray, parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:
@@ -48,6 +52,116 @@ def instance_targets(cells: np.ndarray, parts: np.ndarray, min_area: int = 1, la
         inside = region.image
         masks[i, r0:r1, c0:c1][inside] = np.maximum(parts[r0:r1, c0:c1][inside], 1)
     return {"boxes": boxes, "labels": np.full(len(regions), label, dtype=np.int64), "masks": masks}
+
+
+def overlapping_targets(instances: np.ndarray, min_area: int = 1, label: int | np.ndarray = 1) -> dict[str, np.ndarray]:
+    """One target per cell of a stack of per-cell part maps, for cells that may overlap.
+
+    Parameters
+    ----------
+    instances : np.ndarray
+        uint8 ``[N, H, W]``: cell ``i``'s part labels, 0 outside it. A pixel under
+        two cells is inside both maps, so each cell keeps its whole mask.
+    min_area : int
+        Cells of fewer pixels are dropped (a cell cut by a crop keeps its visible part).
+    label : int or np.ndarray
+        Class label of every cell, or int ``[N]``, one per cell.
+
+    Returns
+    -------
+    dict
+        ``boxes`` float32 ``[N', 4]``, ``labels`` int64 ``[N']``, ``masks`` uint8
+        ``[N', H, W]``, as :func:`instance_targets`, for the cells kept.
+    """
+    if instances.ndim != 3:
+        raise ValueError(f"instances must be a stack [N, H, W] of part maps, got shape {instances.shape}")
+    labels = np.broadcast_to(np.asarray(label, dtype=np.int64), (len(instances),))
+    areas = (instances > 0).sum(axis=(1, 2))
+    keep = np.flatnonzero(areas >= max(min_area, 1))
+    boxes = np.zeros((len(keep), 4), dtype=np.float32)
+    for i, k in enumerate(keep):
+        rows, cols = np.flatnonzero((instances[k] > 0).any(axis=1)), np.flatnonzero((instances[k] > 0).any(axis=0))
+        boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return {"boxes": boxes, "labels": labels[keep].copy(),
+            "masks": np.ascontiguousarray(instances[keep], dtype=np.uint8)}
+
+
+def tie_parts(cells: np.ndarray, parts: np.ndarray, min_containment: float = TIE_CONTAINMENT) -> np.ndarray:
+    """Which cell each separately annotated part (a nucleus) belongs to, when cells may overlap.
+
+    The rule, in order:
+
+    1. A part may go only to a cell holding at least ``min_containment`` of its pixels.
+    2. Each cell takes at most one part first: the one-to-one assignment that
+       maximises the total share of part pixels inside their cells (a nucleus under an
+       overlapping neighbour lies inside both cells, and goes to the one without another
+       nucleus). Ties go to the cell whose centre is nearer the part's centre.
+    3. A part left over (a cell with two nuclei) goes to the cell holding most of it.
+    4. A part no cell holds enough of is not tied (-1): :func:`cellrcnn.check_folder` lists it.
+
+    Parameters
+    ----------
+    cells : np.ndarray
+        bool ``[N, H, W]`` whole-cell masks.
+    parts : np.ndarray
+        bool ``[M, H, W]`` part masks.
+    min_containment : float
+        The least share of a part's pixels inside a cell for the two to be tied.
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``[M]``: the index of each part's cell, -1 where none.
+    """
+    if cells.ndim != 3 or parts.ndim != 3 or cells.shape[1:] != parts.shape[1:]:
+        raise ValueError(f"cells and parts must be stacks [N, H, W] of one image size, got {cells.shape} and "
+                         f"{parts.shape}")
+    tied = np.full(len(parts), -1, dtype=np.int64)
+    if len(cells) == 0 or len(parts) == 0:
+        return tied
+    flat_cells = cells.reshape(len(cells), -1).astype(np.float32)
+    flat_parts = parts.reshape(len(parts), -1).astype(np.float32)
+    sizes = np.maximum(flat_parts.sum(axis=1), 1)
+    share = (flat_parts @ flat_cells.T) / sizes[:, None]  # [M, N]: share of part m inside cell n
+    allowed = share >= min_containment
+    yx = np.indices(cells.shape[1:]).reshape(2, -1).astype(np.float32)
+    centre = lambda flat: (flat @ yx.T) / np.maximum(flat.sum(axis=1), 1)[:, None]  # noqa: E731
+    distance = np.linalg.norm(centre(flat_parts)[:, None] - centre(flat_cells)[None], axis=2)
+    # the share first; the distance (scaled below any difference of shares that matters) breaks ties
+    cost = np.where(allowed, -share + 1e-6 * distance / max(cells.shape[1:]), 1e6)
+    rows, cols = linear_sum_assignment(cost)
+    for m, n in zip(rows, cols):
+        if allowed[m, n]:
+            tied[m] = n
+    for m in np.flatnonzero((tied < 0) & allowed.any(axis=1)):
+        tied[m] = int(np.argmin(cost[m]))
+    return tied
+
+
+def cell_part_maps(cells: np.ndarray, parts: dict[int, np.ndarray], tied: dict[int, np.ndarray]) -> np.ndarray:
+    """Per-cell part maps of overlapping cells: inside each cell its own parts, the rest part 1 (cytoplasm).
+
+    Parameters
+    ----------
+    cells : np.ndarray
+        bool ``[N, H, W]`` whole-cell masks.
+    parts : dict of int to np.ndarray
+        Part index (2, 3, ...) to bool ``[M_k, H, W]`` masks of that part's annotations.
+    tied : dict of int to np.ndarray
+        Part index to int ``[M_k]``, each annotation's cell from :func:`tie_parts` (-1: none).
+
+    Returns
+    -------
+    np.ndarray
+        uint8 ``[N, H, W]``: 0 outside the cell, 1 its cytoplasm, ``k`` its own part ``k``. Another cell's
+        nucleus lying beneath is cytoplasm of this cell: only a cell's own parts label it.
+    """
+    maps = cells.astype(np.uint8)
+    for index in sorted(parts):
+        for mask, cell in zip(parts[index], tied[index]):
+            if cell >= 0:
+                maps[cell][mask & cells[cell]] = index
+    return maps
 
 
 def whole_cell_targets(parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:

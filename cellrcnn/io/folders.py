@@ -14,10 +14,12 @@ import tifffile
 
 from ..config.data import DataConfig
 from ..utils.files import atomic_write, safe_stem
+from .coco import is_coco_file, read_coco
 from .files import IMAGE_EXTENSIONS, DataError
 from .layouts import _layout
 
-__all__ = ["Pair", "list_images", "Matching", "match_files", "find_pairs", "read_classes_csv", "class_of", "write_pair"]
+__all__ = ["Pair", "list_images", "Matching", "coco_file_of", "match_files", "find_pairs", "read_classes_csv",
+           "class_of", "write_pair"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ class Pair:
     parts: Path | None = None
     cells: Path | None = None
     nuclei: Path | None = None
+    annotations: Path | None = None  # a COCO file, for the "coco" encoding
+    image_id: int | None = None  # the image's id in it
 
     @property
     def name(self) -> str:
@@ -37,7 +41,7 @@ class Pair:
 
     @property
     def masks(self) -> tuple[Path, ...]:
-        return tuple(p for p in (self.parts, self.cells, self.nuclei) if p is not None)
+        return tuple(p for p in (self.parts, self.cells, self.nuclei, self.annotations) if p is not None)
 
 
 def _is_image_file(path: Path) -> bool:
@@ -100,11 +104,48 @@ class Matching:
     unpaired: list[tuple[Path, str]]  # image, and what is missing in words
 
 
+def coco_file_of(folder: str | os.PathLike, config: DataConfig) -> Path | None:
+    """The COCO file that annotates ``folder``: its one COCO JSON (with ``images/``, beside that folder).
+
+    Returns None for a folder of masks. With ``encoding="coco"``, a folder without exactly one COCO file is an error.
+    """
+    folder = Path(folder)
+    found = sorted(p for p in folder.glob("*.json") if is_coco_file(p))
+    if config.encoding == "coco" and len(found) != 1:
+        raise DataError(f"{folder}: {'no' if not found else len(found)} COCO annotation files; data.encoding='coco' "
+                        f"needs exactly one *.json with images, annotations and categories beside the images")
+    if len(found) == 1 and config.encoding in ("coco", "parts"):
+        return found[0]
+    return None
+
+
+def _match_coco(folder: Path, annotations: Path, config: DataConfig) -> Matching:
+    """Pair every image that the COCO file lists with it; an image on disk that it does not list is unpaired."""
+    coco = read_coco(annotations)
+    image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    listed = {entry.file_name: entry for entry in coco.images.values()}
+    matching = Matching([], [])
+    on_disk = {p.name: p for p in list_images(image_dir, config.image_glob)}
+    for name, entry in sorted(listed.items()):
+        path = image_dir / name
+        if not path.is_file():
+            matching.unpaired.append((path, f"listed in {annotations.name} but not found in {image_dir}"))
+        else:
+            matching.pairs.append(Pair(image=path, annotations=annotations, image_id=entry.id))
+    for name, path in sorted(on_disk.items()):
+        if name not in listed and Path(name).name not in {Path(n).name for n in listed}:
+            matching.unpaired.append((path, f"not in {annotations.name}, which annotates this folder"))
+    return matching
+
+
 def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
     """Pair every image of ``folder`` with its mask file(s); see :func:`find_pairs`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
+    annotations = coco_file_of(folder, config)
+    if annotations is not None:
+        return _match_coco(folder, annotations, config)
     if (folder / "images").is_dir():
         image_dir, mask_dir = folder / "images", folder / "masks"
         if not mask_dir.is_dir():
@@ -147,7 +188,9 @@ def find_pairs(folder: str | os.PathLike, config: DataConfig) -> list[Pair]:
     (a) ``folder/images/`` and ``folder/masks/``, matched by stem;
     (b) one folder, masks named ``<stem><mask_suffix>`` (``cell_001_masks.tif``);
     (c) one folder, image and mask sharing a stem and told apart by
-        ``image_glob`` and ``mask_glob`` (``001.bmp`` and ``001.png``).
+        ``image_glob`` and ``mask_glob`` (``001.bmp`` and ``001.png``);
+    (d) one COCO instance JSON beside the images (or beside ``images/``), read
+        without any flag when it is the folder's only COCO file.
 
     An image without its mask is an error, or is skipped with a warning when
     ``config.skip_unpaired`` is set.

@@ -81,3 +81,43 @@ def test_largest_of_no_cells_is_no_cell():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="one shape"):
         instance_targets(np.zeros((4, 4), int), np.zeros((4, 5), int))
+
+
+def _disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+
+
+def test_tie_parts_gives_each_cell_its_own_nucleus_first():
+    from cellrcnn.data.targets import tie_parts
+    shape = (40, 60)
+    a, b = _disk(shape, 20, 20, 14), _disk(shape, 20, 36, 14)  # overlapping cells
+    under = _disk(shape, 20, 28, 3)  # inside both, nearer neither centre by much: B's, as A has its own
+    own_a, extra_b = _disk(shape, 20, 12, 3), _disk(shape, 12, 42, 2)  # B has a second nucleus
+    stray = _disk(shape, 37, 57, 2)  # in no cell
+    parts = np.stack([under, own_a, extra_b, stray])
+    assert tie_parts(np.stack([a, b]), parts).tolist() == [1, 0, 1, -1]
+    # one cell and a nucleus fully inside it and another: the nearer centre wins the first place, the other follows
+    assert tie_parts(np.stack([a]), np.stack([_disk(shape, 20, 28, 3), _disk(shape, 20, 21, 3)])).tolist() == [0, 0]
+    # two equal cells (the same mask) and one nucleus: tied once, to one of them
+    assert tie_parts(np.stack([a, a]), np.stack([own_a])).tolist() in ([0], [1])
+    assert tie_parts(np.zeros((0, *shape), bool), parts).tolist() == [-1] * 4
+    # half inside is enough; less is not
+    edge = _disk(shape, 20, 34, 3)
+    assert tie_parts(np.stack([a]), np.stack([edge])).tolist() == [0 if (edge & a).sum() >= 0.5 * edge.sum() else -1]
+
+
+def test_overlapping_targets_keep_each_cells_whole_map():
+    from cellrcnn.data.targets import cell_part_maps, overlapping_targets
+    shape = (40, 60)
+    a, b, tiny = _disk(shape, 20, 20, 14), _disk(shape, 20, 36, 14), _disk(shape, 2, 2, 2)
+    maps = cell_part_maps(np.stack([a, b, tiny]), {2: np.stack([_disk(shape, 20, 28, 3)])}, {2: np.array([1])})
+    target = overlapping_targets(maps, min_area=20, label=np.array([1, 2, 1]))
+    assert target["masks"].shape == (2, *shape) and target["labels"].tolist() == [1, 2]
+    assert np.array_equal(target["masks"][0] > 0, a) and np.array_equal(target["masks"][1] > 0, b)
+    assert (target["masks"][0][_disk(shape, 20, 28, 3)] == 1).all()  # B's nucleus is A's cytoplasm
+    assert (target["masks"][1][_disk(shape, 20, 28, 3)] == 2).all()
+    assert target["boxes"].tolist() == [[7, 7, 34, 34], [23, 7, 50, 34]]
+    assert target["boxes"].dtype == np.float32 and target["labels"].dtype == np.int64
+    empty = overlapping_targets(np.zeros((0, *shape), np.uint8))
+    assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, *shape)

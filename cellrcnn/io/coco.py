@@ -1,0 +1,180 @@
+"""COCO instance JSON: cells that may overlap, with their parts as their own annotations.
+
+The masks are decoded by pycocotools (polygons and RLE). Everything wrong with a
+file raises :class:`~cellrcnn.io.files.DataError`, naming the file, the annotation
+and what to do.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+from .files import DataError
+
+__all__ = ["CocoImage", "CocoFile", "is_coco_file", "read_coco", "decode_annotation", "coco_masks"]
+
+#: The keys a COCO instance file has at its top level.
+COCO_KEYS = ("images", "annotations", "categories")
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    """One entry of a COCO file's ``images``."""
+
+    id: int
+    file_name: str
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class CocoFile:
+    """A checked COCO instance file: its images by id, category ids by name, annotations by image id."""
+
+    path: Path
+    images: dict[int, CocoImage]
+    categories: dict[str, int]
+    annotations: dict[int, list[dict]]
+
+
+def is_coco_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a JSON file with COCO's top-level keys.
+
+    Raises
+    ------
+    DataError
+        A ``.json`` file that cannot be read or parsed: in a data folder it is most likely broken annotations.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise _fail(path, f"cannot be read ({err}); check the file") from None
+    except ValueError as err:
+        raise _fail(path, f"is not valid JSON ({err}); export the annotations again, or move the file out of the "
+                          f"data folder") from None
+    return isinstance(data, dict) and all(key in data for key in COCO_KEYS)
+
+
+def _fail(path: Path, what: str) -> DataError:
+    return DataError(f"{path}: {what}")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: Path, mtime_ns: int) -> CocoFile:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise _fail(path, f"cannot be read ({err}); check the file") from None
+    except ValueError as err:
+        raise _fail(path, f"is not valid JSON ({err}); export the annotations again, or move the file out of the "
+                          f"data folder") from None
+    if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in COCO_KEYS):
+        raise _fail(path, f"is not a COCO instance file: it needs the lists {', '.join(COCO_KEYS)}")
+    try:
+        images = {int(i["id"]): CocoImage(int(i["id"]), str(i["file_name"]), int(i["height"]), int(i["width"]))
+                  for i in data["images"]}
+        categories = {str(c["name"]): int(c["id"]) for c in data["categories"]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise _fail(path, f"an image or category entry lacks {err} (images need id, file_name, height and "
+                          f"width; categories id and name)") from None
+    annotations: dict[int, list[dict]] = {i: [] for i in images}
+    known = set(categories.values())
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or not {"image_id", "category_id", "segmentation"} <= set(ann):
+            raise _fail(path, f"annotation {ann.get('id', '?') if isinstance(ann, dict) else ann!r} needs "
+                              f"image_id, category_id and segmentation")
+        if ann["image_id"] not in annotations:
+            raise _fail(path, f"annotation {ann.get('id', '?')} points to image_id {ann['image_id']}, which no "
+                              f"entry of images has; fix or remove it")
+        if ann["category_id"] not in known:
+            raise _fail(path, f"annotation {ann.get('id', '?')} has category_id {ann['category_id']}, which no "
+                              f"entry of categories has")
+        annotations[ann["image_id"]].append(ann)
+    return CocoFile(path, images, categories, annotations)
+
+
+def read_coco(path: str | os.PathLike) -> CocoFile:
+    """Read and check a COCO instance file (read once while it is unchanged)."""
+    path = Path(path).resolve()
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        raise _fail(path, "annotation file not found") from None
+    return _read_cached(path, mtime)
+
+
+def decode_annotation(ann: dict, height: int, width: int, path: str | os.PathLike = "annotations") -> np.ndarray:
+    """The bool ``[height, width]`` mask of one annotation: polygons, RLE (compressed or not) or a string RLE.
+
+    Raises
+    ------
+    DataError
+        A polygon of fewer than 3 points, RLE of another size than the image, or a segmentation of no known form.
+    """
+    seg, name = ann["segmentation"], f"{path}: annotation {ann.get('id', '?')}"
+    if isinstance(seg, str):  # an RLE dict written as a Python literal string, as some converters do
+        try:
+            seg = ast.literal_eval(seg)
+        except (ValueError, SyntaxError):
+            raise DataError(f"{name}: segmentation is a string but not an RLE dict") from None
+    if isinstance(seg, list):
+        if not seg or any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in seg):
+            raise DataError(f"{name}: a polygon needs at least 3 points (x, y pairs); fix or remove it")
+        rle = coco_mask.merge(coco_mask.frPyObjects(seg, height, width))
+    elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if list(seg["size"]) != [height, width]:
+            raise DataError(f"{name}: RLE of size {seg['size'][1]}x{seg['size'][0]} for an image of "
+                            f"{width}x{height} pixels; the mask must match its image")
+        rle = coco_mask.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else dict(seg)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode()
+    else:
+        raise DataError(f"{name}: segmentation must be polygons or RLE")
+    return coco_mask.decode(rle).astype(bool)
+
+
+def coco_masks(coco: CocoFile, image_id: int, cell: str, parts: tuple[str, ...]) -> dict:
+    """The decoded cell and part masks of one image of a COCO file.
+
+    Parameters
+    ----------
+    coco : CocoFile
+        From :func:`read_coco`.
+    image_id : int
+        The image's id in the file.
+    cell : str
+        The category of whole cells.
+    parts : tuple of str
+        The categories of parts annotated on their own (``("nucleus",)``).
+
+    Returns
+    -------
+    dict
+        ``cells`` bool ``[N, H, W]``; ``parts`` a dict of category to bool ``[M, H, W]``;
+        ``ids`` the annotation ids of the cells.
+    """
+    missing = [name for name in (cell, *parts) if name not in coco.categories]
+    if missing:
+        raise DataError(f"{coco.path}: no category {', '.join(map(repr, missing))} (it has "
+                        f"{', '.join(map(repr, coco.categories))}); set data.coco_cell and data.coco_parts")
+    image = coco.images[image_id]
+    shape = (image.height, image.width)
+
+    def stack(category: str) -> tuple[np.ndarray, list]:
+        anns = [a for a in coco.annotations[image_id] if a["category_id"] == coco.categories[category]]
+        masks = [decode_annotation(a, *shape, coco.path) for a in anns]
+        return (np.stack(masks) if masks else np.zeros((0, *shape), bool)), [a.get("id") for a in anns]
+
+    cells, ids = stack(cell)
+    return {"cells": cells, "parts": {name: stack(name)[0] for name in parts}, "ids": ids}
