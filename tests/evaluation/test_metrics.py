@@ -106,3 +106,43 @@ def test_coco_ap_ranks_by_score():
     low = coco_mask_ap([truth], [pred], [{1: 0.9, 2: 0.8, 3: 0.1}])["AP50"]
     high = coco_mask_ap([truth], [pred], [{1: 0.9, 2: 0.8, 3: 0.95}])["AP50"]
     assert low == pytest.approx(1.0) and high < 0.9
+
+
+def _disks(shape, *circles):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return np.stack([(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2 for cy, cx, r in circles]) if circles else \
+        np.zeros((0, *shape), bool)
+
+
+def test_isbi_measures_on_overlapping_cells_by_hand():
+    from cellrcnn.evaluation.metrics import isbi_cells, isbi_summary
+    shape = (60, 80)
+    truth = _disks(shape, (30, 25, 15), (30, 45, 15), (10, 70, 6))  # two overlapping cells and a small one
+    # the first found exactly, the second shifted by 3 px (still good), the small one missed; one false cell
+    pred = _disks(shape, (30, 25, 15), (30, 48, 15), (55, 5, 4))
+    cells = isbi_cells(truth, pred)
+    assert cells["dice"].iloc[0] == 1.0 and cells["good"].tolist() == [True, True, False]
+    inter = (truth[1] & pred[1]).sum()
+    assert cells["dice"].iloc[1] == pytest.approx(2 * inter / (truth[1].sum() + pred[1].sum()))
+    assert cells["tpp"].iloc[1] == pytest.approx(inter / truth[1].sum())
+    assert cells["fpp"].iloc[1] == pytest.approx((pred[1] & ~truth[1]).sum() / (truth[1].size - truth[1].sum()))
+    summary = isbi_summary(cells)
+    assert summary["fno"] == pytest.approx(1 / 3) and summary["dice"] == pytest.approx(cells["dice"][:2].mean())
+    assert summary["tpp"] == pytest.approx((1 + cells["tpp"].iloc[1]) / 2)
+    # the overlap counts for both cells: a prediction that gives it to one cell only loses Dice on the other
+    cut = pred[:2].copy()
+    cut[1] &= ~truth[0]
+    assert isbi_cells(truth[:2], cut)["dice"].iloc[1] < cells["dice"].iloc[1]
+    missed = isbi_cells(truth, _disks(shape))
+    assert not missed["good"].any() and isbi_summary(missed)["fno"] == 1.0
+
+
+def test_nucleus_detection_needs_sixty_percent_both_ways():
+    from cellrcnn.evaluation.metrics import nucleus_detection
+    shape = (40, 40)
+    truth = _disks(shape, (10, 10, 5), (30, 30, 5))
+    pred = _disks(shape, (10, 11, 5), (30, 30, 12))  # the second is far too large: its overlap/|P| < 0.6
+    found = nucleus_detection(truth, pred)
+    assert (found["tp"], found["precision"], found["recall"]) == (1, 0.5, 0.5) and found["f1"] == 0.5
+    assert nucleus_detection(truth, truth)["f1"] == 1.0
+    assert nucleus_detection(truth, _disks(shape))["recall"] == 0.0
