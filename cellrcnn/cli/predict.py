@@ -8,10 +8,13 @@ import logging
 from pathlib import Path
 
 from ..io.files import DataError
-from .common import (HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice, check_scale_arguments,
-                     setup_logging)
+from .common import (HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
+                     check_scale_arguments, setup_logging)
 
 __all__ = ["predict_main"]
+
+#: The COCO file of a prediction run, beside cells.csv.
+COCO_FILE = "cells.json"
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     out.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel (areas in um^2)")
     out.add_argument("--rois", action="store_true", help="also write <image>_rois.zip (ImageJ ROI set)")
     out.add_argument("--overlays", action="store_true", help="also write <image>_overlay.png")
+    out.add_argument("--coco", action="store_true", help="also write cells.json: every cell and its parts as COCO "
+                                                         "instance annotations (RLE), with scores")
     out.add_argument("--overwrite", action="store_true", help="replace existing results")
     add_scale_arguments(parser)
     run = parser.add_argument_group("run")
@@ -89,7 +94,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     table_path = args.out / "cells.csv"
     if not args.overwrite:
         clashes = [p for img in images for p in output_paths(args.out, img.stem, args.rois, args.overlays).values()
-                   if p.exists()] + ([table_path] if table_path.exists() else [])
+                   if p.exists()] + [p for p in (table_path, args.out / COCO_FILE) if p.exists()]
         if clashes:
             logger.error("error: %s already holds results (%s%s); pass --overwrite to replace them or choose "
                          "another --out", args.out, clashes[0].name,
@@ -106,12 +111,25 @@ def predict_main(argv: list[str] | None = None) -> int:
     return _predict_files(predictor, images, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path)
 
 
+def _coco_of(file_name: str, prediction, parts: tuple[str, ...]) -> dict:
+    """One image's COCO dataset: its cells from the label images, with their scores and classes."""
+    from ..export.coco import CocoImageCells, coco_dataset, instances_from_labels
+
+    table = prediction.table.set_index("cell_id") if not prediction.table.empty else None
+    ids = range(1, int(prediction.cells.max(initial=0)) + 1)
+    scores = table["score"].reindex(ids).to_numpy() if table is not None else None
+    classes = table["class"].reindex(ids).astype(str).tolist() if table is not None and "class" in table else None
+    return coco_dataset([CocoImageCells(file_name, instances_from_labels(prediction.cells, prediction.parts),
+                                        scores, classes)], parts)
+
+
 def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namespace, options: dict,
                    table_path: Path) -> int:
     """Predict this process's share of ``images``, write each one's files, and the table of all (rank 0)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from ..export.coco import merge_datasets, write_coco
     from ..export.files import export_prediction, write_table
     from ..utils.runtime import gather, leave_process_group, shard
 
@@ -120,7 +138,7 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
     if runtime.distributed:
         logger.info("process %d of %d: %d of the %d images", runtime.rank + 1, runtime.world_size, len(mine),
                     len(images))
-    tables, failed = [], []
+    tables, failed, cocos = [], [], []
     results = predictor.predict_paths(mine, args.batch_size, tile=args.tile, overlap=args.overlap,
                                       progress=not args.quiet, **options)
     for result in tqdm(results, total=len(mine), desc="predict", unit="image",
@@ -134,13 +152,20 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
         export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
                           overwrite=args.overwrite)
         tables.append((order[result.path], result.prediction.table))
+        if args.coco:
+            try:
+                cocos.append((order[result.path], _coco_of(result.path.name, result.prediction, predictor.parts)))
+            except ValueError as err:
+                failed.append(f"{result.path}: {err}")
         logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
-    gathered = gather((tables, failed), runtime)  # every process's tables and failures, put in image order below
-    tables = [t for part, _ in gathered for t in part]
-    failed = [f for _, part in gathered for f in part]
-    tables = [table for _, table in sorted(tables, key=lambda item: item[0])]
+    gathered = gather((tables, failed, cocos), runtime)  # every process's results, put in image order below
+    tables = [table for _, table in sorted((t for part, _, _ in gathered for t in part), key=lambda item: item[0])]
+    failed = [f for _, part, _ in gathered for f in part]
+    cocos = [coco for _, coco in sorted((c for _, _, part in gathered for c in part), key=lambda item: item[0])]
     if tables and runtime.is_main:
         write_table(pd.concat(tables, ignore_index=True), table_path, overwrite=args.overwrite)
+    if cocos and runtime.is_main:
+        write_coco(args.out / COCO_FILE, merge_datasets(cocos), overwrite=args.overwrite)
     if runtime.is_main:
         logger.info("%d of %d images done, %d cells; results in %s", len(images) - len(failed), len(images),
                     sum(len(t) for t in tables), args.out)

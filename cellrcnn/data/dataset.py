@@ -47,7 +47,8 @@ def _coco_sample(pair: Pair, config: DataConfig, shape: tuple[int, int]) -> dict
     found = coco_masks(coco, pair.image_id, config.coco_cell, config.coco_parts)
     cells = found["cells"]
     parts = {k + 2: found["parts"][name] for k, name in enumerate(config.coco_parts)}
-    tied = {k: tie_parts(cells, masks) for k, masks in parts.items()}
+    links = {k + 2: found["links"].get(name) for k, name in enumerate(config.coco_parts)}
+    tied = {k: links[k] if links[k] is not None else tie_parts(cells, masks) for k, masks in parts.items()}
     instances = cell_part_maps(cells, parts, tied)
     untied = sum(int((t < 0).sum()) for t in tied.values())
     return {"instances": instances, "parts": instances.max(axis=0, initial=0), "untied": untied}

@@ -19,10 +19,13 @@ from pycocotools import mask as coco_mask
 
 from .files import DataError
 
-__all__ = ["CocoImage", "CocoFile", "is_coco_file", "read_coco", "decode_annotation", "coco_masks"]
+__all__ = ["CELL_LINK", "CocoImage", "CocoFile", "is_coco_file", "read_coco", "decode_annotation", "coco_masks"]
 
 #: The keys a COCO instance file has at its top level.
 COCO_KEYS = ("images", "annotations", "categories")
+#: The field of a part annotation holding the ``id`` of its cell's annotation (cellrcnn writes it; when every part
+#: of a category has it, it ties the parts instead of the rule).
+CELL_LINK = "cell_id"
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ def coco_masks(coco: CocoFile, image_id: int, cell: str, parts: tuple[str, ...])
     -------
     dict
         ``cells`` bool ``[N, H, W]``; ``parts`` a dict of category to bool ``[M, H, W]``;
-        ``ids`` the annotation ids of the cells.
+        ``ids`` the annotation ids of the cells; ``links`` a dict of category to int ``[M]``, each
+        part's cell index, for the categories whose every part names its cell (:data:`CELL_LINK`).
     """
     missing = [name for name in (cell, *parts) if name not in coco.categories]
     if missing:
@@ -171,10 +175,16 @@ def coco_masks(coco: CocoFile, image_id: int, cell: str, parts: tuple[str, ...])
     image = coco.images[image_id]
     shape = (image.height, image.width)
 
-    def stack(category: str) -> tuple[np.ndarray, list]:
+    def stack(category: str) -> tuple[np.ndarray, list[dict]]:
         anns = [a for a in coco.annotations[image_id] if a["category_id"] == coco.categories[category]]
         masks = [decode_annotation(a, *shape, coco.path) for a in anns]
-        return (np.stack(masks) if masks else np.zeros((0, *shape), bool)), [a.get("id") for a in anns]
+        return (np.stack(masks) if masks else np.zeros((0, *shape), bool)), anns
 
-    cells, ids = stack(cell)
-    return {"cells": cells, "parts": {name: stack(name)[0] for name in parts}, "ids": ids}
+    cells, cell_anns = stack(cell)
+    index = {a.get("id"): k for k, a in enumerate(cell_anns)}
+    found, links = {}, {}
+    for name in parts:
+        found[name], anns = stack(name)
+        if anns and all(a.get(CELL_LINK) in index for a in anns):
+            links[name] = np.array([index[a[CELL_LINK]] for a in anns], dtype=np.int64)
+    return {"cells": cells, "parts": found, "ids": [a.get("id") for a in cell_anns], "links": links}

@@ -1,6 +1,7 @@
 """Prediction, measurements, export files and the predict/evaluate commands."""
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -190,7 +191,8 @@ def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
         shutil.copy(SAMPLE / "images" / f"sample_{i:02d}.png", images)
     (images / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "pred"
-    result = run("predict.py", checkpoint, images, "--out", out, "--rois", "--overlays", "--pixel-size", "0.5")
+    result = run("predict.py", checkpoint, images, "--out", out, "--rois", "--overlays", "--pixel-size", "0.5",
+                 "--coco")
     assert result.returncode == 1, result.stdout + result.stderr  # one image failed, the others are done
     assert "broken.png: cannot read the file" in result.stdout and "3 of 4 images done" in result.stdout
     for i in range(3):
@@ -199,6 +201,19 @@ def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
     table = pd.read_csv(out / "cells.csv")
     assert {"image", "cell_id", "class", "score", "area_px", "nucleus_area_um2", "nc_ratio"} <= set(table.columns)
     assert set(table["image"]) <= {"sample_00", "sample_01", "sample_02"}
+    # --coco: the same cells as COCO annotations, each nucleus linked to its cell, the masks those of the TIFFs
+    from pycocotools import mask as coco_mask
+    coco = json.loads((out / "cells.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == [f"sample_{i:02d}.png" for i in range(3)]
+    cells = [a for a in coco["annotations"] if a["category_id"] == 1]
+    assert len(cells) == len(table) and {"score", "attributes"} <= set(cells[0])
+    ids = {a["id"] for a in cells}
+    assert all(a["cell_id"] in ids for a in coco["annotations"] if a["category_id"] == 2)
+    first = [a for a in cells if a["image_id"] == 1]
+    labels = tifffile.imread(out / "sample_00_cells.tif")
+    for k, ann in enumerate(first, start=1):
+        rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
+        assert np.array_equal(coco_mask.decode(rle).astype(bool), labels == k)
     before = (out / "cells.csv").read_bytes()
     again = run("predict.py", checkpoint, images / "sample_00.png", "--out", out)
     assert again.returncode == 2 and "--overwrite" in again.stdout + again.stderr
