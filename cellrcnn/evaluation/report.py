@@ -12,7 +12,8 @@ import pandas as pd
 from ..io.files import DataError
 from ..io.masks import read_labels
 from ..viz.style import part_colour
-from .metrics import coco_mask_ap, matching, part_dice
+from .metrics import (ISBI_GOOD_DICE, NUCLEUS_OVERLAP, coco_mask_ap, isbi_cells, isbi_summary, matching,
+                      nucleus_detection, part_dice)
 
 __all__ = ["Scored", "evaluate", "score_folder", "truth_label_images", "worst_images_figure", "THRESHOLDS"]
 
@@ -26,7 +27,9 @@ class Scored:
 
     ``pred_parts`` may be None (instance labels only, from another tool); then the
     part metrics of that image are NaN. ``scores`` maps predicted labels to
-    confidences (None: every prediction scores 1).
+    confidences (None: every prediction scores 1). ``true_instances``, uint8
+    ``[N, H, W]`` per-cell part maps, is the truth as it is when cells overlap (COCO
+    ground truth): the ISBI measures use it; the label images give overlaps to one cell.
     """
 
     name: str
@@ -36,6 +39,27 @@ class Scored:
     pred_parts: np.ndarray | None = None
     scores: dict[int, float] | None = None
     image: np.ndarray | None = None
+    true_instances: np.ndarray | None = None
+
+
+def _stack(cells: np.ndarray, parts: np.ndarray | None, part: int | None) -> np.ndarray:
+    """bool ``[N, H, W]`` masks of the cells of a label image (``part``: only that part of each)."""
+    ids = np.unique(cells[cells > 0])
+    return np.stack([(cells == k) & (parts == part if part is not None else True) for k in ids]) if len(ids) else \
+        np.zeros((0, *cells.shape), bool)
+
+
+def _overlap_measures(item: Scored, nucleus: int | None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The ISBI 2014 measures of one image: each true cell's best predicted cell, and nucleus detection."""
+    truth = item.true_instances if item.true_instances is not None else None
+    true_cells = truth > 0 if truth is not None else _stack(item.true_cells, None, None)
+    cells = isbi_cells(true_cells, _stack(item.pred_cells, None, None))
+    if nucleus is None or item.pred_parts is None:
+        return cells, {}
+    true_nuclei = (truth == nucleus) if truth is not None else _stack(item.true_cells, item.true_parts, nucleus)
+    true_nuclei = true_nuclei[true_nuclei.any(axis=(1, 2))]
+    pred_nuclei = _stack(item.pred_cells, item.pred_parts, nucleus)
+    return cells, nucleus_detection(true_nuclei, pred_nuclei[pred_nuclei.any(axis=(1, 2))])
 
 
 def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
@@ -50,7 +74,8 @@ def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.D
         mean Dice and IoU per part, matching pooled over all images at every
         threshold 0.50:0.95, and COCO mask AP, AP50 and AP75 (pycocotools).
     """
-    rows, pooled = [], []
+    rows, pooled, overlap_cells, nuclei = [], [], [], []
+    nucleus = part_names.index("nucleus") if "nucleus" in part_names else None
     for item in items:
         row = {"image": item.name, "true_cells": int(len(np.unique(item.true_cells)) - (item.true_cells == 0).any()),
                "pred_cells": int(len(np.unique(item.pred_cells)) - (item.pred_cells == 0).any())}
@@ -69,11 +94,17 @@ def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.D
         for t in (0.5, 0.75):
             at = table.loc[np.isclose(table["threshold"], t)].iloc[0]
             row.update({f"{m}@{t:g}": at[m] for m in ("precision", "recall", "f1", "pq")})
+        cells, found = _overlap_measures(item, nucleus)
+        overlap_cells.append(cells)
+        row.update({f"isbi_{k}": v for k, v in isbi_summary(cells).items() if k != "cells"})
+        if found:
+            nuclei.append(found)
+            row["nucleus_f1"] = found["f1"]
         rows.append(row)
     per_image = pd.DataFrame(rows)
 
     summary = []
-    for column in [c for c in per_image.columns if c.endswith(("_dice", "_iou"))]:
+    for column in [c for c in per_image.columns if c.endswith(("_dice", "_iou")) and not c.startswith("isbi_")]:
         summary.append({"metric": f"mean {column}", "threshold": np.nan, "value": per_image[column].mean()})
     counts = pd.concat(pooled).groupby("threshold")[["tp", "fp", "fn", "iou_sum"]].sum()
     for t, c in counts.iterrows():
@@ -88,6 +119,15 @@ def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.D
     ap = coco_mask_ap([i.true_cells for i in items], [i.pred_cells for i in items],
                       [i.scores or {} for i in items])
     summary += [{"metric": f"COCO mask {k}", "threshold": np.nan, "value": v} for k, v in ap.items()]
+    isbi = isbi_summary(pd.concat(overlap_cells, ignore_index=True)) if overlap_cells else {}
+    names = {"dice": "ISBI cell Dice (good cells)", "fno": "ISBI FNo", "tpp": "ISBI TPp", "fpp": "ISBI FPp"}
+    summary += [{"metric": names[k], "threshold": ISBI_GOOD_DICE, "value": v} for k, v in isbi.items() if k in names]
+    if nuclei:
+        found_true, true = sum(n["tp"] for n in nuclei), sum(n["true"] for n in nuclei)
+        found_pred = sum(n["precision"] * n["pred"] for n in nuclei if n["pred"])
+        precision, recall = found_pred / max(sum(n["pred"] for n in nuclei), 1), found_true / max(true, 1)
+        summary.append({"metric": "nucleus detection F1", "threshold": NUCLEUS_OVERLAP,
+                        "value": 2 * precision * recall / (precision + recall) if precision + recall else 0.0})
     return {"per_image": per_image, "summary": pd.DataFrame(summary)}
 
 
@@ -141,7 +181,7 @@ def score_folder(dataset, part_names: tuple[str, ...], predictions, **options) -
             scores = dict(zip(result.table["cell_id"].astype(int), result.table["score"]))
             pred_cells, pred_parts = result.cells, result.parts
         items.append(Scored(pair.name, true_cells, true_parts, pred_cells, pred_parts, scores,
-                            image.permute(1, 2, 0).numpy()))
+                            image.permute(1, 2, 0).numpy(), target["masks"].numpy()))
     return {**evaluate(items, part_names), "items": items}
 
 

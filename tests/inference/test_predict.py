@@ -21,7 +21,7 @@ from skimage.measure import regionprops
 import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
 from cellrcnn.data.targets import largest_complete_label
-from cellrcnn.evaluation.report import Scored, evaluate
+from cellrcnn.evaluation.report import Scored, evaluate, truth_label_images
 from cellrcnn.export.files import export_prediction, write_label_tiff
 from cellrcnn.inference.measure import Prediction, measure_cells
 from cellrcnn.inference.predictor import Predictor
@@ -148,6 +148,18 @@ def test_evaluate_perfect_and_partial_predictions():
     half = evaluate([Scored("a", truth, parts, np.where(truth == 1, 1, 0), None)], PARTS)
     row = half["per_image"].iloc[0]
     assert row["recall@0.5"] == 0.5 and np.isnan(row["nucleus_dice"]) and row["cell_dice"] == pytest.approx(2 / 3)
+    # the ISBI 2014 measures: every cell good and every nucleus found, then half the cells missed
+    assert summary["ISBI cell Dice (good cells)"] == 1.0 and summary["ISBI FNo"] == 0.0
+    assert summary["nucleus detection F1"] == 1.0 and perfect["per_image"].iloc[0]["nucleus_f1"] == 1.0
+    assert half["summary"].set_index("metric")["value"]["ISBI FNo"] == 0.5 and row["isbi_fno"] == 0.5
+    # overlapping truth (COCO): two cells share a band; a prediction giving the band to one cell loses on the other
+    a, b = np.zeros((30, 30), np.uint8), np.zeros((30, 30), np.uint8)
+    a[2:20, 2:14], b[2:20, 10:24] = 1, 1
+    instances = np.stack([a, b])
+    cells, _ = truth_label_images(instances)
+    scored = evaluate([Scored("o", cells, (cells > 0).astype(np.uint8), cells, None, true_instances=instances)],
+                      PARTS)["per_image"].iloc[0]
+    assert scored["isbi_fno"] == 0.0 and scored["isbi_dice"] < 1.0  # the overlap is missing from cell 1 only
 
 
 def run(script, *args):
