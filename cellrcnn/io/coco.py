@@ -59,13 +59,7 @@ def is_coco_file(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.suffix.lower() != ".json" or not path.is_file():
         return False
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise _fail(path, f"cannot be read ({err}); check the file") from None
-    except ValueError as err:
-        raise _fail(path, f"is not valid JSON ({err}); export the annotations again, or move the file out of the "
-                          f"data folder") from None
+    data = _load_json(path)
     return isinstance(data, dict) and all(key in data for key in COCO_KEYS)
 
 
@@ -73,15 +67,19 @@ def _fail(path: Path, what: str) -> DataError:
     return DataError(f"{path}: {what}")
 
 
-@functools.lru_cache(maxsize=8)
-def _read_cached(path: Path, mtime_ns: int) -> CocoFile:
+def _load_json(path: Path):
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
         raise _fail(path, f"cannot be read ({err}); check the file") from None
     except ValueError as err:
         raise _fail(path, f"is not valid JSON ({err}); export the annotations again, or move the file out of the "
                           f"data folder") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: Path, mtime_ns: int) -> CocoFile:
+    data = _load_json(path)
     if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in COCO_KEYS):
         raise _fail(path, f"is not a COCO instance file: it needs the lists {', '.join(COCO_KEYS)}")
     try:
