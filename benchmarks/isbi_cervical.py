@@ -19,6 +19,7 @@ Predictions are label images (a pixel belongs to the best-scoring cell), so a ce
 loses the part of it that lies under a better-scoring neighbour.
 
     python benchmarks/isbi_cervical.py train --out runs/isbi --epochs 30
+    python benchmarks/isbi_cervical.py train --out runs/isbi_n4 --epochs 20 --part-weights nucleus=4
     python benchmarks/isbi_cervical.py score --out runs/isbi
 """
 
@@ -64,9 +65,10 @@ def split_folders(data: Path, out: Path) -> dict[str, Path]:
     return folders
 
 
-def config(epochs: int, size: int) -> cellrcnn.Config:
+def config(epochs: int, size: int, part_weights: dict[str, float]) -> cellrcnn.Config:
     return cellrcnn.Config(
-        model=cellrcnn.ModelConfig(backbone="resnet18_fpn", weights="none", min_size=size, max_size=size),
+        model=cellrcnn.ModelConfig(backbone="resnet18_fpn", weights="none", min_size=size, max_size=size,
+                                   part_weights=part_weights),
         data=cellrcnn.DataConfig(val_fraction=0.2, augment="light"),
         train=cellrcnn.TrainConfig(epochs=epochs, device="auto", workers=0,
                                    **{k: v for k, v in cellrcnn.config.SCHEDULES["scratch"].items()}))
@@ -147,6 +149,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ISBI)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="network input side (images are 512 px)")
+    parser.add_argument("--part-weights", default="{}", help="part loss weights, e.g. nucleus=4 (default: all 1)")
     args = parser.parse_args()
     print(f"machine: {platform.node() or 'vm'} {platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}",
@@ -154,7 +157,8 @@ def main() -> None:
     folders = split_folders(args.data, args.out)
     if args.step == "train":
         start = time.time()
-        history = cellrcnn.fit(config(args.epochs, args.size), folders["train"], args.out / "run",
+        weights = cellrcnn.config.parse_field_value(dict[str, float], args.part_weights, "part_weights")
+        history = cellrcnn.fit(config(args.epochs, args.size, weights), folders["train"], args.out / "run",
                                resume=(args.out / "run" / "last.pt").is_file())
         print(history.round(3).to_string(), f"\n{(time.time() - start) / 60:.1f} min", flush=True)
     else:
