@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 
 import cellrcnn
-from cellrcnn.evaluation.metrics import isbi_cells, isbi_summary, nucleus_detection
+from cellrcnn.io.coco import parse_segmentation
+from cellrcnn.evaluation.metrics import isbi_cells, isbi_summary, nucleus_detection, nucleus_summary
 
 ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "isbi2014_cervical"
 PARTS = ("background", "cytoplasm", "nucleus")
@@ -80,7 +81,8 @@ def score(out: Path) -> pd.DataFrame:
     from pycocotools.cocoeval import COCOeval
 
     from cellrcnn.data.dataset import load_sample
-    from cellrcnn.export.coco import CocoImageCells, coco_dataset, instances_from_labels, merge_datasets
+    from cellrcnn.data.targets import instances_from_labels
+    from cellrcnn.export.coco import CocoImageCells, coco_dataset, merge_datasets
 
     test = out / "test"
     predictor = cellrcnn.Predictor.from_checkpoint(out / "run" / "best.pt")
@@ -110,7 +112,7 @@ def score(out: Path) -> pd.DataFrame:
                   if a["category_id"] == 1]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         gt = COCO()
-        gt.dataset = {**truth_coco, "annotations": [{**a, "segmentation": _rle(a["segmentation"])}
+        gt.dataset = {**truth_coco, "annotations": [{**a, "segmentation": parse_segmentation(a["segmentation"])}
                                                     for a in truth_coco["annotations"]]}
         gt.createIndex()
         ev = COCOeval(gt, gt.loadRes(detections) if detections else COCO(), "segm")
@@ -119,13 +121,10 @@ def score(out: Path) -> pd.DataFrame:
         ev.accumulate()
         ev.summarize()
     pooled = isbi_summary(pd.concat(cells_all, ignore_index=True))
-    tp, true, pred = (sum(n[k] for n in nuclei_all) for k in ("tp", "true", "pred"))
-    matched_pred = sum(n["precision"] * n["pred"] for n in nuclei_all if n["pred"])
-    precision, recall = matched_pred / max(pred, 1), tp / max(true, 1)
     summary = {"image": "all (cells pooled)", "true cells": int(pooled["cells"]),
                "predicted": sum(r["predicted"] for r in rows), "cell dice": pooled["dice"],
                "cell fno": pooled["fno"], "cell tpp": pooled["tpp"], "cell fpp": pooled["fpp"],
-               "nucleus F1": 2 * precision * recall / max(precision + recall, 1e-9),
+               "nucleus F1": nucleus_summary(nuclei_all)["f1"],
                "cell AP": float(ev.stats[0]), "cell AP50": float(ev.stats[1])}
     return pd.DataFrame(rows + [summary])
 
@@ -133,13 +132,6 @@ def score(out: Path) -> pd.DataFrame:
 def _nuclei(instances: np.ndarray) -> np.ndarray:
     return np.stack([m == 2 for m in instances if (m == 2).any()]) if (instances == 2).any() else \
         np.zeros((0, *instances.shape[1:]), bool)
-
-
-def _rle(segmentation):
-    if isinstance(segmentation, str):
-        import ast
-        segmentation = ast.literal_eval(segmentation)
-    return segmentation
 
 
 def main() -> None:

@@ -113,7 +113,8 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 def _coco_of(file_name: str, prediction, parts: tuple[str, ...]) -> dict:
     """One image's COCO dataset: its cells from the label images, with their scores and classes."""
-    from ..export.coco import CocoImageCells, coco_dataset, instances_from_labels
+    from ..data.targets import instances_from_labels
+    from ..export.coco import CocoImageCells, coco_dataset
 
     table = prediction.table.set_index("cell_id") if not prediction.table.empty else None
     ids = range(1, int(prediction.cells.max(initial=0)) + 1)

@@ -14,10 +14,12 @@ from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
 __all__ = ["whole_cell_targets", "instance_targets", "overlapping_targets", "parts_from_instances", "tie_parts",
-           "cell_part_maps", "select_largest", "largest_complete", "largest_complete_label", "border_labels"]
+           "cell_part_maps", "instances_from_labels", "select_largest", "largest_complete", "largest_complete_label", "border_labels"]
 
 #: A part is tied only to a cell holding at least this fraction of its pixels.
 TIE_CONTAINMENT = 0.5
+#: Per-cell maps are made from label images only up to this many bytes.
+MAX_STACK_BYTES = 2**31
 
 
 def instance_targets(cells: np.ndarray, parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:
@@ -162,6 +164,19 @@ def cell_part_maps(cells: np.ndarray, parts: dict[int, np.ndarray], tied: dict[i
             if cell >= 0:
                 maps[cell][mask & cells[cell]] = index
     return maps
+
+
+def instances_from_labels(cells: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """Per-cell part maps uint8 ``[N, H, W]`` from label images: ``cells`` int ``[H, W]`` (labels 1..N) and
+    ``parts`` uint8 ``[H, W]``; map ``k`` is cell ``k + 1``'s parts, with cell pixels labelled background in
+    ``parts`` counted as cytoplasm. A label absent from ``cells`` gives an empty map."""
+    count = int(cells.max(initial=0))
+    if count * cells.size > MAX_STACK_BYTES:
+        raise ValueError(f"{count} cells in {cells.shape[1]}x{cells.shape[0]} pixels are too many to write as COCO "
+                         f"masks here; write ROI sets for fields this large")
+    ids = np.arange(1, count + 1, dtype=cells.dtype)[:, None, None]
+    own = cells[None] == ids
+    return np.where(own, np.maximum(parts, 1)[None], 0).astype(np.uint8)
 
 
 def whole_cell_targets(parts: np.ndarray, min_area: int = 1, label: int = 1) -> dict[str, np.ndarray]:

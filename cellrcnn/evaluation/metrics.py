@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["dice", "part_dice", "iou_matrix", "assign", "matching", "coco_mask_ap", "isbi_cells", "isbi_summary",
-           "nucleus_detection"]
+           "nucleus_detection", "nucleus_summary"]
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -257,7 +257,8 @@ def nucleus_detection(true_masks: np.ndarray, pred_masks: np.ndarray,
     Returns
     -------
     dict
-        ``tp`` (true nuclei found), ``true`` and ``pred`` (counts), ``precision``, ``recall`` and ``f1``.
+        ``tp`` (true nuclei found), ``found`` (detections that found one), ``true`` and ``pred`` (counts),
+        ``precision``, ``recall`` and ``f1``.
     """
     inter, t_size, p_size = _overlaps(true_masks, pred_masks)
     found = (inter / np.maximum(p_size[None, :], 1) > overlap) & (inter / np.maximum(t_size[:, None], 1) > overlap)
@@ -265,5 +266,15 @@ def nucleus_detection(true_masks: np.ndarray, pred_masks: np.ndarray,
     precision = tp_pred / len(pred_masks) if len(pred_masks) else float("nan")
     recall = tp_true / len(true_masks) if len(true_masks) else float("nan")
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"tp": float(tp_true), "true": float(len(true_masks)), "pred": float(len(pred_masks)),
-            "precision": precision, "recall": recall, "f1": f1}
+    return {"tp": float(tp_true), "found": float(tp_pred), "true": float(len(true_masks)),
+            "pred": float(len(pred_masks)), "precision": precision, "recall": recall, "f1": f1}
+
+
+def nucleus_summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Nucleus detection over a set of images: the counts of :func:`nucleus_detection`'s rows pooled, then
+    ``precision``, ``recall`` and ``f1`` (0 when nothing is found)."""
+    pred, true = sum(r["pred"] for r in rows), sum(r["true"] for r in rows)
+    precision = sum(r["found"] for r in rows) / max(pred, 1)
+    recall = sum(r["tp"] for r in rows) / max(true, 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.targets import instances_from_labels
 from ..io.files import DataError
 from ..io.masks import read_labels
 from ..viz.style import part_colour
 from .metrics import (ISBI_GOOD_DICE, NUCLEUS_OVERLAP, coco_mask_ap, isbi_cells, isbi_summary, matching,
-                      nucleus_detection, part_dice)
+                      nucleus_detection, nucleus_summary, part_dice)
 
 __all__ = ["Scored", "evaluate", "score_folder", "truth_label_images", "worst_images_figure", "THRESHOLDS"]
 
@@ -42,24 +43,18 @@ class Scored:
     true_instances: np.ndarray | None = None
 
 
-def _stack(cells: np.ndarray, parts: np.ndarray | None, part: int | None) -> np.ndarray:
-    """bool ``[N, H, W]`` masks of the cells of a label image (``part``: only that part of each)."""
-    ids = np.unique(cells[cells > 0])
-    return np.stack([(cells == k) & (parts == part if part is not None else True) for k in ids]) if len(ids) else \
-        np.zeros((0, *cells.shape), bool)
-
-
 def _overlap_measures(item: Scored, nucleus: int | None) -> tuple[pd.DataFrame, dict[str, float]]:
     """The ISBI 2014 measures of one image: each true cell's best predicted cell, and nucleus detection."""
-    truth = item.true_instances if item.true_instances is not None else None
-    true_cells = truth > 0 if truth is not None else _stack(item.true_cells, None, None)
-    cells = isbi_cells(true_cells, _stack(item.pred_cells, None, None))
+    truth = item.true_instances if item.true_instances is not None else \
+        instances_from_labels(item.true_cells, item.true_parts)
+    truth = truth[(truth > 0).any(axis=(1, 2))]  # labels absent from a label image are no cells
+    pred = instances_from_labels(item.pred_cells, item.pred_parts if item.pred_parts is not None else item.pred_cells)
+    cells = isbi_cells(truth > 0, pred > 0)
     if nucleus is None or item.pred_parts is None:
         return cells, {}
-    true_nuclei = (truth == nucleus) if truth is not None else _stack(item.true_cells, item.true_parts, nucleus)
-    true_nuclei = true_nuclei[true_nuclei.any(axis=(1, 2))]
-    pred_nuclei = _stack(item.pred_cells, item.pred_parts, nucleus)
-    return cells, nucleus_detection(true_nuclei, pred_nuclei[pred_nuclei.any(axis=(1, 2))])
+    true_nuclei, pred_nuclei = truth == nucleus, pred == nucleus
+    return cells, nucleus_detection(true_nuclei[true_nuclei.any(axis=(1, 2))],
+                                    pred_nuclei[pred_nuclei.any(axis=(1, 2))])
 
 
 def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
@@ -123,11 +118,8 @@ def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.D
     names = {"dice": "ISBI cell Dice (good cells)", "fno": "ISBI FNo", "tpp": "ISBI TPp", "fpp": "ISBI FPp"}
     summary += [{"metric": names[k], "threshold": ISBI_GOOD_DICE, "value": v} for k, v in isbi.items() if k in names]
     if nuclei:
-        found_true, true = sum(n["tp"] for n in nuclei), sum(n["true"] for n in nuclei)
-        found_pred = sum(n["precision"] * n["pred"] for n in nuclei if n["pred"])
-        precision, recall = found_pred / max(sum(n["pred"] for n in nuclei), 1), found_true / max(true, 1)
         summary.append({"metric": "nucleus detection F1", "threshold": NUCLEUS_OVERLAP,
-                        "value": 2 * precision * recall / (precision + recall) if precision + recall else 0.0})
+                        "value": nucleus_summary(nuclei)["f1"]})
     return {"per_image": per_image, "summary": pd.DataFrame(summary)}
 
 

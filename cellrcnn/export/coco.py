@@ -27,10 +27,8 @@ from pycocotools import mask as coco_mask
 from ..io.coco import CELL_LINK
 from ..utils.files import atomic_write
 
-__all__ = ["CocoImageCells", "instances_from_labels", "coco_dataset", "merge_datasets", "write_coco"]
+__all__ = ["CocoImageCells", "coco_dataset", "merge_datasets", "write_coco"]
 
-#: A prediction is written from a stack of per-cell maps: refuse one that would need more bytes than this.
-MAX_STACK_BYTES = 2**31
 
 
 @dataclass
@@ -43,19 +41,6 @@ class CocoImageCells:
     instances: np.ndarray
     scores: np.ndarray | None = None
     classes: list[str] | None = field(default=None)
-
-
-def instances_from_labels(cells: np.ndarray, parts: np.ndarray) -> np.ndarray:
-    """Per-cell part maps uint8 ``[N, H, W]`` from label images: ``cells`` int ``[H, W]`` (labels 1..N) and
-    ``parts`` uint8 ``[H, W]``; map ``k`` is cell ``k + 1``'s parts, with cell pixels labelled background in
-    ``parts`` counted as cytoplasm."""
-    count = int(cells.max(initial=0))
-    if count * cells.size > MAX_STACK_BYTES:
-        raise ValueError(f"{count} cells in {cells.shape[1]}x{cells.shape[0]} pixels are too many to write as COCO "
-                         f"masks here; write ROI sets (--rois) for fields this large")
-    ids = np.arange(1, count + 1, dtype=cells.dtype)[:, None, None]
-    own = cells[None] == ids
-    return np.where(own, np.maximum(parts, 1)[None], 0).astype(np.uint8)
 
 
 def _annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: int) -> dict:

@@ -19,7 +19,8 @@ from pycocotools import mask as coco_mask
 
 from .files import DataError
 
-__all__ = ["CELL_LINK", "CocoImage", "CocoFile", "is_coco_file", "read_coco", "decode_annotation", "coco_masks"]
+__all__ = ["CELL_LINK", "CocoImage", "CocoFile", "is_coco_file", "read_coco", "parse_segmentation", "decode_annotation",
+           "coco_masks"]
 
 #: The keys a COCO instance file has at its top level.
 COCO_KEYS = ("images", "annotations", "categories")
@@ -115,6 +116,17 @@ def read_coco(path: str | os.PathLike) -> CocoFile:
     return _read_cached(path, mtime)
 
 
+def parse_segmentation(seg, name: str = "annotation"):
+    """An annotation's segmentation as COCO defines it: an RLE dict written as a Python literal string (as
+    some converters do) becomes the dict; polygons and dicts pass as they are."""
+    if isinstance(seg, str):
+        try:
+            return ast.literal_eval(seg)
+        except (ValueError, SyntaxError):
+            raise DataError(f"{name}: segmentation is a string but not an RLE dict") from None
+    return seg
+
+
 def decode_annotation(ann: dict, height: int, width: int, path: str | os.PathLike = "annotations") -> np.ndarray:
     """The bool ``[height, width]`` mask of one annotation: polygons, RLE (compressed or not) or a string RLE.
 
@@ -123,12 +135,8 @@ def decode_annotation(ann: dict, height: int, width: int, path: str | os.PathLik
     DataError
         A polygon of fewer than 3 points, RLE of another size than the image, or a segmentation of no known form.
     """
-    seg, name = ann["segmentation"], f"{path}: annotation {ann.get('id', '?')}"
-    if isinstance(seg, str):  # an RLE dict written as a Python literal string, as some converters do
-        try:
-            seg = ast.literal_eval(seg)
-        except (ValueError, SyntaxError):
-            raise DataError(f"{name}: segmentation is a string but not an RLE dict") from None
+    name = f"{path}: annotation {ann.get('id', '?')}"
+    seg = parse_segmentation(ann["segmentation"], name)
     if isinstance(seg, list):
         if not seg or any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in seg):
             raise DataError(f"{name}: a polygon needs at least 3 points (x, y pairs); fix or remove it")

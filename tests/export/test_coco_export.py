@@ -10,7 +10,8 @@ import tifffile
 
 from cellrcnn import DataConfig, find_pairs
 from cellrcnn.data.dataset import load_sample
-from cellrcnn.export.coco import CocoImageCells, coco_dataset, instances_from_labels, write_coco
+from cellrcnn.data.targets import instances_from_labels
+from cellrcnn.export.coco import CocoImageCells, coco_dataset, write_coco
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
 from test_coco import ISBI, write_coco as write_test_coco  # noqa: E402
