@@ -39,7 +39,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     """``cellrcnn-predict MODEL.pt INPUT... --out OUT_DIR``: exit 0 done, 1 some images failed, 2 bad arguments."""
     parser = Parser(prog="cellrcnn-predict", formatter_class=HelpFormatter,
                     description="Segment cells with a trained model and write label TIFFs, a per-cell table "
-                                "and, on request, ImageJ ROI sets and overlay PNGs.",
+                                "and, on request, ImageJ ROI sets, QuPath GeoJSON, a COCO file and overlay PNGs. "
+                                "Label TIFFs give a pixel under two cells to the better-scoring one; ROI sets, "
+                                "GeoJSON and COCO keep each cell's whole outline.",
                     epilog="Many files at once: run it under torchrun (torchrun --nproc-per-node N --no-python "
                            "cellrcnn-predict ...): each process takes every N-th image, one GPU each (or CPU "
                            "cores), and cells.csv is the same as one process writes.")
@@ -53,6 +55,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     out.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel (areas in um^2)")
     out.add_argument("--rois", action="store_true", help="also write <image>_rois.zip (ImageJ ROI set)")
     out.add_argument("--overlays", action="store_true", help="also write <image>_overlay.png")
+    out.add_argument("--geojson", action="store_true", help="also write <image>.geojson: QuPath cell objects, each "
+                                                            "cell's outline with its nucleus, class and measurements")
     out.add_argument("--coco", action="store_true", help="also write cells.json: every cell and its parts as COCO "
                                                          "instance annotations (RLE), with scores")
     out.add_argument("--overwrite", action="store_true", help="replace existing results")
@@ -93,7 +97,8 @@ def predict_main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
     table_path = args.out / "cells.csv"
     if not args.overwrite:
-        clashes = [p for img in images for p in output_paths(args.out, img.stem, args.rois, args.overlays).values()
+        clashes = [p for img in images for p in output_paths(args.out, img.stem, args.rois, args.overlays,
+                                                                                args.geojson).values()
                    if p.exists()] + [p for p in (table_path, args.out / COCO_FILE) if p.exists()]
         if clashes:
             logger.error("error: %s already holds results (%s%s); pass --overwrite to replace them or choose "
@@ -112,16 +117,15 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 def _coco_of(file_name: str, prediction, parts: tuple[str, ...]) -> dict:
-    """One image's COCO dataset: its cells from the label images, with their scores and classes."""
-    from ..data.targets import instances_from_labels
+    """One image's COCO dataset: its cells' whole masks, with their scores and classes."""
     from ..export.coco import CocoImageCells, coco_dataset
 
     table = prediction.table.set_index("cell_id") if not prediction.table.empty else None
     ids = range(1, int(prediction.cells.max(initial=0)) + 1)
     scores = table["score"].reindex(ids).to_numpy() if table is not None else None
     classes = table["class"].reindex(ids).astype(str).tolist() if table is not None and "class" in table else None
-    return coco_dataset([CocoImageCells(file_name, instances_from_labels(prediction.cells, prediction.parts),
-                                        scores, classes)], parts)
+    return coco_dataset([CocoImageCells(file_name, prediction.cells.shape, prediction.cell_masks(), scores, classes)],
+                        parts)
 
 
 def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namespace, options: dict,
@@ -140,6 +144,7 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
         logger.info("process %d of %d: %d of the %d images", runtime.rank + 1, runtime.world_size, len(mine),
                     len(images))
     tables, failed, cocos = [], [], []
+    told_tiles = False
     results = predictor.predict_paths(mine, args.batch_size, tile=args.tile, overlap=args.overlap,
                                       progress=not args.quiet, **options)
     for result in tqdm(results, total=len(mine), desc="predict", unit="image",
@@ -150,8 +155,13 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
         if args.overlays and result.prediction.image is None:
             logger.warning("%s: predicted in tiles; no overlay PNG is drawn for a whole field (open the image "
                            "with its label TIFFs in Fiji or napari instead)", result.path.name)
+        if result.prediction.masks is None and (args.rois or args.geojson or args.coco) and not told_tiles:
+            told_tiles = True
+            logger.warning("%s: predicted in tiles: ROIs, GeoJSON and COCO hold each cell as the label image does "
+                           "(where cells overlap, the better-scoring one); images of one tile keep whole cells",
+                           result.path.name)
         export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, geojson=args.geojson)
         tables.append((order[result.path], result.prediction.table))
         if args.coco:
             try:

@@ -121,12 +121,13 @@ def matching(true_labels: np.ndarray, pred_labels: np.ndarray,
 
 def coco_mask_ap(true_labels: list[np.ndarray], pred_labels: list[np.ndarray],
                  pred_scores: list[dict[int, float]] | None = None) -> dict[str, float]:
-    """COCO mask AP, AP50 and AP75 of instance images, computed by pycocotools.
+    """COCO mask AP, AP50 and AP75 of instances, computed by pycocotools (which lets instances overlap).
 
     Parameters
     ----------
     true_labels, pred_labels : list of np.ndarray
-        Integer ``[H, W]`` instance images per image, 0 background.
+        Per image, an integer ``[H, W]`` instance image (0 background), or ``[N, H, W]`` per-cell masks
+        (nonzero inside the cell; cell ``k + 1`` is ``[k]``), where cells may overlap.
     pred_scores : list of dict, optional
         Confidence of each predicted label per image; without scores every
         prediction scores 1 and AP reduces to precision at each recall reached.
@@ -143,26 +144,31 @@ def coco_mask_ap(true_labels: list[np.ndarray], pred_labels: list[np.ndarray],
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    def encode(labels: np.ndarray, ids: np.ndarray) -> list[dict]:
-        masks = np.asfortranarray((labels[..., None] == ids[None, None, :]).astype(np.uint8))
-        rles = mask_utils.encode(masks) if len(ids) else []
+    def encode(instances: np.ndarray) -> list[tuple[int, dict]]:
+        """(label, RLE) of each instance with pixels."""
+        if instances.ndim == 2:
+            ids = np.unique(instances)
+            ids = ids[ids != 0]
+            masks = instances[..., None] == ids[None, None, :]
+        else:
+            ids = np.arange(1, len(instances) + 1)
+            masks = np.moveaxis(instances > 0, 0, -1)
+        keep = masks.any(axis=(0, 1))
+        ids, masks = ids[keep], masks[..., keep]
+        rles = mask_utils.encode(np.asfortranarray(masks.astype(np.uint8))) if len(ids) else []
         for rle in rles:
             rle["counts"] = rle["counts"].decode("ascii")
-        return rles
+        return list(zip(ids.tolist(), rles))
 
     images, annotations, detections = [], [], []
     for image_id, (truth, pred) in enumerate(zip(true_labels, pred_labels), start=1):
-        images.append({"id": image_id, "height": int(truth.shape[0]), "width": int(truth.shape[1])})
-        ids = np.unique(truth)
-        ids = ids[ids != 0]
-        for label, rle in zip(ids, encode(truth, ids)):
+        images.append({"id": image_id, "height": int(truth.shape[-2]), "width": int(truth.shape[-1])})
+        for _, rle in encode(truth):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                 "segmentation": rle, "area": float(mask_utils.area(rle)),
                                 "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
-        ids = np.unique(pred)
-        ids = ids[ids != 0]
         scores = pred_scores[image_id - 1] if pred_scores is not None else {}
-        for label, rle in zip(ids, encode(pred, ids)):
+        for label, rle in encode(pred):
             detections.append({"image_id": image_id, "category_id": 1, "segmentation": rle,
                                "score": float(scores.get(int(label), 1.0))})
     if not annotations:

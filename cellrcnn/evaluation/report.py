@@ -30,7 +30,9 @@ class Scored:
     part metrics of that image are NaN. ``scores`` maps predicted labels to
     confidences (None: every prediction scores 1). ``true_instances``, uint8
     ``[N, H, W]`` per-cell part maps, is the truth as it is when cells overlap (COCO
-    ground truth): the ISBI measures use it; the label images give overlaps to one cell.
+    ground truth), and ``pred_instances`` the same of the prediction (each cell's whole
+    mask, :attr:`Prediction.masks`): COCO mask AP and the ISBI measures use them; the
+    label images give overlaps to one cell.
     """
 
     name: str
@@ -41,14 +43,25 @@ class Scored:
     scores: dict[int, float] | None = None
     image: np.ndarray | None = None
     true_instances: np.ndarray | None = None
+    pred_instances: np.ndarray | None = None
+
+    def truth(self) -> np.ndarray:
+        """uint8 ``[N, H, W]`` true cells' part maps, overlaps kept where known (cells without pixels left out)."""
+        truth = self.true_instances if self.true_instances is not None else \
+            instances_from_labels(self.true_cells, self.true_parts)
+        return truth[(truth > 0).any(axis=(1, 2))]
+
+    def predicted(self) -> np.ndarray:
+        """uint8 ``[M, H, W]`` predicted cells' part maps (cell ``k`` at ``k - 1``), overlaps kept where known."""
+        if self.pred_instances is not None:
+            return self.pred_instances
+        return instances_from_labels(self.pred_cells, self.pred_parts if self.pred_parts is not None else
+                                     self.pred_cells)
 
 
 def _overlap_measures(item: Scored, nucleus: int | None) -> tuple[pd.DataFrame, dict[str, float]]:
     """The ISBI 2014 measures of one image: each true cell's best predicted cell, and nucleus detection."""
-    truth = item.true_instances if item.true_instances is not None else \
-        instances_from_labels(item.true_cells, item.true_parts)
-    truth = truth[(truth > 0).any(axis=(1, 2))]  # labels absent from a label image are no cells
-    pred = instances_from_labels(item.pred_cells, item.pred_parts if item.pred_parts is not None else item.pred_cells)
+    truth, pred = item.truth(), item.predicted()
     cells = isbi_cells(truth > 0, pred > 0)
     if nucleus is None or item.pred_parts is None:
         return cells, {}
@@ -111,7 +124,8 @@ def evaluate(items: list[Scored], part_names: tuple[str, ...]) -> dict[str, pd.D
             {"metric": "pq", "threshold": t, "value": c.iou_sum / (c.tp + c.fp / 2 + c.fn / 2)
              if c.tp + c.fp + c.fn else np.nan},
         ]
-    ap = coco_mask_ap([i.true_cells for i in items], [i.pred_cells for i in items],
+    ap = coco_mask_ap([i.truth() if i.true_instances is not None else i.true_cells for i in items],
+                      [i.predicted() if i.pred_instances is not None else i.pred_cells for i in items],
                       [i.scores or {} for i in items])
     summary += [{"metric": f"COCO mask {k}", "threshold": np.nan, "value": v} for k, v in ap.items()]
     isbi = isbi_summary(pd.concat(overlap_cells, ignore_index=True)) if overlap_cells else {}
@@ -167,13 +181,15 @@ def score_folder(dataset, part_names: tuple[str, ...], predictions, **options) -
         true_cells, true_parts = truth_label_images(target["masks"].numpy())
         if isinstance(predictions, (str, os.PathLike)):
             pred_cells, pred_parts = _read_predicted(Path(predictions), pair, true_cells.shape, **options)
-            scores = None
+            scores, whole = None, None
         else:
             result = predictions.predict(pair.image, **options)
             scores = dict(zip(result.table["cell_id"].astype(int), result.table["score"]))
             pred_cells, pred_parts = result.cells, result.parts
+            whole = (np.stack([m.full(pred_cells.shape) for m in result.masks]) if result.masks
+                     else None)  # None: predicted in tiles (label-image remainders), or no cell
         items.append(Scored(pair.name, true_cells, true_parts, pred_cells, pred_parts, scores,
-                            image.permute(1, 2, 0).numpy(), target["masks"].numpy()))
+                            image.permute(1, 2, 0).numpy(), target["masks"].numpy(), whole))
     return {**evaluate(items, part_names), "items": items}
 
 

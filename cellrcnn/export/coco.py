@@ -9,9 +9,9 @@ The file is in COCO's dataset form (``images``, ``categories``, ``annotations``)
   gets no annotation of its own.
 
 cellrcnn reads such a file back as a training layout and as ground truth (the ``cell_id`` link is
-honoured there, instead of the tying rule). A cell's mask is its whole mask: cells may overlap in a
-file made from COCO ground truth. Predictions are written from their label images, where a pixel
-belongs to one cell (the best-scoring one).
+honoured there, instead of the tying rule). A cell's mask is its whole mask, so cells may overlap:
+a prediction keeps each detection's whole mask, except in a field predicted in tiles, where each
+cell is what the label image holds of it (a pixel under two cells goes to the better-scoring one).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from ..io.coco import CELL_LINK
+from ..io.masks import CellMask, cell_masks_from_instances
 from ..utils.files import atomic_write
 
 __all__ = ["CocoImageCells", "coco_dataset", "merge_datasets", "write_coco"]
@@ -33,14 +34,21 @@ __all__ = ["CocoImageCells", "coco_dataset", "merge_datasets", "write_coco"]
 
 @dataclass
 class CocoImageCells:
-    """The cells of one image, to be written: ``instances`` uint8 ``[N, H, W]`` per-cell part maps (0 outside
-    the cell, 1 cytoplasm, 2.. the parts with their own category), and optional per-cell ``scores`` and
+    """The cells of one image, to be written: ``shape`` ``(H, W)`` of the image, ``cells`` each cell's whole
+    mask (its parts 1 cytoplasm, 2.. those with their own category), and optional per-cell ``scores`` and
     ``classes`` (names)."""
 
     file_name: str
-    instances: np.ndarray
+    shape: tuple[int, int]
+    cells: list[CellMask]
     scores: np.ndarray | None = None
     classes: list[str] | None = field(default=None)
+
+    @classmethod
+    def from_instances(cls, file_name: str, instances: np.ndarray, scores: np.ndarray | None = None,
+                       classes: list[str] | None = None) -> "CocoImageCells":
+        """From uint8 ``[N, H, W]`` per-cell part maps (0 outside the cell)."""
+        return cls(file_name, instances.shape[1:], cell_masks_from_instances(instances), scores, classes)
 
 
 def _annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: int) -> dict:
@@ -70,12 +78,12 @@ def coco_dataset(images: list[CocoImageCells], part_names: tuple[str, ...], cell
             "annotations": []}
     next_id = 1
     for image_id, item in enumerate(images, start=1):
-        n, H, W = item.instances.shape
+        H, W = item.shape
         coco["images"].append({"id": image_id, "file_name": item.file_name, "height": int(H), "width": int(W)})
-        for k in range(n):
-            own = item.instances[k]
-            if not own.any():
+        for k, cell_mask in enumerate(item.cells):
+            if not cell_mask.parts.any():
                 continue
+            own = cell_mask.full((H, W))  # one image-sized mask at a time: RLE needs the whole frame
             ann = _annotation(own > 0, next_id, image_id, 1)
             if item.scores is not None:
                 ann["score"] = float(item.scores[k])

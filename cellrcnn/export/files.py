@@ -1,4 +1,4 @@
-"""Writing predictions for Fiji and analysis: label TIFFs, ImageJ ROI sets, overlay PNGs.
+"""Writing predictions for Fiji, QuPath and analysis: label TIFFs, ImageJ ROI sets, QuPath GeoJSON, overlay PNGs.
 
 Every file is written atomically (to a temporary name, then renamed) and an
 existing file is only replaced with ``overwrite=True``.
@@ -14,25 +14,30 @@ import pandas as pd
 import roifile
 import tifffile
 from skimage.io import imsave
-from skimage.measure import find_contours, regionprops
+from skimage.measure import find_contours
 from skimage.segmentation import find_boundaries
 
 from ..inference.measure import Prediction
+from ..io.masks import CellMask
 from ..utils.files import atomic_write
 from ..viz.style import part_colour
+from .geojson import cell_features, write_geojson
 
 __all__ = ["OUTPUTS", "OUTPUT_SUFFIXES", "output_paths", "write_label_tiff", "write_rois", "overlay_rgb",
            "write_overlay", "write_table", "export_prediction"]
 
 #: The file written for each image, by kind: ``<image stem><suffix>``.
-OUTPUTS = {"cells": "_cells.tif", "parts": "_parts.tif", "rois": "_rois.zip", "overlay": "_overlay.png"}
+OUTPUTS = {"cells": "_cells.tif", "parts": "_parts.tif", "rois": "_rois.zip", "overlay": "_overlay.png",
+           "geojson": ".geojson"}
 #: Stem suffixes of those files, so that a folder of results is not read back as input images.
-OUTPUT_SUFFIXES = tuple(name.rsplit(".", 1)[0] for name in OUTPUTS.values())
+OUTPUT_SUFFIXES = tuple(stem for name in OUTPUTS.values() if (stem := name.rsplit(".", 1)[0]))
 
 
-def output_paths(out_dir: str | os.PathLike, name: str, rois: bool = False, overlays: bool = False) -> dict[str, Path]:
-    """The files written for image ``name``: ``cells``, ``parts`` and optionally ``rois``, ``overlay``."""
-    kinds = ["cells", "parts"] + ["rois"] * rois + ["overlay"] * overlays
+def output_paths(out_dir: str | os.PathLike, name: str, rois: bool = False, overlays: bool = False,
+                 geojson: bool = False) -> dict[str, Path]:
+    """The files written for image ``name``: ``cells``, ``parts`` and optionally ``rois``, ``overlay``,
+    ``geojson``."""
+    kinds = ["cells", "parts"] + ["rois"] * rois + ["overlay"] * overlays + ["geojson"] * geojson
     return {kind: Path(out_dir) / f"{name}{OUTPUTS[kind]}" for kind in kinds}
 
 
@@ -56,17 +61,18 @@ def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = ""
                                                            compression="zlib", **extra), overwrite=overwrite)
 
 
-def write_rois(path: str | os.PathLike, cells: np.ndarray, overwrite: bool = False) -> Path:
-    """An ImageJ ROI set (zip) with the outline of each cell, named ``cell_<id>``."""
+def write_rois(path: str | os.PathLike, cells: list[CellMask], overwrite: bool = False) -> Path:
+    """An ImageJ ROI set (zip) with the whole outline of each cell (``cells[k - 1]`` named ``cell_<k>``): ROIs of
+    overlapping cells overlap."""
     rois = []
-    for region in regionprops(cells):  # each cell in its own box: a field has thousands
-        mask = np.pad(region.image, 1)  # closed contours for cells at the border
+    for label, cell in enumerate(cells, start=1):
+        mask = np.pad(cell.mask, 1)  # closed contours for cells at the border
         contours = find_contours(mask.astype(np.uint8), 0.5)
         if not contours:
             continue
-        yx = max(contours, key=len) - 1 + np.array(region.bbox[:2])
+        yx = max(contours, key=len) - 1 + np.array([cell.y0, cell.x0])
         roi = roifile.ImagejRoi.frompoints(yx[:, ::-1])
-        roi.name = f"cell_{int(region.label)}"
+        roi.name = f"cell_{label}"
         rois.append(roi)
     return atomic_write(path, lambda tmp: roifile.roiwrite(tmp, rois, mode="w"), overwrite=overwrite)
 
@@ -97,19 +103,25 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike, overwrite: bool = 
 
 def export_prediction(prediction: Prediction, out_dir: str | os.PathLike, part_names: tuple[str, ...],
                       pixel_size: float | None = None, rois: bool = False, overlays: bool = False,
-                      overwrite: bool = False) -> dict[str, Path]:
+                      overwrite: bool = False, geojson: bool = False) -> dict[str, Path]:
     """Write every file of one prediction; returns their paths (see :func:`output_paths`).
 
-    No overlay is drawn for a prediction without its image (a field predicted in tiles).
+    The label TIFFs give a pixel under two cells to the better-scoring one; the ROI set and the
+    GeoJSON keep each cell's whole outline (:attr:`Prediction.masks`). No overlay is drawn for a
+    prediction without its image (a field predicted in tiles).
     """
-    paths = output_paths(out_dir, prediction.name, rois, overlays)
+    paths = output_paths(out_dir, prediction.name, rois, overlays, geojson)
     parts_info = "parts: " + ", ".join(f"{k}={n}" for k, n in enumerate(part_names))
     write_label_tiff(paths["cells"], prediction.cells if prediction.cells.dtype == np.uint32 else
                      prediction.cells.astype(np.uint16),
                      "cell labels: 0 background, 1..N one cell each (by descending score)", pixel_size, overwrite)
     write_label_tiff(paths["parts"], prediction.parts.astype(np.uint8), parts_info, pixel_size, overwrite)
+    masks = prediction.cell_masks() if rois or geojson else []
     if rois:
-        write_rois(paths["rois"], prediction.cells, overwrite)
+        write_rois(paths["rois"], masks, overwrite)
+    if geojson:
+        write_geojson(paths["geojson"], cell_features(masks, part_names, prediction.table, prediction.name),
+                      overwrite)
     if overlays and prediction.image is not None:  # a field predicted in tiles is never held whole
         write_overlay(paths["overlay"], prediction.image, prediction.cells, prediction.parts, part_names, overwrite)
     elif overlays:

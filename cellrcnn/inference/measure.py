@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
-__all__ = ["Prediction", "measure_cells"]
+from ..io.masks import CellMask, cell_masks_from_labels
+
+__all__ = ["Prediction", "whole_masks", "measure_cells"]
 
 
 @dataclass
@@ -28,6 +31,10 @@ class Prediction:
         uint8 ``[H, W]`` part labels (index into the config's parts).
     table : pandas.DataFrame
         One row per cell: see :func:`measure_cells`.
+    masks : list of CellMask or None
+        Cell ``k``'s whole mask in ``masks[k - 1]``, overlaps kept (in ``cells``
+        a pixel goes to the best-scoring cell only). None for an image predicted in
+        tiles: there each cell is its label-image remainder.
     """
 
     name: str
@@ -35,6 +42,37 @@ class Prediction:
     cells: np.ndarray
     parts: np.ndarray
     table: pd.DataFrame = field(repr=False)
+    masks: list[CellMask] | None = field(default=None, repr=False)
+
+    def cell_masks(self) -> list[CellMask]:
+        """Each cell's mask, cell ``k`` at ``k - 1``: whole where :attr:`masks` has it, else its label-image
+        remainder."""
+        return self.masks if self.masks is not None else cell_masks_from_labels(self.cells, self.parts)
+
+
+def whole_masks(cells: np.ndarray, output: dict) -> list[CellMask]:
+    """The whole mask of each cell of a one-tile prediction, overlaps kept.
+
+    ``cells`` int ``[H, W]`` are the final labels (renumbered, some detections left out) of the label image
+    ``output["cells"]`` (CPU tensors) of :func:`~cellrcnn.modeling.transform.predict_labels`; a final cell's pixels are
+    those its detection kept there, so any one of them names the detection and its crop
+    (``crop_boxes``, ``crop_parts``).
+    """
+    tile_cells = output["cells"].numpy()
+    boxes = output["crop_boxes"].numpy()
+    flat = output["crop_parts"].numpy()
+    starts = np.concatenate([[0], np.cumsum((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]))])
+    masks = []
+    for label, box in enumerate(ndimage.find_objects(np.asarray(cells, dtype=np.int64)), start=1):
+        if box is None:
+            masks.append(CellMask(0, 0, np.zeros((0, 0), dtype=np.uint8)))
+            continue
+        y, x = np.unravel_index(np.argmax(cells[box] == label), cells[box].shape)
+        rank = int(tile_cells[box][y, x]) - 1
+        y0, y1, x0, x1 = (int(v) for v in boxes[rank])
+        masks.append(CellMask(y0, x0, flat[starts[rank]:starts[rank + 1]].reshape(y1 - y0, x1 - x0)))
+    return masks
+
 
 
 def measure_cells(cells: np.ndarray, parts: np.ndarray, image, part_names: tuple[str, ...],

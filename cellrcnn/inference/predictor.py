@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generator, Iterator
 
@@ -21,7 +21,7 @@ from ..modeling.build import build_model
 from ..modeling.checkpoint import model_from_checkpoint, run_checkpoint
 from ..modeling.transform import predict_labels
 from ..utils.runtime import resolve_device
-from .measure import Prediction, measure_cells
+from .measure import Prediction, measure_cells, whole_masks
 from .package import is_package, read_package
 from .scale import prediction_scale, scale_from_ladder, warn_off_size
 from .selection import CellChoice, border_labels, keeps_largest, kept_cells
@@ -216,7 +216,8 @@ class Predictor:
         for field, array, output in zip(fields, arrays, self._forward(arrays, scale, choice.score_threshold)):
             stitcher = Stitcher(field.shape)
             self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output)
-            predictions.append(self._finish(field.name, array, stitcher, choice, pixel_size, scale, tiled=False))
+            prediction = self._finish(field.name, array, stitcher, choice, pixel_size, scale, tiled=False)
+            predictions.append(replace(prediction, masks=whole_masks(prediction.cells, output)))
         return predictions
 
     def _steps(self, field: ImageField, choice: CellChoice, pixel_size: float | None, tile: int | None,

@@ -1,15 +1,80 @@
-"""Label masks: reading them, and mapping mask values to part indices."""
+"""Label masks: reading them, mapping mask values to part indices, and one cell's whole mask."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from .files import DataError, read_raw
 
-__all__ = ["read_labels", "map_part_values"]
+__all__ = ["read_labels", "map_part_values", "CellMask", "cell_masks_from_labels", "cell_masks_from_instances"]
+
+
+@dataclass(frozen=True)
+class CellMask:
+    """One cell's whole mask, in its box: overlaps with other cells kept.
+
+    Attributes
+    ----------
+    y0, x0 : int
+        The image pixel of the box's top-left corner.
+    parts : np.ndarray
+        uint8 ``[h, w]`` part labels of the box: 0 outside the cell, 1 cytoplasm, 2.. the other parts.
+    """
+
+    y0: int
+    x0: int
+    parts: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """bool ``[h, w]``: the cell's pixels in its box."""
+        return self.parts > 0
+
+    @property
+    def box(self) -> tuple[slice, slice]:
+        """The box as slices of the image."""
+        h, w = self.parts.shape
+        return slice(self.y0, self.y0 + h), slice(self.x0, self.x0 + w)
+
+    def full(self, shape: tuple[int, int]) -> np.ndarray:
+        """uint8 ``[H, W]`` part labels of the cell in an image of ``shape`` (the box clipped to it)."""
+        out = np.zeros(shape, dtype=np.uint8)
+        rows, cols = self.box
+        view = out[rows, cols]
+        view[...] = self.parts[:view.shape[0], :view.shape[1]]
+        return out
+
+
+def cell_masks_from_labels(cells: np.ndarray, parts: np.ndarray) -> list[CellMask]:
+    """The masks of cells 1..N of an integer ``[H, W]`` label image (a label absent gives an empty mask), with
+    their parts from uint8 ``[H, W]`` ``parts``; a cell pixel labelled background in ``parts`` counts as
+    cytoplasm. Each cell is its label-image remainder: overlaps are already resolved there."""
+    masks = []
+    for label, box in enumerate(ndimage.find_objects(np.asarray(cells, dtype=np.int64)), start=1):
+        if box is None:
+            masks.append(CellMask(0, 0, np.zeros((0, 0), dtype=np.uint8)))
+            continue
+        own = cells[box] == label
+        masks.append(CellMask(box[0].start, box[1].start, np.where(own, np.maximum(parts[box], 1), 0).astype(np.uint8)))
+    return masks
+
+
+def cell_masks_from_instances(instances: np.ndarray) -> list[CellMask]:
+    """The masks of uint8 ``[N, H, W]`` per-cell part maps (0 outside the cell), each cropped to its box."""
+    masks = []
+    for own in instances:
+        rows, cols = np.flatnonzero(own.any(axis=1)), np.flatnonzero(own.any(axis=0))
+        if not len(rows):
+            masks.append(CellMask(0, 0, np.zeros((0, 0), dtype=np.uint8)))
+            continue
+        masks.append(CellMask(int(rows[0]), int(cols[0]),
+                              np.ascontiguousarray(own[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], dtype=np.uint8)))
+    return masks
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:

@@ -85,21 +85,29 @@ def paste_labels(part_probs: Tensor, boxes: Tensor, scores: Tensor, image_size: 
     dict
         ``cells`` int64 ``[H, W]`` (0 background, label ``k`` the detection
         ``order[k - 1]``), ``parts`` uint8 ``[H, W]`` and ``order`` int64 ``[N]``,
-        the detections by descending score.
+        the detections by descending score. Each detection's whole mask, overlaps
+        kept, in ``crop_boxes`` int64 ``[N, 4]`` (``y0, y1, x0, x1`` of label
+        ``k``'s box in row ``k - 1``) and ``crop_parts`` uint8, the boxes' part labels
+        flattened one after another (a crop costs its box, not the image).
     """
     H, W = image_size
     order = torch.argsort(scores, descending=True)
-    cells = torch.zeros((H, W), dtype=torch.int64, device=part_probs.device)
-    parts = torch.zeros((H, W), dtype=torch.uint8, device=part_probs.device)
-    if len(order) == 0:
-        return {"cells": cells, "parts": parts, "order": order}
+    device = part_probs.device
+    cells = torch.zeros((H, W), dtype=torch.int64, device=device)
+    parts = torch.zeros((H, W), dtype=torch.uint8, device=device)
+    crop_boxes = torch.zeros((len(order), 4), dtype=torch.int64)
+    crops = [torch.zeros(0, dtype=torch.uint8, device=device)]
     regions = _sample_exact if aligned else _sample_torchvision
     for rank, (ys, xs), fg in regions(part_probs[order, 1:], boxes[order], H, W):
         held, held_parts = cells[ys, xs], parts[ys, xs]  # views: written in place
-        free = (fg.sum(dim=0) > threshold) & (held == 0)
+        own = torch.where(fg.sum(dim=0) > threshold, fg.argmax(dim=0).to(torch.uint8) + 1, 0).to(torch.uint8)
+        free = (own > 0) & (held == 0)
         held.copy_(torch.where(free, rank + 1, held))  # no boolean indexing: no device sync per detection
-        held_parts.copy_(torch.where(free, fg.argmax(dim=0).to(torch.uint8) + 1, held_parts))
-    return {"cells": cells, "parts": parts, "order": order}
+        held_parts.copy_(torch.where(free, own, held_parts))
+        crop_boxes[rank] = torch.tensor([ys.start, ys.stop, xs.start, xs.stop])
+        crops.append(own.flatten())
+    return {"cells": cells, "parts": parts, "order": order, "crop_boxes": crop_boxes.to(device),
+            "crop_parts": torch.cat(crops)}
 
 
 def _sample_exact(fg: Tensor, boxes: Tensor, H: int, W: int):

@@ -27,7 +27,7 @@ def round_trip(folder, tmp_path, config=DataConfig()):
     out.mkdir()
     for pair in pairs:
         (out / pair.image.name).symlink_to(pair.image)
-    write_coco(out / "cells.json", coco_dataset([CocoImageCells(p.image.name, i) for p, i in zip(pairs, before)],
+    write_coco(out / "cells.json", coco_dataset([CocoImageCells.from_instances(p.image.name, i) for p, i in zip(pairs, before)],
                                                 PARTS))
     after = [load_sample(pair, config)["instances"] for pair in find_pairs(out, config)]
     return before, after, json.loads((out / "cells.json").read_text())
@@ -68,7 +68,7 @@ def test_a_prediction_goes_out_from_its_label_images(tmp_path):
     parts[1, 1] = 2  # outside every cell: no cell's part
     instances = instances_from_labels(cells, parts)
     assert instances.shape == (2, 20, 30) and (instances[1] == 2).sum() == 0 and (instances[0] == 2).sum() == 9
-    coco = coco_dataset([CocoImageCells("a.tif", instances, scores=np.array([0.9, 0.7]), classes=["cell", "cell"])],
+    coco = coco_dataset([CocoImageCells.from_instances("a.tif", instances, scores=np.array([0.9, 0.7]), classes=["cell", "cell"])],
                         PARTS)
     assert [a["score"] for a in coco["annotations"] if a["category_id"] == 1] == [0.9, 0.7]
     assert [a["attributes"]["class"] for a in coco["annotations"] if a["category_id"] == 1] == ["cell", "cell"]

@@ -204,16 +204,23 @@ def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
     (images / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "pred"
     result = run("predict.py", checkpoint, images, "--out", out, "--rois", "--overlays", "--pixel-size", "0.5",
-                 "--coco")
+                 "--coco", "--geojson")
     assert result.returncode == 1, result.stdout + result.stderr  # one image failed, the others are done
     assert "broken.png: cannot read the file" in result.stdout and "3 of 4 images done" in result.stdout
     for i in range(3):
-        for suffix in ("_cells.tif", "_parts.tif", "_rois.zip", "_overlay.png"):
+        for suffix in ("_cells.tif", "_parts.tif", "_rois.zip", "_overlay.png", ".geojson"):
             assert (out / f"sample_{i:02d}{suffix}").is_file()
     table = pd.read_csv(out / "cells.csv")
     assert {"image", "cell_id", "class", "score", "area_px", "nucleus_area_um2", "nc_ratio"} <= set(table.columns)
     assert set(table["image"]) <= {"sample_00", "sample_01", "sample_02"}
-    # --coco: the same cells as COCO annotations, each nucleus linked to its cell, the masks those of the TIFFs
+    # --geojson: one QuPath cell object per cell of the table, valid polygons, the table's numbers as measurements
+    from shapely.geometry import shape
+    features = json.loads((out / "sample_00.geojson").read_text())["features"]
+    assert len(features) == (table["image"] == "sample_00").sum()
+    assert all(shape(f["geometry"]).is_valid and f["properties"]["objectType"] == "cell" for f in features)
+    assert features[0]["properties"]["measurements"]["area_px"] == table.query("image == 'sample_00'")["area_px"].iloc[0]
+    # --coco: the same cells as COCO annotations, each nucleus linked to its cell, each mask the cell's whole
+    # mask: what the label TIFF holds of it, and more only where a better-scoring cell took the pixels
     from pycocotools import mask as coco_mask
     coco = json.loads((out / "cells.json").read_text())
     assert [i["file_name"] for i in coco["images"]] == [f"sample_{i:02d}.png" for i in range(3)]
@@ -225,7 +232,8 @@ def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
     labels = tifffile.imread(out / "sample_00_cells.tif")
     for k, ann in enumerate(first, start=1):
         rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
-        assert np.array_equal(coco_mask.decode(rle).astype(bool), labels == k)
+        whole = coco_mask.decode(rle).astype(bool)
+        assert np.array_equal(whole & (labels == k), labels == k) and not (whole & (labels > k)).any()
     before = (out / "cells.csv").read_bytes()
     again = run("predict.py", checkpoint, images / "sample_00.png", "--out", out)
     assert again.returncode == 2 and "--overwrite" in again.stdout + again.stderr

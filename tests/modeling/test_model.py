@@ -208,6 +208,13 @@ def test_paste_labels_equals_the_label_images_of_the_full_paste(aligned):
     want = to_label_images({"scores": scores, **full}, 0.0)  # the threshold is applied before the paste
     for got, key in ((compact["cells"], "cells"), (compact["parts"], "parts"), (compact["order"], "kept")):
         assert torch.equal(got, want[key]), key
+    start = 0  # each detection's whole mask, overlaps kept, equals its own full paste
+    for rank, (y0, y1, x0, x1) in enumerate(compact["crop_boxes"].tolist()):
+        own = torch.zeros((100, 120), dtype=torch.uint8)
+        own[y0:y1, x0:x1] = compact["crop_parts"][start:start + (y1 - y0) * (x1 - x0)].view(y1 - y0, x1 - x0)
+        start += (y1 - y0) * (x1 - x0)
+        assert torch.equal(own, full["part_masks"][compact["order"][rank]]), rank
+    assert start == len(compact["crop_parts"])
     empty = paste_labels(probs[:0], boxes[:0], scores[:0], (30, 40))
     assert empty["cells"].shape == (30, 40) and empty["cells"].max() == 0 and len(empty["order"]) == 0
 
