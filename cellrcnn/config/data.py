@@ -32,11 +32,18 @@ class DataConfig(_Section):
         overlap (each keeps its whole mask) and parts are their own annotations. A
         folder holding exactly one COCO JSON is read this way whatever the encoding's
         default says.
+        ``"geojson"``: a QuPath GeoJSON file per image (``<stem>.geojson`` beside it or
+        in ``masks/``): cell objects with their nuclei, or annotations classified as
+        cells and parts. A folder of images with such files and no masks is read this
+        way under the default encoding too.
     coco_cell, coco_parts
-        With COCO annotations: the category of whole cells, and the categories of the
-        parts annotated on their own, parts 2, 3, ... in order (part 1, cytoplasm, is
-        the rest of the cell). A part goes to the cell that holds it by the rule of
-        :func:`cellrcnn.data.targets.tie_parts`.
+        With COCO or GeoJSON annotations: the category (GeoJSON: classification) of whole
+        cells, and those of the parts annotated on their own, parts 2, 3, ... in order
+        (part 1, cytoplasm, is the rest of the cell). A part goes to the cell that holds
+        it by the rule of :func:`cellrcnn.data.targets.tie_parts`. With several
+        ``class_names``, a COCO category or GeoJSON classification named after a class
+        is a whole cell of that class, and so is a COCO cell whose ``attributes.class``
+        names one.
     cells_suffix, nuclei_suffix
         Stem suffixes of the instance images of the last two encodings.
     part_values

@@ -29,7 +29,7 @@ BACKBONES = tuple(BACKBONE_TABLE)
 #: Named weight choices; anything else is taken as the path of a state dict or of a run's checkpoint.
 WEIGHT_CHOICES = ("coco", "imagenet", "none")
 #: Mask encodings: part map; cell instances + part map; cell instances + nucleus instances.
-ENCODINGS = ("parts", "cells+parts", "cells+nuclei", "coco")
+ENCODINGS = ("parts", "cells+parts", "cells+nuclei", "coco", "geojson")
 #: Which cells of an image become targets.
 TARGETS = ("whole-cell", "largest")
 #: Augmentation presets ("adapt": the adaptation recipe's flips, turns, stain and scale jitter).

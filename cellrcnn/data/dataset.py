@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ..config.data import DataConfig
 from ..io.coco import coco_masks, read_coco
+from ..io.geojson import geojson_masks
 from ..io.files import DataError, read_raw_axes
 from ..io.folders import Pair, class_of, match_files, read_classes_csv
 from ..io.intensity import image_from_array
@@ -33,25 +34,38 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
-def _coco_sample(pair: Pair, config: DataConfig, shape: tuple[int, int]) -> dict[str, Any]:
-    """Per-cell part maps of a COCO-annotated image: cells overlap, each part tied to its cell."""
+def _annotated_sample(pair: Pair, config: DataConfig, shape: tuple[int, int], label: int) -> dict[str, Any]:
+    """Per-cell part maps of an image annotated in COCO or GeoJSON: cells overlap, each part tied to its cell."""
     if len(config.coco_parts) + 2 != len(config.part_values):
         raise DataError(f"{pair.annotations}: {len(config.part_values)} parts need {len(config.part_values) - 2} "
                         f"part categories besides the cell, but data.coco_parts names {len(config.coco_parts)} "
                         f"({', '.join(config.coco_parts)})")
-    coco = read_coco(pair.annotations)
-    entry = coco.images[pair.image_id]
-    if (entry.height, entry.width) != shape:
-        raise DataError(f"{pair.annotations}: says {pair.image.name} is {entry.width}x{entry.height} pixels, but it "
-                        f"is {shape[1]}x{shape[0]}; annotations must match their image")
-    found = coco_masks(coco, pair.image_id, config.coco_cell, config.coco_parts)
+    classes = config.class_names if len(config.class_names) > 1 else ()
+    if pair.annotations.suffix.lower() == ".geojson":
+        found = geojson_masks(pair.annotations, shape, config.coco_cell, config.coco_parts)
+    else:
+        coco = read_coco(pair.annotations)
+        entry = coco.images[pair.image_id]
+        if (entry.height, entry.width) != shape:
+            raise DataError(f"{pair.annotations}: says {pair.image.name} is {entry.width}x{entry.height} pixels, "
+                            f"but it is {shape[1]}x{shape[0]}; annotations must match their image")
+        found = coco_masks(coco, pair.image_id, config.coco_cell, config.coco_parts, classes)
     cells = found["cells"]
     parts = {k + 2: found["parts"][name] for k, name in enumerate(config.coco_parts)}
     links = {k + 2: found["links"].get(name) for k, name in enumerate(config.coco_parts)}
     tied = {k: links[k] if links[k] is not None else tie_parts(cells, masks) for k, masks in parts.items()}
     instances = cell_part_maps(cells, parts, tied)
     untied = sum(int((t < 0).sum()) for t in tied.values())
-    return {"instances": instances, "parts": instances.max(axis=0, initial=0), "untied": untied}
+    labels = np.full(len(cells), label, dtype=np.int64)
+    if classes:  # each cell its own class, where the annotation names one
+        for k, name in enumerate(found["classes"]):
+            if name is not None and name not in classes:
+                raise DataError(f"{pair.annotations}: a cell of {pair.image.name} is classified {name!r}, which is "
+                                f"not among data.class_names ({', '.join(classes)}); add it there")
+            if name is not None:
+                labels[k] = classes.index(name) + 1
+    return {"instances": instances, "parts": instances.max(axis=0, initial=0), "untied": untied,
+            "cell_labels": labels}
 
 
 def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None = None) -> dict[str, Any]:
@@ -63,16 +77,17 @@ def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None =
         ``image`` float32 ``[H, W, 3]`` in [0, 1], ``parts`` uint8 ``[H, W]`` part
         indices, ``cells`` int64 ``[H, W]`` instance ids or None, ``label`` (the
         image's cell class), ``dtype`` (of the image file, as a string). A COCO-annotated
-        image (whose cells may overlap) has ``instances``, uint8 ``[N, H, W]`` per-cell part
-        maps, with ``parts`` their union (the highest part where cells overlap) and
-        ``untied``, the number of part annotations no cell holds.
+        or GeoJSON-annotated image (whose cells may overlap) has ``instances``, uint8
+        ``[N, H, W]`` per-cell part maps, with ``parts`` their union (the highest part where
+        cells overlap), ``cell_labels`` int64 ``[N]`` each cell's class, and ``untied``, the
+        number of part annotations no cell holds.
     """
     raw, axes = read_raw_axes(pair.image)  # channels chosen and stacks projected as config says
     image = image_from_array(raw, config, name=str(pair.image), axes=axes)
     label = class_of(classes, pair.name, config.classes_csv) if classes is not None else 1
     if pair.annotations is not None:
         return {"image": image, "cells": None, "label": label, "dtype": str(raw.dtype),
-                **_coco_sample(pair, config, image.shape[:2])}
+                **_annotated_sample(pair, config, image.shape[:2], label)}
     maps = {kind: read_labels(path) for kind, path in
             (("parts", pair.parts), ("cells", pair.cells), ("nuclei", pair.nuclei)) if path is not None}
     for kind, labels in maps.items():
@@ -88,10 +103,11 @@ def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None =
     return {"image": image, "parts": parts, "cells": maps.get("cells"), "label": label, "dtype": str(raw.dtype)}
 
 
-def build_target(parts: np.ndarray, cells: np.ndarray | None, label: int, config: DataConfig,
+def build_target(parts: np.ndarray, cells: np.ndarray | None, label: int | np.ndarray, config: DataConfig,
                  instances: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Whole-cell targets of one image: from per-cell part maps (overlapping cells) when there are some, else
-    from the instance map when there is one, else from the part map."""
+    from the instance map when there is one, else from the part map. ``label`` is every cell's class, or with
+    ``instances`` one class per map."""
     if instances is not None:
         target = overlapping_targets(instances, config.min_area, label)
     elif cells is not None:
@@ -182,7 +198,7 @@ class CellDataset(Dataset):
         image, maps = apply_augmentation(self.augmentation, sample["image"], [sample["parts"], *extra])
         if instances is not None:  # overlapping cells: each keeps its own whole map through the augmentation
             stacked = np.stack(maps[1:]) if len(maps) > 1 else np.zeros((0, *maps[0].shape), np.uint8)
-            target = build_target(maps[0], None, sample["label"], self.config, stacked)
+            target = build_target(maps[0], None, sample["cell_labels"], self.config, stacked)
         else:
             target = build_target(maps[0], maps[1] if len(maps) > 1 else None, sample["label"], self.config)
         tensors = {k: torch.from_numpy(v) for k, v in target.items()}
@@ -248,7 +264,8 @@ def check_folder(folder: str | os.PathLike, config: DataConfig, part_names: tupl
     for pair in matching.pairs:
         try:
             sample = load_sample(pair, config, classes)
-            target = build_target(sample["parts"], sample["cells"], sample["label"], config, sample.get("instances"))
+            target = build_target(sample["parts"], sample["cells"], sample.get("cell_labels", sample["label"]), config,
+                                  sample.get("instances"))
         except DataError as err:
             problems.append(str(err))
             continue

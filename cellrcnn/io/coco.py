@@ -153,7 +153,7 @@ def decode_annotation(ann: dict, height: int, width: int, path: str | os.PathLik
     return coco_mask.decode(rle).astype(bool)
 
 
-def coco_masks(coco: CocoFile, image_id: int, cell: str, parts: tuple[str, ...]) -> dict:
+def coco_masks(coco: CocoFile, image_id: int, cell: str, parts: tuple[str, ...], classes: tuple[str, ...] = ()) -> dict:
     """The decoded cell and part masks of one image of a COCO file.
 
     Parameters
@@ -166,31 +166,46 @@ def coco_masks(coco: CocoFile, image_id: int, cell: str, parts: tuple[str, ...])
         The category of whole cells.
     parts : tuple of str
         The categories of parts annotated on their own (``("nucleus",)``).
+    classes : tuple of str
+        Cell class names: a category of one of these names holds whole cells of that class.
 
     Returns
     -------
     dict
-        ``cells`` bool ``[N, H, W]``; ``parts`` a dict of category to bool ``[M, H, W]``;
+        ``cells`` bool ``[N, H, W]``; ``classes`` each cell's class name: its category when that is a
+        class, else its ``attributes.class``, else None; ``parts`` a dict of category to bool ``[M, H, W]``;
         ``ids`` the annotation ids of the cells; ``links`` a dict of category to int ``[M]``, each
         part's cell index, for the categories whose every part names its cell (:data:`CELL_LINK`).
     """
-    missing = [name for name in (cell, *parts) if name not in coco.categories]
+    cell_categories = [name for name in (cell, *classes) if name in coco.categories and name not in parts]
+    missing = [name for name in parts if name not in coco.categories] + ([cell] if not cell_categories else [])
     if missing:
         raise DataError(f"{coco.path}: no category {', '.join(map(repr, missing))} (it has "
                         f"{', '.join(map(repr, coco.categories))}); set data.coco_cell and data.coco_parts")
     image = coco.images[image_id]
     shape = (image.height, image.width)
 
-    def stack(category: str) -> tuple[np.ndarray, list[dict]]:
-        anns = [a for a in coco.annotations[image_id] if a["category_id"] == coco.categories[category]]
+    def stack(names: list[str]) -> tuple[np.ndarray, list[dict]]:
+        ids = {coco.categories[name] for name in names}
+        anns = [a for a in coco.annotations[image_id] if a["category_id"] in ids]
         masks = [decode_annotation(a, *shape, coco.path) for a in anns]
         return (np.stack(masks) if masks else np.zeros((0, *shape), bool)), anns
 
-    cells, cell_anns = stack(cell)
+    cells, cell_anns = stack(cell_categories)
+    names = {v: k for k, v in coco.categories.items()}
+
+    def class_of(ann: dict) -> str | None:
+        category = names[ann["category_id"]]
+        if category in classes:
+            return category
+        attributes = ann.get("attributes")
+        return str(attributes["class"]) if isinstance(attributes, dict) and attributes.get("class") else None
+
     index = {a.get("id"): k for k, a in enumerate(cell_anns)}
     found, links = {}, {}
     for name in parts:
-        found[name], anns = stack(name)
+        found[name], anns = stack([name])
         if anns and all(a.get(CELL_LINK) in index for a in anns):
             links[name] = np.array([index[a[CELL_LINK]] for a in anns], dtype=np.int64)
-    return {"cells": cells, "parts": found, "ids": [a.get("id") for a in cell_anns], "links": links}
+    return {"cells": cells, "classes": [class_of(a) for a in cell_anns], "parts": found,
+            "ids": [a.get("id") for a in cell_anns], "links": links}

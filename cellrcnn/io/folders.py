@@ -32,7 +32,7 @@ class Pair:
     parts: Path | None = None
     cells: Path | None = None
     nuclei: Path | None = None
-    annotations: Path | None = None  # a COCO file, for the "coco" encoding
+    annotations: Path | None = None  # a COCO or GeoJSON file, for the "coco" and "geojson" encodings
     image_id: int | None = None  # the image's id in it
 
     @property
@@ -138,6 +138,31 @@ def _match_coco(folder: Path, annotations: Path, config: DataConfig) -> Matching
     return matching
 
 
+def _geojson_index(folder: Path) -> dict[str, Path]:
+    """The folder's GeoJSON files by the stem they annotate (``a.geojson`` and QuPath's ``a.tif.geojson``)."""
+    index = {}
+    for path in sorted(folder.glob("*.geojson")):
+        index.setdefault(path.stem, path)
+        index.setdefault(Path(path.stem).stem, path)  # a.tif.geojson annotates a.tif
+    return index
+
+
+def _match_geojson(image_dir: Path, mask_dir: Path, config: DataConfig, index: dict[str, Path]) -> Matching:
+    """Pair every image with its GeoJSON file, by stem (or by whole name, as QuPath names an export)."""
+    images = list_images(image_dir, config.image_glob)
+    if not images:
+        raise DataError(f"{image_dir}: no images matching {config.image_glob!r} beside the GeoJSON files; check "
+                        f"the folder and data.image_glob")
+    matching = Matching([], [])
+    for image in images:
+        found = index.get(image.name) or index.get(image.stem)
+        if found is None:
+            matching.unpaired.append((image, f"no GeoJSON file in {mask_dir} (expected {image.stem}.geojson)"))
+        else:
+            matching.pairs.append(Pair(image=image, annotations=found))
+    return matching
+
+
 def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
     """Pair every image of ``folder`` with its mask file(s); see :func:`find_pairs`."""
     folder = Path(folder)
@@ -152,6 +177,12 @@ def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
             raise DataError(f"{folder}: has images/ but no masks/ folder; put the masks in {mask_dir}")
     else:
         image_dir = mask_dir = folder
+    geojson = _geojson_index(mask_dir) if config.encoding in ("parts", "geojson") else {}
+    if config.encoding == "geojson" and not geojson:
+        raise DataError(f"{mask_dir}: no GeoJSON files; data.encoding='geojson' needs <image stem>.geojson for "
+                        f"each image (QuPath: File > Export objects as GeoJSON)")
+    if config.encoding == "geojson":
+        return _match_geojson(image_dir, mask_dir, config, geojson)
     same_folder = image_dir == mask_dir
     # A mask may share the image's stem unless image and mask live in one folder with nothing to tell them apart.
     plain_ok = not same_folder or config.mask_glob != "*"
@@ -177,6 +208,8 @@ def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
             matching.unpaired.append((image, f"no {' or '.join(absent)} mask in {mask_dir} (expected {expected})"))
         else:
             matching.pairs.append(Pair(image=image, **files))
+    if not matching.pairs and geojson:  # no masks, but GeoJSON files: QuPath's layout
+        return _match_geojson(image_dir, mask_dir, config, geojson)
     return matching
 
 
@@ -190,7 +223,9 @@ def find_pairs(folder: str | os.PathLike, config: DataConfig) -> list[Pair]:
     (c) one folder, image and mask sharing a stem and told apart by
         ``image_glob`` and ``mask_glob`` (``001.bmp`` and ``001.png``);
     (d) one COCO instance JSON beside the images (or beside ``images/``), read
-        without any flag when it is the folder's only COCO file.
+        without any flag when it is the folder's only COCO file;
+    (e) a QuPath GeoJSON file per image, ``<stem>.geojson`` (or ``<name>.geojson``)
+        beside it or in ``masks/``, read without any flag when no image has a mask.
 
     An image without its mask is an error, or is skipped with a warning when
     ``config.skip_unpaired`` is set.
