@@ -15,19 +15,19 @@ Scores, on the test images (each row written to ``OUT/scores.csv`` as it is made
 - nucleus detection F1 (a detection finds a nucleus when 60 % of each lies in the other);
 - COCO mask AP of the cells, by pycocotools against the overlapping ground truth.
 
-Predictions are label images (a pixel belongs to the best-scoring cell), so a cell
-loses the part of it that lies under a better-scoring neighbour.
+Each predicted cell is scored with its whole mask, overlaps kept (``--remainders``: as
+the label image holds it, where a pixel belongs to the best-scoring cell only).
 
     python benchmarks/isbi_cervical.py train --out runs/isbi --epochs 30
     python benchmarks/isbi_cervical.py train --out runs/isbi_n4 --epochs 20 --part-weights nucleus=4
-    python benchmarks/isbi_cervical.py score --out runs/isbi
+    python benchmarks/isbi_cervical.py train --out runs/isbi_full --epochs 30 --size 256 --crop 256 --mask-size 56
+    python benchmarks/isbi_cervical.py score --out runs/isbi [--remainders]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import dataclasses
 import json
 import os
 import platform
@@ -39,8 +39,6 @@ import pandas as pd
 import torch
 
 import cellrcnn
-from cellrcnn.io.coco import parse_segmentation
-from cellrcnn.evaluation.metrics import isbi_cells, isbi_summary, nucleus_detection, nucleus_summary
 
 ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "isbi2014_cervical"
 PARTS = ("background", "cytoplasm", "nucleus")
@@ -66,72 +64,43 @@ def split_folders(data: Path, out: Path) -> dict[str, Path]:
     return folders
 
 
-def config(epochs: int, size: int, part_weights: dict[str, float]) -> cellrcnn.Config:
+def config(epochs: int, size: int, part_weights: dict[str, float], crop: int | None = None,
+           mask_size: int = 28) -> cellrcnn.Config:
+    """resnet18-FPN from scratch: whole images resized to ``size``, or full-resolution crops of ``crop`` px."""
     return cellrcnn.Config(
         model=cellrcnn.ModelConfig(backbone="resnet18_fpn", weights="none", min_size=size, max_size=size,
-                                   part_weights=part_weights),
-        data=cellrcnn.DataConfig(val_fraction=0.2, augment="light"),
+                                   part_weights=part_weights, mask_size=mask_size),
+        data=cellrcnn.DataConfig(val_fraction=0.2, augment="light", crop=crop),
         train=cellrcnn.TrainConfig(epochs=epochs, device="auto", workers=0,
                                    **{k: v for k, v in cellrcnn.config.SCHEDULES["scratch"].items()}))
 
 
-def score(out: Path) -> pd.DataFrame:
-    """The test set's scores for the run in ``out/run``; one row per image, and a summary row."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def score(out: Path, remainders: bool = False) -> pd.DataFrame:
+    """Per-image and pooled scores of the test images, by :func:`cellrcnn.evaluation.report.evaluate`.
 
-    from cellrcnn.data.dataset import load_sample
-    from cellrcnn.data.targets import instances_from_labels
-    from cellrcnn.export.coco import CocoImageCells, coco_dataset, merge_datasets
+    Each predicted cell is its whole mask; ``remainders`` scores what the label image holds of it
+    instead (as before cellrcnn kept whole masks).
+    """
+    from cellrcnn.data.dataset import CellDataset
+    from cellrcnn.evaluation.report import evaluate, score_folder
 
-    test = out / "test"
     predictor = cellrcnn.Predictor.from_checkpoint(out / "run" / "best.pt")
-    data = predictor.config.data
-    rows, cells_all, nuclei_all, predicted = [], [], [], []
-    for pair in cellrcnn.find_pairs(test, data):
-        truth = load_sample(pair, data)["instances"]
-        prediction = predictor.predict(pair.image)
-        pred = instances_from_labels(prediction.cells, prediction.parts)
-        cells = isbi_cells(truth > 0, pred > 0)
-        nuclei = nucleus_detection(_nuclei(truth), _nuclei(pred))
-        cells_all.append(cells)
-        nuclei_all.append(nuclei)
-        table = prediction.table.set_index("cell_id")
-        predicted.append(coco_dataset([CocoImageCells(pair.image.name, pred,
-                                                      table["score"].reindex(range(1, len(pred) + 1)).to_numpy())],
-                                      PARTS))
-        rows.append({"image": pair.image.name, "true cells": len(truth), "predicted": len(pred),
-                     **{f"cell {k}": v for k, v in isbi_summary(cells).items() if k != "cells"},
-                     "nucleus F1": nuclei["f1"]})
-    # COCO mask AP of the cells against the overlapping truth, by pycocotools
-    truth_coco = json.loads((test / "annotations.json").read_text())
-    merged = merge_datasets(predicted)
-    names = {i["file_name"]: i["id"] for i in truth_coco["images"]}
-    by_name = {i["id"]: names[i["file_name"]] for i in merged["images"]}
-    detections = [{**a, "image_id": by_name[a["image_id"]], "category_id": 1} for a in merged["annotations"]
-                  if a["category_id"] == 1]
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        gt = COCO()
-        gt.dataset = {**truth_coco, "annotations": [{**a, "segmentation": parse_segmentation(a["segmentation"])}
-                                                    for a in truth_coco["annotations"]]}
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(detections) if detections else COCO(), "segm")
-        ev.params.catIds = [1]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    pooled = isbi_summary(pd.concat(cells_all, ignore_index=True))
-    summary = {"image": "all (cells pooled)", "true cells": int(pooled["cells"]),
-               "predicted": sum(r["predicted"] for r in rows), "cell dice": pooled["dice"],
-               "cell fno": pooled["fno"], "cell tpp": pooled["tpp"], "cell fpp": pooled["fpp"],
-               "nucleus F1": nucleus_summary(nuclei_all)["f1"],
-               "cell AP": float(ev.stats[0]), "cell AP50": float(ev.stats[1])}
-    return pd.DataFrame(rows + [summary])
-
-
-def _nuclei(instances: np.ndarray) -> np.ndarray:
-    return np.stack([m == 2 for m in instances if (m == 2).any()]) if (instances == 2).any() else \
-        np.zeros((0, *instances.shape[1:]), bool)
+    data = dataclasses.replace(predictor.config.data, crop=None)  # test images whole
+    dataset = CellDataset(cellrcnn.find_pairs(out / "test", data), data)
+    result = score_folder(dataset, predictor.parts, predictor)
+    if remainders:
+        result = evaluate([dataclasses.replace(i, pred_instances=None) for i in result["items"]], predictor.parts)
+    per_image = result["per_image"]
+    rows = [{"image": r["image"], "true cells": r["true_cells"], "predicted": r["pred_cells"],
+             "cell dice": r["isbi_dice"], "cell fno": r["isbi_fno"], "cell tpp": r["isbi_tpp"],
+             "cell fpp": r["isbi_fpp"], "nucleus F1": r.get("nucleus_f1", np.nan)} for _, r in per_image.iterrows()]
+    summary = result["summary"].set_index("metric")["value"]
+    rows.append({"image": "all (cells pooled)", "true cells": int(per_image["true_cells"].sum()),
+                 "predicted": int(per_image["pred_cells"].sum()), "cell dice": summary["ISBI cell Dice (good cells)"],
+                 "cell fno": summary["ISBI FNo"], "cell tpp": summary["ISBI TPp"], "cell fpp": summary["ISBI FPp"],
+                 "nucleus F1": summary.get("nucleus detection F1", np.nan), "cell AP": summary["COCO mask AP"],
+                 "cell AP50": summary["COCO mask AP50"]})
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -142,6 +111,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="network input side (images are 512 px)")
     parser.add_argument("--part-weights", default="{}", help="part loss weights, e.g. nucleus=4 (default: all 1)")
+    parser.add_argument("--crop", type=int, default=None, help="train on random crops of this many pixels a side "
+                        "(with --size the same: full resolution)")
+    parser.add_argument("--mask-size", type=int, default=28, choices=(28, 56))
+    parser.add_argument("--remainders", action="store_true", help="score: each predicted cell as the label image "
+                        "holds it, not its whole mask (the figures before whole masks were kept)")
     args = parser.parse_args()
     print(f"machine: {platform.node() or 'vm'} {platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}",
@@ -150,12 +124,13 @@ def main() -> None:
     if args.step == "train":
         start = time.time()
         weights = cellrcnn.config.parse_field_value(dict[str, float], args.part_weights, "part_weights")
-        history = cellrcnn.fit(config(args.epochs, args.size, weights), folders["train"], args.out / "run",
+        history = cellrcnn.fit(config(args.epochs, args.size, weights, args.crop, args.mask_size), folders["train"],
+                               args.out / "run",
                                resume=(args.out / "run" / "last.pt").is_file())
         print(history.round(3).to_string(), f"\n{(time.time() - start) / 60:.1f} min", flush=True)
     else:
-        table = score(args.out)
-        table.to_csv(args.out / "scores.csv", index=False)
+        table = score(args.out, args.remainders)
+        table.to_csv(args.out / ("scores_remainders.csv" if args.remainders else "scores.csv"), index=False)
         print(table.round(3).to_string(index=False))
 
 
