@@ -129,7 +129,8 @@ def random_crop(sample: dict[str, Any], size: int, rng: np.random.Generator) -> 
     y0 = int(rng.integers(0, max(H - size, 0) + 1))
     x0 = int(rng.integers(0, max(W - size, 0) + 1))
     window = (slice(y0, y0 + size), slice(x0, x0 + size))
-    cropped = {k: (v[(slice(None), *window)] if k == "instances" else v[window] if isinstance(v, np.ndarray) else v)
+    cropped = {k: (v[(slice(None), *window)] if k == "instances" else v[window]
+                   if isinstance(v, np.ndarray) and v.ndim >= 2 else v)  # per-cell labels stay as they are
                for k, v in sample.items()}
     cropped["image"] = np.ascontiguousarray(cropped["image"])
     return cropped

@@ -55,6 +55,9 @@ def test_cell_classes_come_from_geojson_classifications_and_coco_categories(tmp_
                                                          feature(CELL_B, "cell", "lymphocyte", NUC_B)], "a.geojson")
     _, target = CellDataset(find_pairs(folder, config), config)[0]
     assert target["labels"].tolist() == [2, 1]
+    cropped = DataConfig(class_names=("lymphocyte", "neutrophil"), crop=32)  # classes follow their cells into a crop
+    _, target = CellDataset(find_pairs(folder, cropped), cropped, seed=0)[0]
+    assert target["masks"].shape[1:] == (32, 32) and set(target["labels"].tolist()) <= {1, 2}
     # COCO: a category named after a class holds cells of that class; a cell's attributes.class names one too
     anns = [{"id": 1, "image_id": 7, "category_id": 3, "segmentation": rle(CELL_A)},
             {"id": 2, "image_id": 7, "category_id": 1, "segmentation": rle(CELL_B),
