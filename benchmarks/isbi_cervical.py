@@ -15,6 +15,9 @@ Scores, on the test images (each row written to ``OUT/scores.csv`` as it is made
 - nucleus detection F1 (a detection finds a nucleus when 60 % of each lies in the other);
 - COCO mask AP of the cells, by pycocotools against the overlapping ground truth.
 
+The score step also draws ``OUT/overlaps.png``: the whole outlines of the predicted cells
+of the three test images with the most cells (docs/isbi_overlaps.png).
+
 Each predicted cell is scored with its whole mask, overlaps kept (``--remainders``: as
 the label image holds it, where a pixel belongs to the best-scoring cell only).
 
@@ -91,6 +94,12 @@ def score(out: Path, remainders: bool = False) -> pd.DataFrame:
     if remainders:
         result = evaluate([dataclasses.replace(i, pred_instances=None) for i in result["items"]], predictor.parts)
     per_image = result["per_image"]
+    if not remainders:  # the whole outlines of the three test images with the most cells
+        crowded = per_image.nlargest(3, "true_cells")["image"].tolist()
+        pairs = {p.name: p for p in dataset.pairs}
+        figure = cellrcnn.plots.show_whole_cells([predictor.predict(pairs[name].image) for name in crowded],
+                                                 predictor.parts)
+        figure.savefig(out / "overlaps.png", dpi=110)
     rows = [{"image": r["image"], "true cells": r["true_cells"], "predicted": r["pred_cells"],
              "cell dice": r["isbi_dice"], "cell fno": r["isbi_fno"], "cell tpp": r["isbi_tpp"],
              "cell fpp": r["isbi_fpp"], "nucleus F1": r.get("nucleus_f1", np.nan)} for _, r in per_image.iterrows()]

@@ -1,9 +1,11 @@
 """The three notebooks run top to bottom on the bundled sample, in a scratch copy of the project layout."""
 
+import json
 import shutil
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from conftest import REPO
@@ -49,7 +51,7 @@ def _has_image(cell) -> bool:
 def test_every_cell_that_draws_shows_its_figure_even_after_training(executed):
     _, books = executed
     drawing = {(name, i): _has_image(c) for name, book in books.items() for i, c in enumerate(book.cells) if _draws(c)}
-    assert len(drawing) == 6  # 2 in notebook 1, the live plot and the sweep in 2, 2 in notebook 3
+    assert len(drawing) == 7  # 2 in notebook 1, the live plot and the sweep in 2, 3 in notebook 3
     assert all(drawing.values()), [cell for cell, shown in drawing.items() if not shown]
     # the sweep's figure comes after fit() and the sweep's own training: fit must not switch the backend
     finetune = books["02_finetune.ipynb"].cells
@@ -73,6 +75,12 @@ def test_finetune_and_predict_notebooks_leave_runs_and_exports(executed):
     assert len(sweeps) == 2
     exports = list((root / "runs" / "notebooks" / "predictions").glob("*/*_cells.tif"))
     assert len(exports) == 13 and list((root / "runs" / "notebooks" / "predictions").glob("*/cells.csv"))
+    # the overlapping-cells section: QuPath GeoJSON per image and one COCO file, each cell with its whole mask
+    crops = exports[0].parent
+    assert len(list(crops.glob("*.geojson"))) == 12 and (crops / "cells.json").is_file()
+    coco = json.loads((crops / "cells.json").read_text())
+    assert len(coco["images"]) == 12 and sum(a["category_id"] == 1 for a in coco["annotations"]) == \
+        len(pd.read_csv(crops / "cells.csv"))
     # the whole field of view: a 4096 x 4096 two-channel 16-bit TIFF, its labels written with the pixel size
     field = next(p for p in exports if p.name == "field_cells.tif")
     with tifffile.TiffFile(root / "runs" / "notebooks" / "synthetic_field" / "field.tif") as source:

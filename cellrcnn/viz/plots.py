@@ -8,7 +8,7 @@ import pandas as pd
 from .style import part_colour
 
 __all__ = ["show_samples", "plot_part_fractions", "plot_history", "LivePlot", "plot_sweep", "show_predictions",
-           "plot_nc_ratio"]
+           "show_whole_cells", "plot_nc_ratio"]
 
 
 #: Size of the losses-and-Dice figure (:func:`plot_history`), in inches.
@@ -158,6 +158,32 @@ def show_predictions(predictions: list, part_names: tuple[str, ...] = ("backgrou
         ax.set_title(f"{p.name}: {int(p.cells.max())} cell(s)", fontsize=10)
     _legend(fig, part_names, cell_label="cell outline")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def show_whole_cells(predictions: list, part_names: tuple[str, ...] = ("background", "cytoplasm", "nucleus"),
+                     count: int = 3):
+    """Each cell's whole outline over the image, one colour per cell, with its nucleus dashed: where cells
+    overlap, both outlines show (:meth:`Prediction.cell_masks`), as in the ROI set, GeoJSON and COCO files."""
+    from skimage.measure import find_contours
+    count = min(count, len(predictions))
+    fig, axes = _image_grid(count)
+    colours = _plt().get_cmap("tab10")
+    nucleus = part_names.index("nucleus") if "nucleus" in part_names else None
+    for p, ax in zip(predictions[:count], axes.ravel()):
+        if p.image is not None:
+            ax.imshow(np.clip(p.image, 0, 1))
+        overlap = np.zeros(p.cells.shape, dtype=np.int32)
+        cells = p.cell_masks()
+        for k, cell in enumerate(cells):
+            overlap[cell.box] += cell.mask
+            for kind, mask, style in (("cell", cell.mask, "-"), ("nucleus", cell.parts == nucleus, "--")):
+                for contour in find_contours(np.pad(mask, 1).astype(np.uint8), 0.5):
+                    ax.plot(contour[:, 1] - 1 + cell.x0, contour[:, 0] - 1 + cell.y0, style, color=colours(k % 10),
+                            linewidth=1.2 if kind == "cell" else 0.9)
+        shared = int((overlap > 1).sum())
+        ax.set_title(f"{p.name}: {len(cells)} cell(s), {shared} px in two or more", fontsize=10)
+    fig.tight_layout()
     return fig
 
 
