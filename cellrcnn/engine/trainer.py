@@ -117,6 +117,7 @@ class Trainer:
         self.epoch_started = 0.0
         self.loaders: dict = {}
         self.hooks: list = []
+        self.splits: dict | None = None
 
     # -- the parts a subclass may replace ------------------------------------------------------------------
 
@@ -141,15 +142,13 @@ class Trainer:
         return self.config.train.lr_schedule == "cosine"
 
     def build_datasets(self) -> dict:
-        """``{"train": Dataset, "val": Dataset or None}``; also writes ``split.csv`` on rank 0."""
-        splits = make_splits(self.data_dir, self.config.data)
+        """``{"train": Dataset, "val": Dataset or None}``; the split is kept for ``split.csv``, written with
+        ``config.json`` once setup has passed."""
+        splits = self.splits = make_splits(self.data_dir, self.config.data)
         train = CellDataset(splits["train"], self.config.data, augment=self.config.data.augment,
                             seed=self.config.train.seed)
         # Seeded: with crops, validation sees the same windows every epoch.
         val = CellDataset(splits["val"], self.config.data, seed=self.config.train.seed) if splits["val"] else None
-        if self.runtime.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_split_csv(self.out / "split.csv", splits, overwrite=True)
         return {"train": train, "val": val}
 
     def build_loaders(self, epoch: int) -> dict:
@@ -289,9 +288,12 @@ class Trainer:
         if self.runtime.distributed:
             device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.raw_model, device_ids=device_ids)
-        if self.runtime.is_main and self.checkpoint is None:  # a resumed run keeps the command that started it
+        if self.runtime.is_main:  # the first files of the run: every input has been read by now
             self.out.mkdir(parents=True, exist_ok=True)
-            self.config.to_json(self.out / "config.json", command=self.command)
+            if self.splits is not None:
+                write_split_csv(self.out / "split.csv", self.splits, overwrite=True)
+            if self.checkpoint is None:  # a resumed run keeps the command that started it
+                self.config.to_json(self.out / "config.json", command=self.command)
 
     def _measure_scale(self, pairs) -> ModelConfig:
         """The model config with the scale of training recorded (``input_scale``, ``cell_size``), for prediction.

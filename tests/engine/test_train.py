@@ -589,3 +589,36 @@ def test_training_on_crops_of_fields_validates_tiled_and_records_the_scale(tmp_p
     assert saved["model"]["input_scale"] == pytest.approx(64 / 96)  # crops of 96 px seen at 64 px
     assert saved["model"]["cell_size"] == pytest.approx(24 * 64 / 96, rel=0.3)
     assert saved["data"]["channels"] == [1, 0] and saved["data"]["crop"] == 96
+
+
+def _bad_annotations(folder, case):
+    """A training folder whose annotations are wrong in one way (COCO from tests/io/test_coco.py)."""
+    sys.path.insert(0, str(REPO / "tests" / "io"))
+    import numpy as np
+    import test_coco as coco
+
+    anns = {"image_id": [{"id": 9, "image_id": 3, "category_id": 1, "segmentation": []}],
+            "polygon": [{"id": 9, "image_id": 7, "category_id": 1, "segmentation": [[1.0, 2.0, 3.0, 4.0]]}],
+            "rle": [{"id": 9, "image_id": 7, "category_id": 1, "segmentation": coco.rle(np.ones((10, 10), bool))}]}
+    if case == "category":
+        return coco.write_coco(folder, categories=[{"id": 1, "name": "whole"}, {"id": 2, "name": "nucleus"}])
+    if case == "geojson":
+        coco.write_coco(folder).joinpath("annotations.json").unlink()
+        (folder / "a.geojson").write_text(json.dumps({"type": "Feature", "geometry": None, "properties": {}}))
+        return folder
+    return coco.write_coco(folder, anns[case])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("image_id", "annotations.json: annotation 9 points to image_id 3, which no entry of images has"),
+    ("polygon", "annotations.json: annotation 9: a polygon needs at least 3 points"),
+    ("rle", "annotations.json: annotation 9: RLE of size 10x10 for an image of 64x48 pixels"),
+    ("category", "annotations.json: no category 'cell' (it has 'whole', 'nucleus'); set --coco-cell"),
+    ("geojson", "a.geojson: is a GeoJSON Feature, not a FeatureCollection"),
+])
+def test_finetune_on_bad_annotations_says_what_is_wrong_and_writes_nothing(tmp_path, case, message):
+    result = finetune(_bad_annotations(tmp_path / "data", case), "--out", tmp_path / "run", "--device", "cpu",
+                      "--epochs", "1")
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error")]
+    assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
