@@ -24,7 +24,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, metavar="[MODEL.pt] DATA_DIR",
                         help="a checkpoint and the data folder, or only the data folder with --pred-dir")
     parser.add_argument("--out", type=Path, required=True, help="folder for per_image.csv, summary.csv, worst_images.png")
-    parser.add_argument("--pred-dir", type=Path, default=None, help="score label TIFFs in this folder instead of a model")
+    parser.add_argument("--pred-dir", type=Path, default=None, help="score label TIFFs in this folder instead of a "
+                        "model (with its cells.json from cellrcnn-predict --coco: whole masks and scores too)")
     parser.add_argument("--pred-cells-suffix", default="_cells", help="with --pred-dir: <image><suffix>.tif holds cells")
     parser.add_argument("--pred-parts-suffix", default="_parts", help="with --pred-dir: <image><suffix>.tif holds parts "
                         "(optional: without it only cells are scored)")

@@ -7,14 +7,13 @@ import glob
 import logging
 from pathlib import Path
 
+from ..io.coco import PREDICTION_FILE as COCO_FILE
 from ..io.files import DataError
 from .common import (HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
                      check_scale_arguments, setup_logging)
 
 __all__ = ["predict_main"]
 
-#: The COCO file of a prediction run, beside cells.csv.
-COCO_FILE = "cells.json"
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.targets import instances_from_labels
+from ..data.targets import cell_part_maps, instances_from_labels, tie_parts
+from ..io.coco import PREDICTION_FILE, coco_masks, read_coco
 from ..io.files import DataError
 from ..io.masks import read_labels
 from ..viz.style import part_colour
@@ -162,7 +163,8 @@ def score_folder(dataset, part_names: tuple[str, ...], predictions, **options) -
         ``score_threshold``, ``largest``), or a folder of label TIFFs written for
         the images (``options``: ``cells_suffix``, default ``"_cells"``, and
         ``parts_suffix``, default ``"_parts"``; without a parts file only cells
-        are scored).
+        are scored). A ``cells.json`` there (``cellrcnn-predict --coco``) gives each
+        cell's whole mask and score, for COCO AP and the ISBI measures.
 
     Returns
     -------
@@ -182,6 +184,9 @@ def score_folder(dataset, part_names: tuple[str, ...], predictions, **options) -
         if isinstance(predictions, (str, os.PathLike)):
             pred_cells, pred_parts = _read_predicted(Path(predictions), pair, true_cells.shape, **options)
             scores, whole = None, None
+            coco = Path(predictions) / PREDICTION_FILE
+            if coco.is_file():  # cellrcnn-predict --coco: whole masks and scores, overlaps kept
+                whole, scores = _read_predicted_coco(coco, pair, true_cells.shape, part_names)
         else:
             result = predictions.predict(pair.image, **options)
             scores = dict(zip(result.table["cell_id"].astype(int), result.table["score"]))
@@ -191,6 +196,27 @@ def score_folder(dataset, part_names: tuple[str, ...], predictions, **options) -
         items.append(Scored(pair.name, true_cells, true_parts, pred_cells, pred_parts, scores,
                             image.permute(1, 2, 0).numpy(), target["masks"].numpy(), whole))
     return {**evaluate(items, part_names), "items": items}
+
+
+def _read_predicted_coco(path: Path, pair, shape: tuple[int, int],
+                         part_names: tuple[str, ...]) -> tuple[np.ndarray | None, dict[int, float] | None]:
+    """The whole masks (uint8 ``[N, H, W]`` part maps) and scores of one image's cells in a COCO file written
+    by ``cellrcnn-predict --coco``, cell ``k + 1`` at ``k`` in the file's order; None when it lists no such
+    image. The masks must be those of the label images' cells: the same count."""
+    coco = read_coco(path)
+    entry = next((e for e in coco.images.values() if Path(e.file_name).name == pair.image.name), None)
+    if entry is None:
+        return None, None
+    if (entry.height, entry.width) != shape:
+        raise DataError(f"{path}: says {pair.image.name} is {entry.width}x{entry.height} pixels, but it is "
+                        f"{shape[1]}x{shape[0]}; score predictions of these images")
+    found = coco_masks(coco, entry.id, "cell", tuple(part_names[2:]))
+    parts = {k + 2: found["parts"][name] for k, name in enumerate(part_names[2:])}
+    tied = {k: found["links"][name] if name in found["links"] else tie_parts(found["cells"], parts[k])
+            for k, name in zip(parts, part_names[2:])}
+    scores = [a.get("score", 1.0) for a in coco.annotations[entry.id] if a["category_id"] == coco.categories["cell"]]
+    return (cell_part_maps(found["cells"], parts, tied),
+            {k: float(score) for k, score in enumerate(scores, start=1)})
 
 
 def _read_predicted(folder: Path, pair, shape: tuple[int, int], cells_suffix: str = "_cells",

@@ -19,11 +19,13 @@ from pycocotools import mask as coco_mask
 
 from .files import DataError
 
-__all__ = ["CELL_LINK", "CocoImage", "CocoFile", "is_coco_file", "read_coco", "parse_segmentation", "decode_annotation",
+__all__ = ["CELL_LINK", "PREDICTION_FILE", "CocoImage", "CocoFile", "is_coco_file", "read_coco", "parse_segmentation", "decode_annotation",
            "coco_masks"]
 
 #: The keys a COCO instance file has at its top level.
 COCO_KEYS = ("images", "annotations", "categories")
+#: The COCO file of a folder of predictions (``cellrcnn-predict --coco``), which ``cellrcnn-evaluate`` reads back.
+PREDICTION_FILE = "cells.json"
 #: The field of a part annotation holding the ``id`` of its cell's annotation (cellrcnn writes it; when every part
 #: of a category has it, it ties the parts instead of the rule).
 CELL_LINK = "cell_id"
