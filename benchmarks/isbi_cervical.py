@@ -25,6 +25,7 @@ the label image holds it, where a pixel belongs to the best-scoring cell only).
     python benchmarks/isbi_cervical.py train --out runs/isbi_n4 --epochs 20 --part-weights nucleus=4
     python benchmarks/isbi_cervical.py train --out runs/isbi_full --epochs 30 --size 256 --crop 256 --mask-size 56
     python benchmarks/isbi_cervical.py score --out runs/isbi [--remainders]
+    python benchmarks/isbi_cervical.py peer --out runs/isbi --minutes 30.1   # the U-Net at 256 px
 """
 
 from __future__ import annotations
@@ -93,13 +94,19 @@ def score(out: Path, remainders: bool = False) -> pd.DataFrame:
     result = score_folder(dataset, predictor.parts, predictor)
     if remainders:
         result = evaluate([dataclasses.replace(i, pred_instances=None) for i in result["items"]], predictor.parts)
-    per_image = result["per_image"]
-    if not remainders:  # the whole outlines of the three test images with the most cells
-        crowded = per_image.nlargest(3, "true_cells")["image"].tolist()
+    else:  # the whole outlines of the three test images with the most cells
+        crowded = result["per_image"].nlargest(3, "true_cells")["image"].tolist()
         pairs = {p.name: p for p in dataset.pairs}
         figure = cellrcnn.plots.show_whole_cells([predictor.predict(pairs[name].image) for name in crowded],
                                                  predictor.parts)
         figure.savefig(out / "overlaps.png", dpi=110)
+    return _rows(result)
+
+
+def _rows(result: dict) -> pd.DataFrame:
+    """The benchmark's table of an :func:`~cellrcnn.evaluation.report.evaluate` result: one row per image and
+    one of the cells pooled."""
+    per_image = result["per_image"]
     rows = [{"image": r["image"], "true cells": r["true_cells"], "predicted": r["pred_cells"],
              "cell dice": r["isbi_dice"], "cell fno": r["isbi_fno"], "cell tpp": r["isbi_tpp"],
              "cell fpp": r["isbi_fpp"], "nucleus F1": r.get("nucleus_f1", np.nan)} for _, r in per_image.iterrows()]
@@ -112,9 +119,32 @@ def score(out: Path, remainders: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def peer(out: Path, minutes: float, size: int) -> pd.DataFrame:
+    """The U-Net peer (``unet_peer.py``) trained on all 20 training images for ``minutes``, its cells the
+    connected regions of its foreground (it cannot separate cells that touch or overlap), scored as cellrcnn."""
+    import unet_peer
+    from skimage.measure import label
+
+    from cellrcnn.evaluation.report import Scored, evaluate, truth_label_images
+
+    data = cellrcnn.DataConfig()
+    train, test = (unet_peer.load_folder(out / name, data, size) for name in ("train", "test"))
+    torch.manual_seed(0)
+    model = unet_peer.UNet(len(PARTS))
+    done = unet_peer.train(model, train, minutes * 60, lr=2e-3, seed=0)
+    print(f"peer: {done['steps']} steps in {done['seconds'] / 60:.1f} min at {size} px", flush=True)
+    items = []
+    for name, image, true_parts, masks in zip(test["names"], test["images"], test["truths"], test["masks"]):
+        parts = unet_peer.predict(model, image, size)
+        true_cells, _ = truth_label_images(masks)
+        items.append(Scored(name, true_cells, true_parts, label(parts > 0, connectivity=1), parts,
+                            true_instances=masks))
+    return _rows(evaluate(items, PARTS))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("train", "score"))
+    parser.add_argument("step", choices=("train", "score", "peer"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=ISBI)
     parser.add_argument("--epochs", type=int, default=30)
@@ -123,6 +153,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=None, help="train on random crops of this many pixels a side "
                         "(with --size the same: full resolution)")
     parser.add_argument("--mask-size", type=int, default=28, choices=(28, 56))
+    parser.add_argument("--minutes", type=float, default=30.1, help="peer: training wall minutes (cellrcnn's run: "
+                        "30.1)")
     parser.add_argument("--remainders", action="store_true", help="score: each predicted cell as the label image "
                         "holds it, not its whole mask (the figures before whole masks were kept)")
     args = parser.parse_args()
@@ -137,6 +169,10 @@ def main() -> None:
                                args.out / "run",
                                resume=(args.out / "run" / "last.pt").is_file())
         print(history.round(3).to_string(), f"\n{(time.time() - start) / 60:.1f} min", flush=True)
+    elif args.step == "peer":
+        table = peer(args.out, args.minutes, args.size)
+        table.to_csv(args.out / "peer_scores.csv", index=False)
+        print(table.round(3).to_string(index=False))
     else:
         table = score(args.out, args.remainders)
         table.to_csv(args.out / ("scores_remainders.csv" if args.remainders else "scores.csv"), index=False)

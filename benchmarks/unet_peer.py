@@ -55,20 +55,23 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def load_folder(folder: Path, data: cellrcnn.DataConfig) -> dict:
-    """Every image of ``folder`` as read for cellrcnn, with its true part map, and both resized to 128 x 128."""
+def load_folder(folder: Path, data: cellrcnn.DataConfig, size: int = SIZE) -> dict:
+    """Every image of ``folder`` as read for cellrcnn, with its true part map, and both resized to ``size``
+    (128) a side; ``masks`` are the true per-cell part maps (cells may overlap)."""
     dataset = cellrcnn.CellDataset(cellrcnn.find_pairs(folder, data), data)
-    images, truths, small_images, small_parts = [], [], [], []
+    images, truths, masks, small_images, small_parts = [], [], [], [], []
     for i in range(len(dataset)):
         image, target = dataset[i]
         _, parts = cellrcnn.report.truth_label_images(target["masks"].numpy())
         images.append(image)
         truths.append(parts)
-        small_images.append(F.interpolate(image[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False,
+        masks.append(target["masks"].numpy())
+        small_images.append(F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False,
                                           antialias=True)[0])
-        small_parts.append(F.interpolate(torch.from_numpy(parts)[None, None].float(), size=(SIZE, SIZE),
+        small_parts.append(F.interpolate(torch.from_numpy(parts)[None, None].float(), size=(size, size),
                                          mode="nearest-exact")[0, 0].long())
-    return {"images": images, "truths": truths, "x": torch.stack(small_images), "y": torch.stack(small_parts)}
+    return {"images": images, "truths": truths, "masks": masks, "x": torch.stack(small_images),
+            "y": torch.stack(small_parts), "size": size, "names": [p.name for p in dataset.pairs]}
 
 
 def _augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,18 +105,19 @@ def train(model: UNet, data: dict, seconds: float, lr: float, seed: int, batch: 
 
 
 @torch.no_grad()
-def predict(model: UNet, image: torch.Tensor) -> np.ndarray:
-    """Part labels uint8 ``[H, W]`` of one float image ``[3, H, W]`` at its own size."""
+def predict(model: UNet, image: torch.Tensor, size: int = SIZE) -> np.ndarray:
+    """Part labels uint8 ``[H, W]`` of one float image ``[3, H, W]`` at its own size (the network sees it at
+    ``size`` a side)."""
     model.eval()
     H, W = image.shape[1:]
-    small = F.interpolate(image[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+    small = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     logits = F.interpolate(model(small), size=(H, W), mode="bilinear", align_corners=False)
     return logits[0].argmax(0).to(torch.uint8).numpy()
 
 
 def score(model: UNet, data: dict, parts: tuple[str, ...]) -> dict[str, float]:
     """Mean per-image Dice of each part and the whole cell, as cellrcnn is scored."""
-    rows = [cellrcnn.part_dice(predict(model, image), truth, parts)
+    rows = [cellrcnn.part_dice(predict(model, image, data.get("size", SIZE)), truth, parts)
             for image, truth in zip(data["images"], data["truths"])]
     means = pd.DataFrame(rows).mean()
     return {name: float(means[f"{name}_dice"]) for name in [p for p in parts[1:]] + ["cell"]}
