@@ -115,16 +115,18 @@ def predict_main(argv: list[str] | None = None) -> int:
     return _predict_files(predictor, images, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path)
 
 
-def _coco_of(file_name: str, prediction, parts: tuple[str, ...]) -> dict:
-    """One image's COCO dataset: its cells' whole masks, with their scores and classes."""
+def _coco_of(file_name: str, prediction, parts: tuple[str, ...], data) -> dict:
+    """One image's COCO dataset: its cells' whole masks, with their scores and classes, under the categories the
+    model was trained with (``data.coco_cell``, ``data.coco_parts``)."""
     from ..export.coco import CocoImageCells, coco_dataset
 
     table = prediction.table.set_index("cell_id") if not prediction.table.empty else None
     ids = range(1, int(prediction.cells.max(initial=0)) + 1)
     scores = table["score"].reindex(ids).to_numpy() if table is not None else None
     classes = table["class"].reindex(ids).astype(str).tolist() if table is not None and "class" in table else None
+    names = (*parts[:2], *data.coco_parts) if len(data.coco_parts) == len(parts) - 2 else parts
     return coco_dataset([CocoImageCells(file_name, prediction.cells.shape, prediction.cell_masks(), scores, classes)],
-                        parts)
+                        names, cell=data.coco_cell)
 
 
 def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namespace, options: dict,
@@ -164,7 +166,8 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
         tables.append((order[result.path], result.prediction.table))
         if args.coco:
             try:
-                cocos.append((order[result.path], _coco_of(result.path.name, result.prediction, predictor.parts)))
+                cocos.append((order[result.path], _coco_of(result.path.name, result.prediction, predictor.parts,
+                                                           predictor.config.data)))
             except ValueError as err:
                 failed.append(f"{result.path}: {err}")
         logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))

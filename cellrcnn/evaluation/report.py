@@ -210,11 +210,16 @@ def _read_predicted_coco(path: Path, pair, shape: tuple[int, int],
     if (entry.height, entry.width) != shape:
         raise DataError(f"{path}: says {pair.image.name} is {entry.width}x{entry.height} pixels, but it is "
                         f"{shape[1]}x{shape[0]}; score predictions of these images")
-    found = coco_masks(coco, entry.id, "cell", tuple(part_names[2:]))
-    parts = {k + 2: found["parts"][name] for k, name in enumerate(part_names[2:])}
+    # as cellrcnn writes it: the cell category first, then the parts with their own category, in part order
+    cell, *own = sorted(coco.categories, key=coco.categories.get)
+    if len(own) != len(part_names) - 2:
+        raise DataError(f"{path}: has categories {', '.join([cell, *own])}, not a cell and one category for each "
+                        f"of {', '.join(part_names[2:])}; give the cells.json that cellrcnn-predict --coco wrote")
+    found = coco_masks(coco, entry.id, cell, tuple(own))
+    parts = {k + 2: found["parts"][name] for k, name in enumerate(own)}
     tied = {k: found["links"][name] if name in found["links"] else tie_parts(found["cells"], parts[k])
-            for k, name in zip(parts, part_names[2:])}
-    scores = [a.get("score", 1.0) for a in coco.annotations[entry.id] if a["category_id"] == coco.categories["cell"]]
+            for k, name in zip(parts, own)}
+    scores = [a.get("score", 1.0) for a in coco.annotations[entry.id] if a["category_id"] == coco.categories[cell]]
     return (cell_part_maps(found["cells"], parts, tied),
             {k: float(score) for k, score in enumerate(scores, start=1)})
 

@@ -41,3 +41,12 @@ def test_evaluate_reads_whole_masks_from_a_prediction_folders_coco_file(tmp_path
     assert summary["whole"]["COCO mask AP"] == pytest.approx(1.0)
     assert summary["labels"]["ISBI cell Dice (good cells)"] < 0.95 and summary["labels"]["COCO mask AP"] < 1.0
     assert pd.notna(summary["whole"]["nucleus detection F1"])
+    # a model trained on other category names writes them (cli.predict), and the file reads back by their order
+    from cellrcnn import DataConfig as Data
+    from cellrcnn.cli.predict import _coco_of
+
+    renamed = _coco_of("a.tif", prediction, PARTS, Data(coco_cell="whole", coco_parts=("nuc",)))
+    assert [c["name"] for c in renamed["categories"]] == ["whole", "nuc"]
+    write_coco(folder / "cells.json", renamed, overwrite=True)
+    again = score_folder(dataset, PARTS, folder)["items"][0]
+    assert np.array_equal(again.pred_instances, true_maps) and again.scores == item.scores
