@@ -7,6 +7,8 @@ import dataclasses
 import inspect
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
 from ..config.data import DataConfig
 from ..config.fields import (AUGMENTATIONS, BACKBONES, ENCODINGS, LR_SCHEDULES, MASK_ALIGNMENTS, MASK_SIZES, NORMS,
@@ -157,6 +159,20 @@ def data_config_from_args(args: argparse.Namespace, base: DataConfig | None = No
     """``base`` (default: the defaults) with the data flags given on the command line (raises ValueError)."""
     fields = {k.split(".", 1)[1]: v for k, v in config_overrides(args, "data").items()}
     return dataclasses.replace(base or DataConfig(), **fields)
+
+
+def check_out_folder(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Refuse, as one line and before any model loads, an ``--out`` that is a file or lies where nothing can be
+    written (the folder itself is made only later, once the inputs have been read)."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file; give a folder (it is made if missing)")
+    nearest = next(p for p in (out, *out.parents) if p.exists())
+    try:  # a real write, not os.access: that says yes to root and to read-only mounts alike
+        with tempfile.NamedTemporaryFile(dir=nearest, prefix=".cellrcnn-probe-"):
+            pass
+    except OSError as err:
+        parser.error(f"--out {out}: nothing can be written in {nearest} ({err.strerror or err}); choose a folder "
+                     f"you can write to")
 
 
 def comma_separated(text: str) -> tuple[str, ...]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from ..config.tree import Config
 from ..io.files import DataError
 from .common import (DATA_FLAGS, HelpFormatter, Parser, add_cell_arguments, add_config_arguments, add_scale_arguments,
-                     cell_choice, check_scale_arguments, comma_separated, data_config_from_args, setup_logging)
+                     cell_choice, check_out_folder, check_scale_arguments, comma_separated, data_config_from_args,
+                     setup_logging)
 
 __all__ = ["evaluate_main"]
 
@@ -37,6 +38,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     add_scale_arguments(parser)
     add_config_arguments(parser, DATA_FLAGS)
     args = parser.parse_args(argv)
+    check_out_folder(parser, args.out)
     check_scale_arguments(parser, args)
     choice = cell_choice(parser, args)
     from ..data.dataset import CellDataset  # the heavy imports, after --help

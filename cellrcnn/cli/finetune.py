@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config.tree import Config
 from ..io.files import DataError
 from .common import (DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, HelpFormatter, Parser, add_config_arguments,
-                     config_overrides, setup_logging)
+                     check_out_folder, config_overrides, setup_logging)
 
 __all__ = ["finetune_main"]
 
@@ -103,6 +103,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = finetune_parser()
     args = parser.parse_args(argv)
+    check_out_folder(parser, args.out)
     try:
         config = config_from_finetune_args(args)
     except ValueError as err:

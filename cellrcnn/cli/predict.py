@@ -10,7 +10,7 @@ from pathlib import Path
 from ..io.coco import PREDICTION_FILE as COCO_FILE
 from ..io.files import DataError
 from .common import (HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
-                     check_scale_arguments, setup_logging)
+                     check_out_folder, check_scale_arguments, setup_logging)
 
 __all__ = ["predict_main"]
 
@@ -67,6 +67,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     run.add_argument("--batch-size", type=int, default=1, help="images (or tiles of a large image) per forward pass")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    check_out_folder(parser, args.out)
     check_scale_arguments(parser, args)
     choice = cell_choice(parser, args)
     if args.batch_size < 1:

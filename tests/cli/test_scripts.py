@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -101,3 +102,23 @@ def test_library_messages_are_told_in_the_commands_flags():
                     "has 2 channels; --channels 0,2 asks for channel 2",
                     "keeping every cell (--largest: only the largest, --no-largest: every cell); --cell-diameter auto",
                     "data.min_area: expected an integer; train.lr stays; sample_00 and image_glob are words"]
+
+
+@pytest.mark.parametrize("command", ["predict", "finetune", "evaluate"])
+@pytest.mark.parametrize("where, message", [("file", "is a file; give a folder"),
+                                            ("proc", "nothing can be written in /proc")])
+def test_an_out_that_is_a_file_or_unwritable_is_one_line_before_anything_loads(tmp_path, capsys, command, where,
+                                                                              message):
+    from cellrcnn.cli import evaluate_main, finetune_main, predict_main
+
+    out = tmp_path / "taken.txt" if where == "file" else Path("/proc/cellrcnn-test/out")
+    if where == "file":
+        out.write_text("keep me")
+    args = {"predict": (predict_main, ["model.pt", "images"]), "finetune": (finetune_main, ["data"]),
+            "evaluate": (evaluate_main, ["model.pt", "data"])}[command]
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as stop:
+        args[0]([*args[1], "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and message in err[0] and str(out) in err[0]
+    assert sorted(tmp_path.rglob("*")) == before and (where != "file" or out.read_text() == "keep me")
