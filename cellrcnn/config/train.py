@@ -26,6 +26,9 @@ SCHEDULES = {
     "scratch": {"lr": 0.02, "warmup_epochs": 1, "lr_step": 10},
 }
 #: The adaptation recipe: what ``cellrcnn-finetune --from RUN`` sets unless told otherwise. A fixed number of
+#: The most epochs a run may ask for: a year of epochs of a few seconds. More is a typo.
+MAX_EPOCHS = 100_000
+
 #: optimizer steps (not epochs: with a few images, epochs are a handful of steps each) along a cosine from lr
 #: 0.01, a step every 2 images, flips, turns, stain and scale jitter, and the new images resized so their
 #: cells reach the size the source model was trained at (``model.target_cell_size``, from the run).
@@ -133,6 +136,10 @@ class TrainConfig(_Section):
         for name in ("steps", "lr_step", "best_smoothing"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        for name, most in (("epochs", MAX_EPOCHS), ("steps", MAX_EPOCHS * 100)):  # a typo, not a plan
+            value = getattr(self, name)
+            if value is not None:
+                _check(value <= most, f"{name} must be at most {most:,}, got {value:,}")
         _check(self.lr_schedule in LR_SCHEDULES,
                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
         _check(self.accumulate % self.batch_size == 0,

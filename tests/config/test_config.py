@@ -167,3 +167,14 @@ def test_part_names_cannot_collide_with_the_metric_names():
     for parts in (("background", "cell", "nucleus"), ("background", "part")):
         with pytest.raises(ValueError, match="cannot name a part"):
             ModelConfig(parts=parts)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 10**9}, "epochs must be at most 100,000, got 1,000,000,000"),
+    ({"steps": 10**12}, "steps must be at most 10,000,000"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+])
+def test_absurd_training_lengths_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+    assert TrainConfig(epochs=100_000).epochs == 100_000
