@@ -76,8 +76,11 @@ class Config(_Section):
         path = Path(path)
         try:
             values = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read config {path}: {err}") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read config {path}: {err}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"cannot read config {path}: a config is a JSON file, as a run's config.json, and this "
+                             f"is not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
         _check(isinstance(values, dict), f"{path} does not hold a config object")
         values.pop("command", None)
         try:

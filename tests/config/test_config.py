@@ -144,6 +144,11 @@ def test_unreadable_json_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="cannot read config .*config.json"):
         Config.from_json(path)
+    yaml = tmp_path / "config.yaml"  # a YAML config is told that a JSON file is expected
+    yaml.write_text("model:\n  backbone: resnet18_fpn\n")
+    with pytest.raises(ValueError, match=r"config.yaml: a config is a JSON file, as a run's config.json, and this "
+                                         r"is not JSON \(Expecting value at line 1, column 1\)"):
+        Config.from_json(yaml)
 
 
 def test_configs_hash_and_equal_configs_hash_equal():
