@@ -27,7 +27,8 @@ def _pixels(image: np.ndarray, name: str) -> np.ndarray:
 
 def _check_finite(data: np.ndarray, name: str) -> None:
     if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise DataError(f"{name}: contains NaN or infinite pixels; replace them before training")
+        raise DataError(f"{name}: contains NaN or infinite pixels; replace them (in Fiji: Process > Noise > "
+                        f"Remove NaNs) and save the image again")
 
 
 def _levels(image: np.ndarray, percentiles: tuple[float, float], name: str) -> tuple[np.ndarray, np.ndarray]:

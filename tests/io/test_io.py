@@ -432,3 +432,12 @@ def test_write_pair_makes_a_folder_that_trains_as_it_is(tmp_path):
     with pytest.raises(DataError, match="0..255"):
         cellrcnn.io.write_pair(tmp_path / "other", "big", image, parts * 200)
     assert not (tmp_path / "other").exists()
+
+
+def test_nan_pixels_are_named_with_what_to_do_wherever_the_image_is_read():
+    pixels = np.ones((16, 16), np.float32)
+    pixels[3, 4] = np.nan
+    with pytest.raises(DataError, match=r"x.tif: contains NaN or infinite pixels; replace them \(in Fiji: "
+                                        r"Process > Noise > Remove NaNs\) and save the image again") as err:
+        image_from_array(pixels, name="x.tif")
+    assert "training" not in str(err.value)  # the same words for prediction as for training
