@@ -23,12 +23,14 @@ from ..utils.files import atomic_write
 from ..viz.style import part_colour
 from .geojson import cell_features, write_geojson
 
-__all__ = ["OUTPUTS", "OUTPUT_SUFFIXES", "output_paths", "write_label_tiff", "write_rois", "overlay_rgb",
+__all__ = ["OUTPUTS", "OUTPUT_SUFFIXES", "OVERLAY_SIDE", "output_paths", "write_label_tiff", "write_rois", "overlay_rgb",
            "write_overlay", "write_table", "export_prediction"]
 
 #: The file written for each image, by kind: ``<image stem><suffix>``.
 OUTPUTS = {"cells": "_cells.tif", "parts": "_parts.tif", "rois": "_rois.zip", "overlay": "_overlay.png",
            "geojson": ".geojson"}
+#: The least long side of an overlay PNG, in its pixels: a 128-px crop is drawn 4 times as large.
+OVERLAY_SIDE = 512
 #: Stem suffixes of those files, so that a folder of results is not read back as input images.
 OUTPUT_SUFFIXES = tuple(stem for name in OUTPUTS.values() if (stem := name.rsplit(".", 1)[0]))
 
@@ -91,8 +93,11 @@ def overlay_rgb(image: np.ndarray, cells: np.ndarray, parts: np.ndarray, part_na
 
 def write_overlay(path: str | os.PathLike, image: np.ndarray, cells: np.ndarray, parts: np.ndarray,
                   part_names: tuple[str, ...], overwrite: bool = False) -> Path:
-    """:func:`overlay_rgb` as a PNG."""
+    """:func:`overlay_rgb` as a PNG, enlarged by a whole factor (each pixel a block) until its long side is at
+    least :data:`OVERLAY_SIDE` pixels, so that a person can see it; the label TIFFs keep the image's pixels."""
     rgb = overlay_rgb(image, cells, parts, part_names)
+    factor = max(1, -(-OVERLAY_SIDE // max(rgb.shape[:2])))
+    rgb = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1) if factor > 1 else rgb
     return atomic_write(path, lambda tmp: imsave(tmp, rgb, check_contrast=False), overwrite=overwrite)
 
 

@@ -55,7 +55,7 @@ def test_demo_trains_a_working_model_and_writes_what_it_promises(tmp_path):
         assert labels.dtype == np.uint16 and parts.dtype == np.uint8 and labels.shape == parts.shape == (128, 128)
         np.testing.assert_array_equal(labels > 0, parts > 0)
         overlay = imread(path.with_name(path.name.replace("_cells.tif", "_overlay.png")))
-        assert overlay.shape == (128, 128, 3)
+        assert overlay.shape == (512, 512, 3)  # 128-px crops drawn 4 times as large, to be seen
     scores = pd.read_csv(predictions / "scores.csv")
     assert len(scores) == 3
     assert scores["cytoplasm_dice"].mean() >= 0.80 and scores["nucleus_dice"].mean() >= 0.80, scores

@@ -22,7 +22,7 @@ import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
 from cellrcnn.data.targets import largest_complete_label
 from cellrcnn.evaluation.report import Scored, evaluate, truth_label_images
-from cellrcnn.export.files import export_prediction, write_label_tiff
+from cellrcnn.export.files import export_prediction, overlay_rgb, write_label_tiff
 from cellrcnn.inference.measure import Prediction, measure_cells
 from cellrcnn.inference.predictor import Predictor
 from cellrcnn.inference.selection import CellChoice
@@ -129,7 +129,9 @@ def test_exported_tiffs_read_back_with_documented_types(tmp_path):
     coords = rois[1].coordinates()
     assert coords[:, 0].min() >= -0.5 and coords[:, 1].max() <= 18
     overlay = imread(paths["overlay"])
-    assert overlay.shape == (20, 30, 3) and tuple(overlay[2, 2]) == (255, 215, 0)  # gold cell outline
+    # drawn 18 times as large (30 px to 540, at least 512), each pixel a block: gold cell outline at pixel (2, 2)
+    assert overlay.shape == (360, 540, 3) and tuple(overlay[2 * 18 + 9, 2 * 18 + 9]) == (255, 215, 0)
+    assert np.array_equal(overlay[::18, ::18], overlay_rgb(prediction.image, cells, parts, PARTS))
     with pytest.raises(FileExistsError):
         write_label_tiff(paths["cells"], cells)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
