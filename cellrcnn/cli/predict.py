@@ -134,7 +134,7 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
                    table_path: Path) -> int:
     """Predict this process's share of ``images``, write each one's files, and the table of all (rank 0)."""
     import pandas as pd
-    from tqdm.auto import tqdm
+    from ..utils.progress import progress
 
     from ..export.coco import merge_datasets, write_coco
     from ..export.files import export_prediction, write_table
@@ -149,7 +149,7 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
     told_tiles = False
     results = predictor.predict_paths(mine, args.batch_size, tile=args.tile, overlap=args.overlap,
                                       progress=not args.quiet, **options)
-    for result in tqdm(results, total=len(mine), desc="predict", unit="image",
+    for result in progress(results, total=len(mine), desc="predict", unit="image",
                        disable=args.quiet or not runtime.is_main):
         if result.error is not None:
             failed.append(result.error)

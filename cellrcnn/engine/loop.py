@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
-from tqdm.auto import tqdm
 
 from ..config.train import TrainConfig
 from ..config.tree import Config
@@ -24,6 +23,7 @@ from ..inference.predictor import Predictor
 from ..modeling.paste import to_label_images
 from ..utils.compat import BatchNormBase
 from ..utils.files import atomic_write
+from ..utils.progress import progress
 from ..utils.runtime import Runtime, join_process_group
 
 __all__ = ["validate", "lr_factor", "steps_per_epoch", "sizes_for_cell_size", "save_checkpoint", "epoch_seed"]
@@ -162,7 +162,7 @@ def validate(model, loader: DataLoader, parts: tuple[str, ...], runtime: Runtime
     """Validation losses and (``dice``) mean per-image Dice of each part and of the whole cell."""
     sums: dict[str, float] = {}
     with _losses_without_touching_batch_norm(model):
-        for images, targets in tqdm(loader, desc="val loss", leave=False, disable=quiet, unit="batch"):
+        for images, targets in progress(loader, desc="val loss", leave=False, disable=quiet, unit="batch"):
             images, targets = _to_device(images, targets, runtime.device)
             with torch.autocast(runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
                 losses = model(images, targets)
@@ -175,7 +175,7 @@ def validate(model, loader: DataLoader, parts: tuple[str, ...], runtime: Runtime
         return result
     model.eval()
     scores: list[dict[str, float]] = []
-    for images, targets in tqdm(loader, desc="val dice", leave=False, disable=quiet, unit="batch"):
+    for images, targets in progress(loader, desc="val dice", leave=False, disable=quiet, unit="batch"):
         images, targets = _to_device(images, targets, runtime.device)
         with torch.autocast(runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
             outputs = model(images)

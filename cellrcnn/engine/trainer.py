@@ -17,7 +17,6 @@ import torch
 import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..config.model import ModelConfig
 from ..config.tree import Config
@@ -26,6 +25,7 @@ from ..data.splits import make_splits, write_split_csv
 from ..modeling.backbone import resolve_norm
 from ..modeling.build import build_model
 from ..modeling.checkpoint import load_checkpoint
+from ..utils.progress import progress
 from ..utils.runtime import leave_process_group
 from . import hooks
 from .loop import (_all_finite, _to_device, epoch_seed, lr_factor, make_loader, save_checkpoint, seed_everything,
@@ -356,7 +356,7 @@ class Trainer:
                         len(self.datasets["train"]), len(val) if val else 0, cfg.epochs, cfg.accumulate)
         self._call("before_train")
         try:
-            epochs = tqdm(range(self.start_epoch, cfg.epochs), desc="epochs", initial=self.start_epoch,
+            epochs = progress(range(self.start_epoch, cfg.epochs), desc="epochs", initial=self.start_epoch,
                           total=cfg.epochs, disable=self.quiet or not runtime.is_main, unit="epoch")
             for self.epoch in epochs:
                 seed_everything(epoch_seed(cfg.seed, self.epoch, runtime.rank))  # a resumed run matches
@@ -397,7 +397,7 @@ class Trainer:
         counted = bad_in_row = 0
         skip_group = False
         optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc="train", leave=False, disable=self.quiet or not runtime.is_main, unit="batch")
+        bar = progress(loader, desc="train", leave=False, disable=self.quiet or not runtime.is_main, unit="batch")
         for i, (images, targets) in enumerate(bar):
             self._call("before_step")
             start = (i // group) * group

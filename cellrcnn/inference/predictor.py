@@ -12,7 +12,6 @@ from typing import Generator, Iterator
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..config.tree import Config
 from ..io.fields import ImageField, field_from_array, open_field
@@ -20,6 +19,7 @@ from ..io.files import DataError
 from ..modeling.build import build_model
 from ..modeling.checkpoint import model_from_checkpoint, run_checkpoint
 from ..modeling.transform import predict_labels
+from ..utils.progress import progress
 from ..utils.runtime import resolve_device
 from .measure import Prediction, measure_cells, whole_masks
 from .package import is_package, read_package
@@ -256,7 +256,7 @@ class Predictor:
             while True:
                 done, total = next(steps)
                 if progress and total > 1:
-                    bar = bar or tqdm(total=total, desc=name, unit="tile", leave=False)
+                    bar = bar or progress(total=total, desc=name, unit="tile", leave=False)
                     bar.update(done - bar.n)
         except StopIteration as end:
             return end.value
