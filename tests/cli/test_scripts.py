@@ -60,6 +60,8 @@ def test_demo_trains_a_working_model_and_writes_what_it_promises(tmp_path):
     assert len(scores) == 3
     assert scores["cytoplasm_dice"].mean() >= 0.80 and scores["nucleus_dice"].mean() >= 0.80, scores
     assert f"{predictions}/*_overlay.png" in result.stdout
+    log = result.stdout + result.stderr  # as `make demo > demo.log 2>&1` leaves it: lines, no terminal codes
+    assert "\x1b" not in log and "\r" not in log and "epochs: 100%" in log
 
 
 @pytest.mark.parametrize("setup, message", [("nonempty", "--overwrite"), ("nomask", "a.png: no parts mask")])
