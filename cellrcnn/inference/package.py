@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config.tree import Config
+from ..io.files import DataError
 from ..modeling.build import build_model
 from ..modeling.transform import predict_labels
 from .selection import CellChoice, border_labels, keeps_largest, kept_cells
@@ -120,8 +121,11 @@ def is_package(path: str | os.PathLike) -> bool:
 
 
 def _has_rdf(path: Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        return any(Path(name).name in ("rdf.yaml", "bioimageio.yaml") for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(Path(name).name in ("rdf.yaml", "bioimageio.yaml") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{path}: a damaged zip file ({err}); download or export the package again") from None
 
 
 def _spec():

@@ -44,12 +44,16 @@ def _safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
 
 
 def _reason(err: Exception) -> str:
-    """One line saying why a file could not be read."""
+    """One line saying why a file could not be read, in place of torch's page of advice."""
+    text = str(err)
+    if any(sign in text for sign in ("failed finding central directory", "invalid load key", "not a zip",
+                                     "Unsupported operand")):
+        return "the file is damaged or is no torch file; save or copy it again"
     if isinstance(err, pickle.UnpicklingError):  # torch's message is a page; its one telling line names the type
-        found = [line.strip() for line in str(err).splitlines() if "but got" in line]
+        found = [line.strip() for line in text.splitlines() if "but got" in line]
         return ("it holds Python objects besides tensors and plain data, which are not loaded for safety"
                 + (f" ({found[0].split('but got')[-1].strip()})" if found else ""))
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -8,17 +8,25 @@ __all__ = ["get_reader", "model_file"]
 
 
 def model_file(path: str | Path) -> Path | None:
-    """The model a dropped path names: a checkpoint, a run folder's ``best.pt``, or a package; else None."""
+    """The model a dropped path names: a cellrcnn checkpoint, a run folder's ``best.pt``, or a package; else None
+    (another ``.pt``, such as a plain state dict, or a damaged zip, is not ours to open)."""
     from ..inference.package import is_package
+    from ..io.files import DataError
+    from ..modeling.checkpoint import load_checkpoint
 
     path = Path(path)
     if path.is_dir() and (path / "best.pt").is_file():
-        return path / "best.pt"
+        path = path / "best.pt"
     if path.suffix == ".pt" and path.is_file():
+        try:
+            load_checkpoint(path)  # tensors only (weights_only): reading a stranger's file runs nothing
+        except (ValueError, FileNotFoundError):
+            return None
         return path
-    if is_package(path):
-        return path
-    return None
+    try:
+        return path if is_package(path) else None
+    except DataError:
+        return None
 
 
 def get_reader(path: str | list):

@@ -523,7 +523,8 @@ def test_checkpoints_with_numpy_rng_state_load_safely_and_the_configs_loss_weigh
     "content, error, message",
     [
         (None, FileNotFoundError, "does not exist"),
-        (b"not a checkpoint", ValueError, "cannot read weights from"),
+        (b"not a checkpoint", ValueError, "cannot read weights from .*: the file is damaged or is no torch file; "
+                                          "save or copy it again"),
         ({"epoch": 1}, ValueError, "is neither a cellrcnn checkpoint nor a state dict"),
         ({"model": torch.nn.Linear(2, 2)}, ValueError, "Python objects besides tensors .* not loaded for safety"),
         ({"head.weight": torch.zeros(2, 2)}, ValueError, "no layer of .* matches this model"),

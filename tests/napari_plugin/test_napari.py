@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -218,6 +219,16 @@ def test_reader_opens_a_run_in_the_predict_widget(make_napari_viewer, checkpoint
     viewer = make_napari_viewer()
     (tmp_path / "notes.zip").write_bytes(b"not a zip")
     assert get_reader(str(tmp_path / "notes.zip")) is None and get_reader(str(tmp_path)) is None
+    # only cellrcnn's own files: not a plain state dict, not a zip whose central directory is damaged
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "resnet18.pt")
+    whole = tmp_path / "whole.zip"
+    with zipfile.ZipFile(whole, "w") as archive:
+        archive.writestr("rdf.yaml", "type: model\n")
+    raw = bytearray(whole.read_bytes())
+    raw[raw.index(b"PK\x01\x02")] = 0  # the central directory's entry damaged, its end record intact
+    (tmp_path / "damaged.zip").write_bytes(bytes(raw))
+    assert zipfile.is_zipfile(tmp_path / "damaged.zip")  # what the check before reading it says
+    assert get_reader(str(tmp_path / "resnet18.pt")) is None and get_reader(str(tmp_path / "damaged.zip")) is None
     reader = get_reader(str(checkpoint.parent))
     assert reader is not None
     assert reader(str(checkpoint.parent)) == [(None,)]
