@@ -7,6 +7,7 @@ import glob
 import logging
 from pathlib import Path
 
+from ..config.fields import PROJECTIONS
 from ..io.coco import PREDICTION_FILE as COCO_FILE
 from ..io.files import DataError
 from .common import (HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
@@ -62,6 +63,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     add_scale_arguments(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--image-glob", default="*", help="pattern of image files in a folder")
+    run.add_argument("--projection", dest="data.projection", choices=PROJECTIONS, default=None,
+                     help="Z-stacks and time series: max gives their maximum projection (default: as the model was "
+                          "trained)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: each process "
                                                       "its LOCAL_RANK's GPU)")
     run.add_argument("--batch-size", type=int, default=1, help="images (or tiles of a large image) per forward pass")
@@ -91,7 +95,8 @@ def predict_main(argv: list[str] | None = None) -> int:
                                                                            OUTPUT_SUFFIXES + ("_masks",))))
         runtime = join_process_group(args.device)
         predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
-                                              cell_diameter=args.cell_diameter)
+                                              cell_diameter=args.cell_diameter,
+                                              projection=getattr(args, "data.projection"))
     except (DataError, ValueError, FileNotFoundError, ImportError) as err:
         logger.error("error: %s", err)
         return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1

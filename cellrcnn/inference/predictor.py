@@ -108,7 +108,8 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scale: float | None = None,
-                        cell_diameter: float | str | None = None, choice: CellChoice | None = None) -> "Predictor":
+                        cell_diameter: float | str | None = None, choice: CellChoice | None = None,
+                        projection: str | None = None) -> "Predictor":
         """Load a trained model: ``best.pt`` or ``last.pt`` of a run, a run folder (its ``best.pt``), or a
         bioimage.io package exported by cellrcnn (``model.zip``, see :func:`cellrcnn.export.bioimage.export_model`).
 
@@ -116,7 +117,8 @@ class Predictor:
         of cells it records (score threshold, single-cell choice, ``max_cells``),
         so that the predictor gives what the package gives; ``choice`` replaces
         it. Reading a package needs ``bioimageio.spec``
-        (``pip install 'cellrcnn[bioimageio]'``).
+        (``pip install 'cellrcnn[bioimageio]'``). ``projection`` (``"max"`` or
+        ``"none"``) replaces the model's ``data.projection`` for Z-stacks and time series.
         """
         if is_package(path):
             package = read_package(path)
@@ -125,6 +127,8 @@ class Predictor:
             config, choice = package.config, choice or package.choice
         else:
             model, config = model_from_checkpoint(run_checkpoint(path), map_location="cpu")
+        if projection is not None:
+            config = replace(config, data=replace(config.data, projection=projection))
         return cls(model, config, resolve_device(device), scale, cell_diameter, choice)
 
     @property

@@ -349,6 +349,16 @@ def test_predict_command_on_a_two_channel_16bit_field(checkpoint, tmp_path):
                           str(tmp_path / "in" / "field.tif"), "--out", str(out), "--scale", "1", "--cell-diameter", "3"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not allowed with argument" in bad.stderr and "Traceback" not in bad.stderr
+    # a Z-stack: predict's advice names its own flag, and the flag does what the advice says
+    plane = imread(SAMPLE / "images" / "sample_00.png")[..., 1]
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([plane] * 3), imagej=True, metadata={"axes": "ZYX"})
+    stack = [sys.executable, str(REPO / "scripts" / "predict.py"), str(checkpoint), str(tmp_path / "stack.tif"),
+             "--quiet", "--out"]
+    refused = subprocess.run([*stack, str(tmp_path / "s1")], capture_output=True, text=True)
+    assert refused.returncode == 1 and "set --projection max for the maximum projection" in refused.stdout
+    projected = subprocess.run([*stack, str(tmp_path / "s2"), "--projection", "max"], capture_output=True, text=True)
+    assert projected.returncode == 0, projected.stdout + projected.stderr
+    assert tifffile.imread(tmp_path / "s2" / "stack_cells.tif").shape == plane.shape
 
 
 def test_measurements_read_a_field_block_by_block_as_the_whole_image():
