@@ -57,7 +57,14 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     state = load_checkpoint(path, map_location)
     config = Config.from_saved(state["config"])
     model = build_model(config.model, load_weights=False)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:  # torch lists every key; the user needs to know the file does not hold together
+        ours, theirs = set(model.state_dict()), set(state["model"])
+        raise ValueError(f"{path}: its weights do not fit the model its config describes ({config.model.backbone}, "
+                         f"{len(ours - theirs)} layers missing, {len(theirs - ours)} not of this model, or shapes "
+                         f"that differ); the file was edited or mixed up with another run's: use the run's own "
+                         f"best.pt") from None
     return model.to(map_location).eval(), config
 
 

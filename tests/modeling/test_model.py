@@ -553,3 +553,13 @@ def test_training_step_and_inference_on_cuda_with_amp(tiny_config, synthetic_bat
     with torch.no_grad():
         out = model.eval()(images)
     assert out[0]["part_masks"].device.type == "cuda"
+
+
+def test_a_checkpoint_whose_config_names_another_backbone_than_its_weights_is_one_clear_error(tiny_config, tmp_path):
+    weights = build_model(tiny_config).state_dict()
+    other = Config(model=ModelConfig(**{**tiny_config.__dict__, "backbone": "resnet34_fpn"})).to_dict()
+    path = save({"model": weights, "config": other}, tmp_path / "mixed.pt")
+    with pytest.raises(ValueError, match=r"mixed.pt: its weights do not fit the model its config describes "
+                                         r"\(resnet34_fpn, .*\); the file was edited or mixed up") as err:
+        model_from_checkpoint(path)
+    assert "\n" not in str(err.value)
