@@ -622,3 +622,11 @@ def test_finetune_on_bad_annotations_says_what_is_wrong_and_writes_nothing(tmp_p
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error")]
     assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stdout + result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_finetune_with_unreadable_weights_says_so_and_leaves_no_run_folder(small_sample, tmp_path):
+    (tmp_path / "weights.pt").write_bytes(b"garbage")
+    result = finetune(small_sample, "--out", tmp_path / "run", "--weights", tmp_path / "weights.pt", "--epochs", "1")
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error")]
+    assert result.returncode == 1 and len(errors) == 1 and "weights.pt: the file is damaged" in errors[0]
+    assert not (tmp_path / "run").exists()
