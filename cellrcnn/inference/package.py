@@ -182,7 +182,12 @@ def read_package(path: str | os.PathLike) -> Package:
     from bioimageio.spec.model.v0_5 import ModelDescr
 
     # The package is trusted no further than a checkpoint: its weights are read with weights_only below.
-    descr = spec.load_description(path, perform_io_checks=False, format_version="latest")
+    try:
+        descr = spec.load_description(path, perform_io_checks=False, format_version="latest")
+    except Exception as err:  # ruyaml, zip and pydantic errors, each a page long: one line, the file named
+        text = " ".join(str(err).split())
+        raise DataError(f"{path}: its description (rdf.yaml) cannot be read ({type(err).__name__}: {text[:160]}); "
+                        f"export the package again with cellrcnn-export-model") from None
     if not isinstance(descr, ModelDescr):
         errors = getattr(getattr(descr, "validation_summary", None), "errors", [])
         why = f": {errors[0].msg}" if errors else ""

@@ -206,3 +206,21 @@ def test_a_single_cell_model_exports_and_its_package_predicts_as_its_run(single_
                          choice=CellChoice(largest=False), check=False)
     assert read_package(every).choice.largest is False
     assert len(Predictor.from_checkpoint(every, device="cpu").predict(test_image).table) > 1
+
+
+@pytest.mark.parametrize("rdf, kind", [("type: model\n  - : [\n", "ScannerError"),
+                                       ("type: model\nx: !!python/object/apply:os.system ['touch {flag}']\n",
+                                        "ConstructorError")])
+def test_a_package_whose_description_is_bad_yaml_or_carries_a_python_tag_is_one_line(tmp_path, rdf, kind):
+    flag = tmp_path / "ran"
+    with zipfile.ZipFile(tmp_path / "model.zip", "w") as archive:
+        archive.writestr("rdf.yaml", rdf.format(flag=flag))
+    with pytest.raises(DataError, match=rf"model.zip: its description \(rdf.yaml\) cannot be read \({kind}: ") as err:
+        read_package(tmp_path / "model.zip")
+    assert "export the package again" in str(err.value) and "\n" not in str(err.value)
+    assert not flag.exists()  # the tag did not run
+    raw = bytearray((tmp_path / "model.zip").read_bytes())
+    raw[raw.index(b"PK\x01\x02")] = 0  # a damaged central directory: named, not a BadZipFile traceback
+    (tmp_path / "damaged.zip").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="damaged.zip: a damaged zip file"):
+        is_package(tmp_path / "damaged.zip")
