@@ -13,7 +13,11 @@ from ..io.files import DataError
 from .common import (HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
                      check_out_folder, check_scale_arguments, setup_logging)
 
-__all__ = ["predict_main"]
+__all__ = ["predict_main", "PIECES"]
+
+#: The hidden folder of a prediction's pieces: each finished image's rows of cells.csv (and its COCO entries),
+#: written when the image is done, so that an interrupted run resumes (--resume) where it stopped.
+PIECES = ".cellrcnn-pieces"
 
 
 logger = logging.getLogger(__name__)
@@ -59,7 +63,10 @@ def predict_main(argv: list[str] | None = None) -> int:
                                                             "cell's outline with its nucleus, class and measurements")
     out.add_argument("--coco", action="store_true", help="also write cells.json: every cell and its parts as COCO "
                                                          "instance annotations (RLE), with scores")
-    out.add_argument("--overwrite", action="store_true", help="replace existing results")
+    again = out.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace existing results")
+    again.add_argument("--resume", action="store_true", help="finish an interrupted run in --out: images whose results "
+                                                             "are complete are skipped, the others predicted")
     add_scale_arguments(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--image-glob", default="*", help="pattern of image files in a folder")
@@ -101,13 +108,18 @@ def predict_main(argv: list[str] | None = None) -> int:
         logger.error("error: %s", err)
         return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
     table_path = args.out / "cells.csv"
-    if not args.overwrite:
+    if not (args.overwrite or args.resume):
         clashes = [p for img in images for p in output_paths(args.out, img.stem, args.rois, args.overlays,
                                                                                 args.geojson).values()
                    if p.exists()] + [p for p in (table_path, args.out / COCO_FILE) if p.exists()]
+        finished = _finished(args.out / PIECES, images)
+        if clashes and finished and not table_path.exists():
+            logger.error("error: %s holds an interrupted run (%d of these %d images done); pass --resume to finish "
+                         "it, or --overwrite to start again", args.out, len(finished), len(images))
+            return 2
         if clashes:
-            logger.error("error: %s already holds results (%s%s); pass --overwrite to replace them or choose "
-                         "another --out", args.out, clashes[0].name,
+            logger.error("error: %s already holds results (%s%s); pass --resume to add what is missing, --overwrite "
+                         "to replace them, or choose another --out", args.out, clashes[0].name,
                          f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
             return 2
     barrier(runtime)  # every process has looked before any writes
@@ -137,25 +149,35 @@ def _coco_of(file_name: str, prediction, parts: tuple[str, ...], data) -> dict:
 
 def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namespace, options: dict,
                    table_path: Path) -> int:
-    """Predict this process's share of ``images``, write each one's files, and the table of all (rank 0)."""
+    """Predict this process's share of ``images`` and write each one's files; then rank 0 writes the table (and
+    the COCO file) of all from the pieces every finished image left in :data:`PIECES` (kept for ``--resume``)."""
+    import json
+
     import pandas as pd
-    from ..utils.progress import progress
 
     from ..export.coco import merge_datasets, write_coco
     from ..export.files import export_prediction, write_table
-    from ..utils.runtime import gather, leave_process_group, shard
+    from ..utils.progress import progress
+    from ..utils.runtime import barrier, gather, leave_process_group, shard
 
-    order = {path: i for i, path in enumerate(images)}
-    mine = shard(images, runtime)
+    pieces = args.out / PIECES
+    done = _finished(pieces, images) if args.resume else set()
+    todo = [image for image in images if image.stem not in done]
+    if done and runtime.is_main:
+        logger.info("%d of the %d images are done already; predicting the other %d", len(done), len(images),
+                    len(todo))
+    barrier(runtime)  # every process has read what is done before any writes
+    pieces.mkdir(exist_ok=True)
+    mine = shard(todo, runtime)
     if runtime.distributed:
         logger.info("process %d of %d: %d of the %d images", runtime.rank + 1, runtime.world_size, len(mine),
-                    len(images))
-    tables, failed, cocos = [], [], []
+                    len(todo))
+    failed = []
     told_tiles = False
     results = predictor.predict_paths(mine, args.batch_size, tile=args.tile, overlap=args.overlap,
                                       progress=not args.quiet, **options)
     for result in progress(results, total=len(mine), desc="predict", unit="image",
-                       disable=args.quiet or not runtime.is_main):
+                           disable=args.quiet or not runtime.is_main):
         if result.error is not None:
             failed.append(result.error)
             continue
@@ -167,28 +189,33 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
             logger.warning("%s: predicted in tiles: ROIs, GeoJSON and COCO hold each cell as the label image does "
                            "(where cells overlap, the better-scoring one); images of one tile keep whole cells",
                            result.path.name)
+        # an image left half-written by an interrupted run is written again
         export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
-                          overwrite=args.overwrite, geojson=args.geojson)
-        tables.append((order[result.path], result.prediction.table))
+                          overwrite=args.overwrite or args.resume, geojson=args.geojson)
+        stem = result.path.stem
         if args.coco:
-            try:
-                cocos.append((order[result.path], _coco_of(result.path.name, result.prediction, predictor.parts,
-                                                           predictor.config.data)))
-            except ValueError as err:
-                failed.append(f"{result.path}: {err}")
+            write_coco(pieces / f"{stem}.json", _coco_of(result.path.name, result.prediction, predictor.parts,
+                                                         predictor.config.data), overwrite=True)
+        write_table(result.prediction.table, pieces / f"{stem}.csv", overwrite=True)  # last: the image is done
         logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
-    gathered = gather((tables, failed, cocos), runtime)  # every process's results, put in image order below
-    tables = [table for _, table in sorted((t for part, _, _ in gathered for t in part), key=lambda item: item[0])]
-    failed = [f for _, part, _ in gathered for f in part]
-    cocos = [coco for _, coco in sorted((c for _, _, part in gathered for c in part), key=lambda item: item[0])]
-    if tables and runtime.is_main:
-        write_table(pd.concat(tables, ignore_index=True), table_path, overwrite=args.overwrite)
-    if cocos and runtime.is_main:
-        write_coco(args.out / COCO_FILE, merge_datasets(cocos), overwrite=args.overwrite)
+    failed = [f for part in gather(failed, runtime) for f in part]  # every process's, after all have finished
+    cells = 0
     if runtime.is_main:
-        logger.info("%d of %d images done, %d cells; results in %s", len(images) - len(failed), len(images),
-                    sum(len(t) for t in tables), args.out)
+        finished = [image for image in images if (pieces / f"{image.stem}.csv").is_file()]
+        tables = [pd.read_csv(pieces / f"{image.stem}.csv", dtype={"image": str, "class": str}) for image in finished]
+        cells = sum(len(t) for t in tables)
+        if tables:
+            write_table(pd.concat(tables, ignore_index=True), table_path, overwrite=True)
+        if args.coco and finished:
+            write_coco(args.out / COCO_FILE, merge_datasets([json.loads((pieces / f"{image.stem}.json").read_text())
+                                                             for image in finished]), overwrite=True)
+        logger.info("%d of %d images done, %d cells; results in %s", len(finished), len(images), cells, args.out)
         if failed:
             logger.error("%d image(s) failed:\n%s", len(failed), "\n".join(failed))
     leave_process_group(runtime)
     return 1 if failed else 0
+
+
+def _finished(pieces: Path, images: list[Path]) -> set[str]:
+    """The stems of ``images`` whose results an earlier run finished (their piece of the table is written)."""
+    return {image.stem for image in images if (pieces / f"{image.stem}.csv").is_file()}

@@ -548,3 +548,39 @@ def test_a_single_cell_model_keeps_every_cell_of_a_field(single_cell_checkpoint,
     batch = predictor.predict_batch([images[2], images[4]])  # the rule holds for each image of a batch too
     assert [len(p.table) for p in batch] == [1, 1]
 
+
+
+def test_predict_killed_halfway_resumes_to_what_an_uninterrupted_run_writes(checkpoint, tmp_path):
+    import os
+    import signal
+    import time
+
+    from cellrcnn.cli.predict import PIECES
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):
+        shutil.copy(SAMPLE / "images" / f"sample_{i % 12:02d}.png", images / f"{i:03d}.png")
+    command = [sys.executable, str(REPO / "scripts" / "predict.py"), str(checkpoint), str(images), "--quiet",
+               "--coco", "--out"]
+    whole = subprocess.run([*command, str(tmp_path / "whole")], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    cut = tmp_path / "cut"
+    killed = subprocess.Popen([*command, str(cut)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list((cut / PIECES).glob("*.csv"))) < 10 and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    done = len(list((cut / PIECES).glob("*.csv")))
+    assert 10 <= done < 40 and not (cut / "cells.csv").exists()  # killed halfway, before the table
+    again = subprocess.run([*command, str(cut)], capture_output=True, text=True)
+    assert again.returncode == 2 and "holds an interrupted run" in again.stdout and "--resume" in again.stdout
+    finished = {p.stem: (cut / f"{p.stem}_cells.tif").stat().st_mtime_ns for p in (cut / PIECES).glob("*.csv")}
+    resumed = subprocess.run([*command, str(cut), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert all((cut / f"{stem}_cells.tif").stat().st_mtime_ns == t for stem, t in finished.items())  # not redone
+    assert (cut / "cells.csv").read_bytes() == (tmp_path / "whole" / "cells.csv").read_bytes()
+    assert json.loads((cut / "cells.json").read_text()) == json.loads((tmp_path / "whole" / "cells.json").read_text())
+    for path in sorted((tmp_path / "whole").glob("*.tif")):
+        np.testing.assert_array_equal(tifffile.imread(cut / path.name), tifffile.imread(path))
