@@ -189,7 +189,7 @@ def test_predict_under_torchrun_shards_the_files_and_writes_what_one_process_wri
     assert two.returncode == 0, two.stdout + two.stderr
     assert "process 2 of 2: 2 of the 5 images" in two.stdout + two.stderr
     written = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert written == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(written) == 11  # 5 x 2 + table
+    assert written == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(written) == 12  # 5 x 2, table, pieces
     for name in written:
         if name.endswith(".tif"):
             np.testing.assert_array_equal(tifffile.imread(tmp_path / "two" / name), tifffile.imread(tmp_path / "one" / name))
