@@ -19,7 +19,7 @@ from ..io.files import DataError
 from ..modeling.build import build_model
 from ..modeling.checkpoint import model_from_checkpoint, run_checkpoint
 from ..modeling.transform import predict_labels
-from ..utils.progress import progress
+from ..utils.progress import progress as progress_bar
 from ..utils.runtime import resolve_device
 from .measure import Prediction, measure_cells, whole_masks
 from .package import is_package, read_package
@@ -260,7 +260,7 @@ class Predictor:
             while True:
                 done, total = next(steps)
                 if progress and total > 1:
-                    bar = bar or progress(total=total, desc=name, unit="tile", leave=False)
+                    bar = bar or progress_bar(total=total, desc=name, unit="tile", leave=False)
                     bar.update(done - bar.n)
         except StopIteration as end:
             return end.value
