@@ -19,8 +19,8 @@ from ..io.folders import Pair, class_of, match_files, read_classes_csv
 from ..io.intensity import image_from_array
 from ..io.masks import map_part_values, read_labels
 from .augment import apply_augmentation, build_augmentation
-from .targets import (cell_part_maps, instance_targets, overlapping_targets, parts_from_instances, select_largest,
-                      tie_parts, whole_cell_targets)
+from .targets import (annotated_part_maps, instance_targets, overlapping_targets, parts_from_instances,
+                      select_largest, whole_cell_targets)
 
 __all__ = ["derived_seed", "load_sample", "build_target", "random_crop", "CellDataset", "cell_sizes", "collate",
            "check_folder"]
@@ -50,13 +50,8 @@ def _annotated_sample(pair: Pair, config: DataConfig, shape: tuple[int, int], la
             raise DataError(f"{pair.annotations}: says {pair.image.name} is {entry.width}x{entry.height} pixels, "
                             f"but it is {shape[1]}x{shape[0]}; annotations must match their image")
         found = coco_masks(coco, pair.image_id, config.coco_cell, config.coco_parts, classes)
-    cells = found["cells"]
-    parts = {k + 2: found["parts"][name] for k, name in enumerate(config.coco_parts)}
-    links = {k + 2: found["links"].get(name) for k, name in enumerate(config.coco_parts)}
-    tied = {k: links[k] if links[k] is not None else tie_parts(cells, masks) for k, masks in parts.items()}
-    instances = cell_part_maps(cells, parts, tied)
-    untied = sum(int((t < 0).sum()) for t in tied.values())
-    labels = np.full(len(cells), label, dtype=np.int64)
+    instances, untied = annotated_part_maps(found, config.coco_parts)
+    labels = np.full(len(instances), label, dtype=np.int64)
     if classes:  # each cell its own class, where the annotation names one
         for k, name in enumerate(found["classes"]):
             if name is not None and name not in classes:

@@ -14,7 +14,7 @@ from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
 __all__ = ["whole_cell_targets", "instance_targets", "overlapping_targets", "parts_from_instances", "tie_parts",
-           "cell_part_maps", "instances_from_labels", "select_largest", "largest_complete", "largest_complete_label", "border_labels"]
+           "cell_part_maps", "annotated_part_maps", "instances_from_labels", "select_largest", "largest_complete", "largest_complete_label", "border_labels"]
 
 #: A part is tied only to a cell holding at least this fraction of its pixels.
 TIE_CONTAINMENT = 0.5
@@ -164,6 +164,30 @@ def cell_part_maps(cells: np.ndarray, parts: dict[int, np.ndarray], tied: dict[i
             if cell >= 0:
                 maps[cell][mask & cells[cell]] = index
     return maps
+
+
+def annotated_part_maps(found: dict, part_names: tuple[str, ...]) -> tuple[np.ndarray, int]:
+    """Per-cell part maps of annotated cells (:func:`cellrcnn.io.coco.coco_masks` or
+    :func:`cellrcnn.io.geojson.geojson_masks` output): each part tied by its link where every part of its kind
+    has one, else by :func:`tie_parts`.
+
+    Parameters
+    ----------
+    found : dict
+        ``cells`` bool ``[N, H, W]``, ``parts`` name to bool ``[M, H, W]``, ``links`` name to int ``[M]``.
+    part_names : tuple of str
+        The annotated parts, parts 2, 3, ... in order.
+
+    Returns
+    -------
+    tuple
+        uint8 ``[N, H, W]`` maps (:func:`cell_part_maps`), and the number of part annotations no cell holds.
+    """
+    cells = found["cells"]
+    parts = {k + 2: found["parts"][name] for k, name in enumerate(part_names)}
+    tied = {k + 2: found["links"][name] if name in found["links"] else tie_parts(cells, parts[k + 2])
+            for k, name in enumerate(part_names)}
+    return cell_part_maps(cells, parts, tied), sum(int((t < 0).sum()) for t in tied.values())
 
 
 def instances_from_labels(cells: np.ndarray, parts: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.targets import cell_part_maps, instances_from_labels, tie_parts
+from ..data.targets import annotated_part_maps, instances_from_labels
 from ..io.coco import PREDICTION_FILE, coco_masks, read_coco
 from ..io.files import DataError
 from ..io.masks import read_labels
@@ -202,7 +202,7 @@ def _read_predicted_coco(path: Path, pair, shape: tuple[int, int],
                          part_names: tuple[str, ...]) -> tuple[np.ndarray | None, dict[int, float] | None]:
     """The whole masks (uint8 ``[N, H, W]`` part maps) and scores of one image's cells in a COCO file written
     by ``cellrcnn-predict --coco``, cell ``k + 1`` at ``k`` in the file's order; None when it lists no such
-    image. The masks must be those of the label images' cells: the same count."""
+    image."""
     coco = read_coco(path)
     entry = next((e for e in coco.images.values() if Path(e.file_name).name == pair.image.name), None)
     if entry is None:
@@ -215,13 +215,9 @@ def _read_predicted_coco(path: Path, pair, shape: tuple[int, int],
     if len(own) != len(part_names) - 2:
         raise DataError(f"{path}: has categories {', '.join([cell, *own])}, not a cell and one category for each "
                         f"of {', '.join(part_names[2:])}; give the cells.json that cellrcnn-predict --coco wrote")
-    found = coco_masks(coco, entry.id, cell, tuple(own))
-    parts = {k + 2: found["parts"][name] for k, name in enumerate(own)}
-    tied = {k: found["links"][name] if name in found["links"] else tie_parts(found["cells"], parts[k])
-            for k, name in zip(parts, own)}
+    instances, _ = annotated_part_maps(coco_masks(coco, entry.id, cell, tuple(own)), tuple(own))
     scores = [a.get("score", 1.0) for a in coco.annotations[entry.id] if a["category_id"] == coco.categories[cell]]
-    return (cell_part_maps(found["cells"], parts, tied),
-            {k: float(score) for k, score in enumerate(scores, start=1)})
+    return instances, {k: float(score) for k, score in enumerate(scores, start=1)}
 
 
 def _read_predicted(folder: Path, pair, shape: tuple[int, int], cells_suffix: str = "_cells",
