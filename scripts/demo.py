@@ -21,10 +21,12 @@ import sys
 from pathlib import Path
 
 import cellrcnn
+from cellrcnn.cli.common import command, setup_logging
 
 log = logging.getLogger("demo")
 
 
+@command  # a bad sample is one line and exit code 2; a bug, a traceback to report
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="sample folder with images/ and masks/")
@@ -33,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default: auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    setup_logging()
 
     if args.out.exists() and any(args.out.iterdir()):
         if not args.overwrite:
@@ -48,11 +50,7 @@ def main(argv=None) -> int:
         train=cellrcnn.TrainConfig(epochs=args.epochs, workers=0, device=args.device, val_every=5),
     )
     run = args.out / "run"
-    try:
-        history = cellrcnn.fit(config, args.data, run)
-    except (cellrcnn.DataError, ValueError) as err:
-        log.error("error: %s", err)
-        return 2
+    history = cellrcnn.fit(config, args.data, run)
     validated = history.dropna(subset=["cytoplasm_dice"])
     log.info("\n%s", validated[["epoch", "lr", "train_loss", "val_loss", "cytoplasm_dice", "nucleus_dice",
                                 "cell_dice"]].round(4).to_string(index=False))

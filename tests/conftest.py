@@ -2,7 +2,10 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +24,24 @@ WBC_DIR = REPO.parent / "shared" / "datasets" / "wbc_jtsc"
 SAMPLE = REPO / "data" / "sample"
 
 
+def files_under(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each file and folder under ``folder``, with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def fails_in_one_line(tool: str, *args, at: Path) -> str:
+    """Run ``cellrcnn-<tool> args`` and check what every failure a user causes must do: exit code 2, one line on
+    stderr, nothing new or changed under ``at``. Return that line."""
+    before = files_under(at)
+    result = subprocess.run([str(Path(sys.executable).parent / f"cellrcnn-{tool}"), *map(str, args)],
+                            capture_output=True, text=True, timeout=600)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(lines) == 1, result.stderr
+    assert files_under(at) == before  # nothing new, nothing changed
+    return lines[0]
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_wbc = pytest.mark.skip(reason=f"WBC data not found at {WBC_DIR}")
@@ -29,6 +50,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "wbc" in item.keywords and not WBC_DIR.is_dir():
             item.add_marker(skip_wbc)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> SimpleNamespace:
+    """``scripts/demo.py`` as ``make demo`` runs it (25 epochs on the sample, about two minutes on 2 CPU cores):
+    ``out`` (its results folder) and ``result`` (the finished process). Its model is the suite's one that has
+    learned nuclei (``out / "run" / "best.pt"``)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), str(SAMPLE), "--out", str(out),
+                             "--device", "cpu"], capture_output=True, text=True, timeout=1200)
+    return SimpleNamespace(out=out, result=result)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ..io.files import DataError
-from .common import (DATA_FLAGS, MAX_SHOWN, HelpFormatter, Parser, add_config_arguments, comma_separated,
+from .common import (command, DATA_FLAGS, MAX_SHOWN, HelpFormatter, Parser, add_config_arguments, comma_separated,
                      data_config_from_args, setup_logging)
 
 __all__ = ["check_data_main"]
@@ -14,6 +14,7 @@ __all__ = ["check_data_main"]
 logger = logging.getLogger(__name__)
 
 
+@command
 def check_data_main(argv: list[str] | None = None) -> int:
     """``cellrcnn-check-data DATA_DIR [data options]``: exit 0 usable, 1 problems found, 2 bad arguments."""
     parser = Parser(

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import logging
 import sys
 import tempfile
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
+from .. import __version__
 from ..config.data import DataConfig
 from ..config.fields import (AUGMENTATIONS, BACKBONES, ENCODINGS, LR_SCHEDULES, MASK_ALIGNMENTS, MASK_SIZES, NORMS,
                              PROJECTIONS, TARGETS, _field_types, parse_field_value)
 from ..config.train import SCHEDULES
 from ..config.tree import _SECTIONS, rename_settings
+from ..io.files import DataError
 
-__all__ = ["add_config_arguments", "config_overrides", "data_config_from_args"]
+__all__ = ["add_config_arguments", "command", "config_overrides", "data_config_from_args", "setup_logging"]
+
+logger = logging.getLogger(__name__)
 
 
 MAX_SHOWN = 20  # problems listed one by one; the rest are counted
@@ -83,7 +90,8 @@ MODEL_FLAGS = (("model", "model", ("backbone", "weights", "min_size", "max_size"
 TRAIN_FLAGS = (
     ("training", "train", ("epochs", "steps", "batch_size", "accumulate", "lr", "lr_schedule", "lr_step",
                            "lr_gamma", "lr_floor", "warmup_epochs", "momentum", "weight_decay", "clip_grad_norm",
-                           "device", "amp", "val_every", "best_metric", "best_smoothing", "patience")),
+                           "device", "amp", "val_every", "best_metric", "best_smoothing", "patience",
+                           "max_minutes")),
     ("run", "train", ("seed", "workers")),
 )
 _CHOICES = {"data.encoding": ENCODINGS, "data.projection": PROJECTIONS, "data.targets": TARGETS, "data.augment": AUGMENTATIONS,
@@ -179,15 +187,93 @@ def comma_separated(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(","))
 
 
+class _Std(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout``/``sys.stderr`` is when a line is logged (a notebook's, a test's
+    capture), not to the stream of the moment it was made."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.std = name
+
+    @property
+    def stream(self):
+        return getattr(sys, self.std)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler sets it; the property decides
+        pass
+
+
 def setup_logging(quiet: bool = False, parser: argparse.ArgumentParser | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stdout)
-    if parser is not None:  # the library's messages name config fields; the user typed flags
-        for handler in logging.getLogger().handlers:
-            for old in [f for f in handler.filters if isinstance(f, _InCliTerms)]:
-                handler.removeFilter(old)
+    """Messages as plain lines: information on stdout, warnings and errors on stderr (so that ``2>`` keeps what went
+    wrong), in the command's own flags when ``parser`` is given. Calling it again replaces what it set up."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    for old in [h for h in root.handlers if isinstance(h, _Std)]:
+        root.removeHandler(old)
+    for name, keep in (("stdout", lambda r: r.levelno < logging.WARNING), ("stderr", lambda r: r.levelno >= logging.WARNING)):
+        handler = _Std(name)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(keep)
+        if parser is not None:  # the library's messages name config fields; the user typed flags
             handler.addFilter(_InCliTerms(parser))
+        root.addHandler(handler)
     # tifffile logs its own error for a corrupt file; the DataError raised for it says it better, naming the file.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+
+#: What a user's files, flags or machine cause (a bad image, a missing file, a full disk): one line, exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ValueError, OSError, FloatingPointError)
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message (the library's messages are one line; a dependency's may be a page)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _report(err: BaseException) -> int:
+    """Say what stopped a command, and return its exit code (see :func:`command`)."""
+    torch = sys.modules.get("torch")
+    if isinstance(err, KeyboardInterrupt):
+        logger.error("interrupted; what was finished is kept (predict: --resume finishes the rest, "
+                     "finetune: --resume continues from last.pt)")
+        return 130
+    if isinstance(err, ImportError):
+        logger.error("error: %s; install what is missing with: pip install 'cellrcnn[napari,bioimageio]'",
+                     one_line(err))
+        return 2
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
+        logger.error("error: the GPU ran out of memory (%s); use a smaller --batch-size, smaller --tile or "
+                     "--min-size, or --device cpu", one_line(err)[:120])
+        return 2
+    if isinstance(err, USER_ERRORS):
+        logger.error("error: %s", one_line(err))
+        return 2
+    # a true bug: the traceback is what its report needs
+    logger.error("%s", "".join(traceback.format_exception(err)).rstrip())
+    logger.error("cellrcnn %s stopped on an internal error: this is a bug in cellrcnn, not a problem with your files. "
+                 "Please report it to the cellrcnn developers with the command you ran and the traceback above.",
+                 __version__)
+    return 1
+
+
+def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """A command's entry point: exit code 0 done, 2 when the input is at fault (one line on stderr says which file
+    and what to do), 1 for a bug in cellrcnn (its traceback, and a request to report it), 130 when interrupted."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except (SystemExit, GeneratorExit):
+            raise
+        except BaseException as err:
+            if not any(isinstance(h, _Std) for h in logging.getLogger().handlers):
+                setup_logging()  # it failed before the command set up its messages: they still reach stderr
+            return _report(err)
+
+    return run
 
 
 def add_cell_arguments(parser: argparse.ArgumentParser, exported: bool = False) -> None:
@@ -202,6 +288,10 @@ def add_cell_arguments(parser: argparse.ArgumentParser, exported: bool = False) 
                      help="keep only the largest complete cell per image (--no-largest: every cell; default: as "
                           "the model was trained, see above)")
     sel.add_argument("--max-cells", type=int, default=None, help="keep at most this many cells per image")
+    sel.add_argument("--single-rule", choices=("largest", "nucleated", "score"), default=None,
+                     help="how the single-cell choice picks its cell among the complete ones: the largest, the "
+                          "largest with a nucleus, or the best-scoring with a nucleus (default: nucleated, so that "
+                          "a large false detection without a nucleus is never the kept cell)")
 
 
 def cell_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
@@ -209,7 +299,8 @@ def cell_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> di
     (``parser.error`` otherwise)."""
     from ..inference.selection import CellChoice  # numpy only: the command line stays fast
 
-    given = {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells}
+    given = {"score_threshold": args.score_threshold, "largest": args.largest, "max_cells": args.max_cells,
+             "single_rule": args.single_rule}
     try:
         CellChoice().replace(**given)
     except ValueError as err:

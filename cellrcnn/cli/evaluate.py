@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 
 from ..config.tree import Config
-from ..io.files import DataError
-from .common import (DATA_FLAGS, HelpFormatter, Parser, add_cell_arguments, add_config_arguments, add_scale_arguments,
+from .common import (command, DATA_FLAGS, HelpFormatter, Parser, add_cell_arguments, add_config_arguments, add_scale_arguments,
                      cell_choice, check_out_folder, check_scale_arguments, comma_separated, data_config_from_args,
                      setup_logging)
 
@@ -16,8 +15,9 @@ __all__ = ["evaluate_main"]
 logger = logging.getLogger(__name__)
 
 
+@command
 def evaluate_main(argv: list[str] | None = None) -> int:
-    """``cellrcnn-evaluate (MODEL.pt | --pred-dir DIR) DATA_DIR --out OUT_DIR``: exit 0, 1 failed, 2 bad arguments."""
+    """``cellrcnn-evaluate (MODEL.pt | --pred-dir DIR) DATA_DIR --out OUT_DIR``: exit 0 done, 2 when the input is at fault (one line says what to do), 1 a bug."""
     parser = Parser(prog="cellrcnn-evaluate", formatter_class=HelpFormatter,
                     description="Score a model, or label TIFFs already written (by cellrcnn or another tool), "
                                 "against the ground truth of a data folder.",
@@ -79,20 +79,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     if not args.overwrite and any(p.exists() for p in outputs):
         parser.error(f"{args.out} already holds results; pass --overwrite to replace them or choose another --out")
     setup_logging(parser=parser)
-    try:
-        dataset = CellDataset(find_pairs(data_dir, config), config)
-        if model_path is not None:
-            from ..inference.predictor import Predictor
-            source = Predictor.from_checkpoint(model_path, device=args.device, scale=args.scale,
-                                               cell_diameter=args.cell_diameter)
-            options = {**choice, "tile": args.tile, "overlap": args.overlap}
-        else:
-            source, options = args.pred_dir, {"cells_suffix": args.pred_cells_suffix,
-                                              "parts_suffix": args.pred_parts_suffix}
-        result = score_folder(dataset, args.parts, source, **options)
-    except (DataError, ValueError, FileNotFoundError) as err:
-        logger.error("error: %s", err)
-        return 1
+    dataset = CellDataset(find_pairs(data_dir, config), config)
+    if model_path is not None:
+        from ..inference.predictor import Predictor
+        source = Predictor.from_checkpoint(model_path, device=args.device, scale=args.scale,
+                                           cell_diameter=args.cell_diameter)
+        options = {**choice, "tile": args.tile, "overlap": args.overlap}
+    else:
+        source, options = args.pred_dir, {"cells_suffix": args.pred_cells_suffix,
+                                          "parts_suffix": args.pred_parts_suffix}
+    result = score_folder(dataset, args.parts, source, **options)
     items = result["items"]
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(outputs[0], lambda tmp: result["per_image"].to_csv(tmp, index=False), overwrite=args.overwrite)

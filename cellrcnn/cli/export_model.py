@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..io.files import DataError
-from .common import HelpFormatter, Parser, add_cell_arguments, cell_choice, setup_logging
+from .common import command, HelpFormatter, Parser, add_cell_arguments, cell_choice, setup_logging
 
 __all__ = ["export_model_main"]
 
 logger = logging.getLogger(__name__)
 
 
+@command
 def export_model_main(argv: list[str] | None = None) -> int:
-    """``cellrcnn-export-model RUN/best.pt --out model.zip``: exit 0 written, 1 failed, 2 bad arguments."""
+    """``cellrcnn-export-model RUN/best.pt --out model.zip``: exit 0 done, 2 when the input is at fault (one line says what to do), 1 a bug."""
     parser = Parser(prog="cellrcnn-export-model", formatter_class=HelpFormatter,
                     description="Write a trained model as a BioImage Model Zoo (bioimage.io) package: rdf.yaml, "
                                 "weights, documentation, cover, test image and labels. The package is checked "
@@ -51,20 +51,14 @@ def export_model_main(argv: list[str] | None = None) -> int:
     setup_logging(parser=parser)
     try:
         from ..export.bioimage import PackageInfo, export_model
-        from ..inference.selection import CellChoice
-
-        defaults = PackageInfo()
-        info = PackageInfo(name=args.name, description=args.description or defaults.description,
-                           authors=tuple(args.author), license=args.license, cite=tuple(map(tuple, args.cite)))
-        export_model(args.model, args.out, args.test_image, info, CellChoice().replace(**choice),
-                     check=not args.skip_test, overwrite=args.overwrite)
     except ImportError as err:
         logger.error("error: %s; install it with: pip install 'cellrcnn[bioimageio]'", err)
-        return 1
-    except (DataError, ValueError, FileNotFoundError, FileExistsError) as err:
-        logger.error("error: %s", err)
-        return 1
-    except (RuntimeError, KeyError, OSError) as err:  # a checkpoint that does not fit its config, a disk problem
-        logger.error("error: cannot export %s: %s", args.model, str(err).splitlines()[0] if str(err) else err)
-        return 1
+        return 2
+    from ..inference.selection import CellChoice
+
+    defaults = PackageInfo()
+    info = PackageInfo(name=args.name, description=args.description or defaults.description,
+                       authors=tuple(args.author), license=args.license, cite=tuple(map(tuple, args.cite)))
+    export_model(args.model, args.out, args.test_image, info, CellChoice().replace(**choice),
+                 check=not args.skip_test, overwrite=args.overwrite)
     return 0

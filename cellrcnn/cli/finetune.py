@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config.tree import Config
-from ..io.files import DataError
-from .common import (DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, HelpFormatter, Parser, add_config_arguments,
+from .common import (command, DATA_FLAGS, MODEL_FLAGS, TRAIN_FLAGS, HelpFormatter, Parser, add_config_arguments,
                      check_out_folder, config_overrides, setup_logging)
 
 __all__ = ["finetune_main"]
@@ -98,8 +97,9 @@ def _settings_of_run(run: Path, given: dict, recipe: bool) -> dict:
         raise ValueError(f"--from: {err}") from None
 
 
+@command
 def finetune_main(argv: list[str] | None = None) -> int:
-    """``cellrcnn-finetune DATA_DIR --out RUN_DIR [options]``: exit 0 done, 1 failed, 2 bad arguments."""
+    """``cellrcnn-finetune DATA_DIR --out RUN_DIR [options]``: exit 0 done, 2 when the input is at fault (one line says what to do), 1 a bug."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = finetune_parser()
     args = parser.parse_args(argv)
@@ -117,12 +117,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
     setup_logging(parser=parser)
     from ..engine.runs import fit
 
-    try:
-        history = fit(config, args.data_dir, args.out, resume=args.resume, quiet=args.quiet,
-                      command=["cellrcnn-finetune", *argv])
-    except (DataError, ValueError, RuntimeError, FloatingPointError, FileNotFoundError) as err:
-        logger.error("error: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
-        return 1
+    history = fit(config, args.data_dir, args.out, resume=args.resume, quiet=args.quiet,
+                  command=["cellrcnn-finetune", *argv])
     last = history.iloc[-1]
     logger.info("done: %d epochs, results in %s (best.pt, last.pt, history.csv, curves.png)", int(last["epoch"]),
                 args.out)

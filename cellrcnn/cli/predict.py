@@ -9,8 +9,7 @@ from pathlib import Path
 
 from ..config.fields import PROJECTIONS
 from ..io.coco import PREDICTION_FILE as COCO_FILE
-from ..io.files import DataError
-from .common import (HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
+from .common import (command, HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
                      check_out_folder, check_scale_arguments, setup_logging)
 
 __all__ = ["predict_main", "PIECES"]
@@ -39,8 +38,10 @@ def _expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return paths, missing
 
 
+@command
 def predict_main(argv: list[str] | None = None) -> int:
-    """``cellrcnn-predict MODEL.pt INPUT... --out OUT_DIR``: exit 0 done, 1 some images failed, 2 bad arguments."""
+    """``cellrcnn-predict MODEL.pt INPUT... --out OUT_DIR``: exit 0 done, 2 when the input is at fault
+    (a bad argument, or images that could not be predicted: one line each says why), 1 a bug."""
     parser = Parser(prog="cellrcnn-predict", formatter_class=HelpFormatter,
                     description="Segment cells with a trained model and write label TIFFs, a per-cell table "
                                 "and, on request, ImageJ ROI sets, QuPath GeoJSON, a COCO file and overlay PNGs. "
@@ -97,16 +98,12 @@ def predict_main(argv: list[str] | None = None) -> int:
     from ..io.folders import list_images
     from ..utils.runtime import barrier, join_process_group
 
-    try:
-        images = list(dict.fromkeys(p for i in inputs for p in list_images(i, args.image_glob,
-                                                                           OUTPUT_SUFFIXES + ("_masks",))))
-        runtime = join_process_group(args.device)
-        predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
-                                              cell_diameter=args.cell_diameter,
-                                              projection=getattr(args, "data.projection"))
-    except (DataError, ValueError, FileNotFoundError, ImportError) as err:
-        logger.error("error: %s", err)
-        return 2 if isinstance(err, ValueError) and not isinstance(err, DataError) else 1
+    images = list(dict.fromkeys(p for i in inputs for p in list_images(i, args.image_glob,
+                                                                       OUTPUT_SUFFIXES + ("_masks",))))
+    runtime = join_process_group(args.device)
+    predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
+                                          cell_diameter=args.cell_diameter,
+                                          projection=getattr(args, "data.projection"))
     table_path = args.out / "cells.csv"
     if not (args.overwrite or args.resume):
         clashes = [p for img in images for p in output_paths(args.out, img.stem, args.rois, args.overlays,
@@ -123,6 +120,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                          f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
             return 2
     barrier(runtime)  # every process has looked before any writes
+    made = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)
     if predictor.auto_scale:
         logger.info("the scale of each image is estimated from the cells found in it (training scale %.3g)",
@@ -130,7 +128,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     elif predictor.scale is not None:
         logger.info("images resized by %.3g for the network (%s)", predictor.scale,
                     "given" if args.scale or args.cell_diameter else "the scale the model was trained at")
-    return _predict_files(predictor, images, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path)
+    return _predict_files(predictor, images, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path,
+                          made)
 
 
 def _coco_of(file_name: str, prediction, parts: tuple[str, ...], data) -> dict:
@@ -148,7 +147,7 @@ def _coco_of(file_name: str, prediction, parts: tuple[str, ...], data) -> dict:
 
 
 def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namespace, options: dict,
-                   table_path: Path) -> int:
+                   table_path: Path, made: bool) -> int:
     """Predict this process's share of ``images`` and write each one's files; then rank 0 writes the table (and
     the COCO file) of all from the pieces every finished image left in :data:`PIECES` (kept for ``--resume``)."""
     import json
@@ -209,11 +208,21 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
         if args.coco and finished:
             write_coco(args.out / COCO_FILE, merge_datasets([json.loads((pieces / f"{image.stem}.json").read_text())
                                                              for image in finished]), overwrite=True)
-        logger.info("%d of %d images done, %d cells; results in %s", len(finished), len(images), cells, args.out)
-        if failed:
-            logger.error("%d image(s) failed:\n%s", len(failed), "\n".join(failed))
+        if finished:
+            logger.info("%d of %d images done, %d cells; results in %s", len(finished), len(images), cells, args.out)
+        else:  # nothing to show for it: leave no folder behind (each failure is named above)
+            _remove_if_empty(pieces, args.out if made else None)
     leave_process_group(runtime)
-    return 1 if failed else 0
+    if failed and len(images) > 1:
+        logger.error("error: %d of %d images could not be predicted (named above); the others are done",
+                     len(failed), len(images))
+    return 2 if failed else 0
+
+
+def _remove_if_empty(*folders: Path | None) -> None:
+    for folder in folders:
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _finished(pieces: Path, images: list[Path]) -> set[str]:

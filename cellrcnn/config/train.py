@@ -104,6 +104,12 @@ class TrainConfig(_Section):
         Abort after this many non-finite losses in a row (single ones are skipped).
     val_score_threshold
         Detections scoring below this are left out of the validation Dice.
+    max_minutes
+        A budget of wall-clock training minutes (a shared machine's slot, or a
+        comparison at equal time): the run stops after the last epoch that
+        fits, judged by the epochs so far, and keeps its best checkpoint. The
+        lr schedule is planned for ``epochs``/``steps``, so a run the budget
+        cuts short stops partway through it. None: no budget.
     """
 
     epochs: int = 100
@@ -129,6 +135,7 @@ class TrainConfig(_Section):
     patience: int = 0
     max_nonfinite: int = 5
     val_score_threshold: float = 0.5
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "accumulate", "val_every", "max_nonfinite"):
@@ -170,5 +177,8 @@ class TrainConfig(_Section):
         _check(isinstance(self.best_metric, str) and (self.best_metric in BEST_METRICS
                                                       or self.best_metric.endswith("_dice")),
                f"best_metric must be one of {', '.join(BEST_METRICS)} or <part>_dice; got {self.best_metric!r}")
+        _check(self.max_minutes is None or (isinstance(self.max_minutes, (int, float)) and not isinstance(
+            self.max_minutes, bool) and math.isfinite(self.max_minutes) and self.max_minutes > 0),
+               f"max_minutes must be a positive number of minutes or None, got {self.max_minutes!r}")
         _check(0.0 <= self.val_score_threshold < 1.0,
                f"val_score_threshold must lie in [0, 1), got {self.val_score_threshold}")

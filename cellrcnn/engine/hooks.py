@@ -230,6 +230,37 @@ class EpochLog(HookBase):
             self.handler = None
 
 
+class TimeBudget(HookBase):
+    """Stop before an epoch that would overrun ``max_minutes`` of training (wall clock, a resumed run's earlier
+    minutes included), judged by the longest epoch so far."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0  # seconds of the epochs finished, over every resume
+        self.longest = 0.0
+        self.stopped = False
+
+    def after_epoch(self, trainer) -> None:
+        seconds = time.perf_counter() - trainer.epoch_started  # validation and checkpoints included
+        self.spent += seconds
+        self.longest = max(self.longest, seconds)
+        cfg = trainer.config.train
+        if cfg.max_minutes is not None and self.spent + self.longest > cfg.max_minutes * 60 and \
+                trainer.epoch + 1 < cfg.epochs:
+            trainer.stop = self.stopped = True
+
+    def after_train(self, trainer) -> None:
+        if self.stopped:
+            logger.info("stopped at the time budget: %.1f of %g minutes spent in %d epochs; another epoch would "
+                        "overrun it (train.max_minutes)", self.spent / 60, trainer.config.train.max_minutes,
+                        trainer.epoch + 1)
+
+    def state_dict(self) -> dict:
+        return {"spent": self.spent, "longest": self.longest}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.spent, self.longest = float(state.get("spent", 0.0)), float(state.get("longest", 0.0))
+
+
 class EarlyStopping(HookBase):
     """Stop once ``best_metric`` has not improved for ``patience`` validations (0: never).
 

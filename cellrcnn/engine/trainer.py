@@ -180,8 +180,8 @@ class Trainer:
     def build_hooks(self) -> list:
         """The default hooks (rank 0 only) followed by those passed in; see :mod:`cellrcnn.engine.hooks`."""
         # the hooks with state run before BestCheckpoint, which saves every hook's state
-        defaults = [hooks.Validation(), hooks.HistoryWriter(), hooks.EarlyStopping(), hooks.BestCheckpoint(),
-                    hooks.EpochLog()]
+        defaults = [hooks.Validation(), hooks.HistoryWriter(), hooks.EarlyStopping(), hooks.TimeBudget(),
+                    hooks.BestCheckpoint(), hooks.EpochLog()]
         return (defaults + self.extra_hooks) if self.runtime.is_main else self.extra_hooks
 
     # -- state -----------------------------------------------------------------------------------------------

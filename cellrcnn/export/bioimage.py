@@ -32,7 +32,7 @@ from ..inference.selection import CROP_LIKE, CellChoice
 from ..io.files import DataError, read_raw_axes
 from ..io.intensity import _pixels, three_channels
 from ..io.layouts import select_channels
-from ..modeling.checkpoint import load_checkpoint, run_checkpoint
+from ..modeling.checkpoint import load_checkpoint, load_model_state, run_checkpoint
 from ..utils.files import atomic_write
 from .files import overlay_rgb
 
@@ -154,16 +154,18 @@ def _torchscript_blocker(module: torch.nn.Module) -> str:
 
 def _cells_kept(choice: CellChoice, config: Config) -> str:
     """The package's choice of cells, in a sentence for its documentation."""
+    one = {"largest": "the largest complete cell", "nucleated": "the largest complete cell with a nucleus",
+           "score": "the best-scoring complete cell with a nucleus"}[choice.single_rule]
     if choice.largest is None:
-        single = ("it was trained on crops of one cell, so it keeps only the largest complete cell of an image no "
-                  f"more than {CROP_LIKE:g} times the training crops' side, and every cell of a larger one"
+        single = (f"it was trained on crops of one cell, so it keeps only {one} of an image no more than "
+                  f"{CROP_LIKE:g} times the training crops' side, and every cell of a larger one"
                   if config.model.single_cell else "it keeps every cell")
     else:
-        single = "it keeps only the largest complete cell" if choice.largest else "it keeps every cell"
+        single = f"it keeps only {one}" if choice.largest else "it keeps every cell"
     limit = f", at most {choice.max_cells} per image" if choice.max_cells else ""
     return (f"Cells scoring at least {choice.score_threshold:g} are kept; {single}{limit}. The choice is the "
             f"model's kwargs in `rdf.yaml` (`score_threshold`, `largest`: true, false or null for as trained, "
-            f"`max_cells`): change it there.")
+            f"`max_cells`, `single_rule`: largest, nucleated or score): change it there.")
 
 
 def _documentation(info: PackageInfo, name: str, config: Config, state: dict, test_image: Path,
@@ -286,7 +288,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, test_ima
     # preprocessing and the packaged module give what cellrcnn gives. Channels are already chosen in `pixels`.
     choice = choice or CellChoice()
     module = CellLabels(config.to_dict(), **choice.as_kwargs())
-    module.net.load_state_dict(state["model"])
+    load_model_state(module.net, state["model"], path, config.model.backbone)
     # The Predictor borrows the packaged network: it sets the same scale and threshold while it predicts, and keeps
     # cells by the same rule (cellrcnn.selection) as the packaged module.
     plain = dataclasses.replace(config, data=dataclasses.replace(config.data, channels=None, projection="none"))

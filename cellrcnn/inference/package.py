@@ -27,7 +27,8 @@ from ..config.tree import Config
 from ..io.files import DataError
 from ..modeling.build import build_model
 from ..modeling.transform import predict_labels
-from .selection import CellChoice, border_labels, keeps_largest, kept_cells
+from ..modeling.weights import why_unreadable
+from .selection import CellChoice, border_labels, keeps_largest, kept_cells, nucleated
 
 __all__ = ["CellLabels", "Package", "is_package", "read_package", "PACKAGE_SUFFIXES"]
 
@@ -71,10 +72,10 @@ class CellLabels(nn.Module):
     """
 
     def __init__(self, config: Mapping[str, Any], score_threshold: float = 0.5, largest: bool | None = None,
-                 max_cells: int | None = None) -> None:
+                 max_cells: int | None = None, single_rule: str = "nucleated") -> None:
         super().__init__()
         self.config = Config.from_saved(dict(config))
-        self.choice = CellChoice(score_threshold, largest, max_cells)
+        self.choice = CellChoice(score_threshold, largest, max_cells, single_rule)
         self.net = build_model(self.config.model, load_weights=False).eval()
 
     def train(self, mode: bool = True) -> "CellLabels":
@@ -90,21 +91,25 @@ class CellLabels(nn.Module):
         # prediction_scale() without overrides: the scale recorded at training (None: resize to min_size)
         for output in predict_labels(self.net, list(image.float()), self.config.model.input_scale,
                                      self.choice.score_threshold):
-            cell = torch.from_numpy(self._select(output["cells"].cpu().numpy(),
+            cell = torch.from_numpy(self._select(output["cells"].cpu().numpy(), output["parts"].cpu().numpy(),
                                                  output["scores"][output["order"]].cpu().numpy()))
             cells.append(cell)
             parts.append(output["parts"].cpu().masked_fill(cell == 0, 0))
         return torch.stack(cells)[:, None].to(image.device), torch.stack(parts)[:, None].to(image.device)
 
-    def _select(self, cells: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    def _select(self, cells: np.ndarray, parts: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """int32 ``[H, W]`` labels 1..K of the cells kept, from ``cells`` (int ``[H, W]``, labels 1..N by
-        descending ``scores``, float ``[N]``); a detection with no pixel of its own gets no label."""
+        descending ``scores``, float ``[N]``) and their ``parts`` (int ``[H, W]``); a detection with no pixel of
+        its own gets no label."""
         counts = np.bincount(cells.ravel(), minlength=len(scores) + 1)
         present = np.flatnonzero(counts[1:] > 0) + 1
         largest = keeps_largest(self.choice, self.config.model, cells.shape, self.config.model.input_scale,
                                 tiled=False)
+        names = self.config.model.parts
+        nucleus = nucleated(cells, parts, len(scores), names.index("nucleus") if "nucleus" in names else None)
         keep = present[kept_cells(scores[present - 1], counts[present], ~np.isin(present, border_labels(cells)),
-                                  self.choice.score_threshold, largest, self.choice.max_cells)]
+                                  self.choice.score_threshold, largest, self.choice.max_cells,
+                                  None if nucleus is None else nucleus[present - 1], self.choice.single_rule)]
         lut = np.zeros(len(scores) + 1, dtype=np.int32)
         lut[keep] = np.arange(1, len(keep) + 1)
         return lut[cells]
@@ -208,6 +213,7 @@ def read_package(path: str | os.PathLike) -> Package:
         data = io.BytesIO(weights.get_reader().read())  # checks the file's sha256 against rdf.yaml
         state = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as err:  # a missing, altered or unreadable weights file; torch raises several types
-        raise ValueError(f"{path}: cannot read its weights ({err}); download the package again") from err
+        raise ValueError(f"{path}: cannot read its weights ({why_unreadable(err)}); download the package again or "
+                         f"export it again with cellrcnn-export-model") from None
     prefix = "net."
     return Package({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, config, choice)

@@ -17,14 +17,14 @@ from ..config.tree import Config
 from ..io.fields import ImageField, field_from_array, open_field
 from ..io.files import DataError
 from ..modeling.build import build_model
-from ..modeling.checkpoint import model_from_checkpoint, run_checkpoint
+from ..modeling.checkpoint import load_model_state, model_from_checkpoint, run_checkpoint
 from ..modeling.transform import predict_labels
 from ..utils.progress import progress as progress_bar
 from ..utils.runtime import resolve_device
 from .measure import Prediction, measure_cells, whole_masks
 from .package import is_package, read_package
 from .scale import prediction_scale, scale_from_ladder, warn_off_size
-from .selection import CellChoice, border_labels, keeps_largest, kept_cells
+from .selection import CellChoice, border_labels, keeps_largest, kept_cells, nucleated
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 
 __all__ = ["PathResult", "Predictor", "NETWORK_TILE", "EDGE_MARGIN"]
@@ -123,7 +123,7 @@ class Predictor:
         if is_package(path):
             package = read_package(path)
             model = build_model(package.config.model, load_weights=False)
-            model.load_state_dict(package.state)
+            load_model_state(model, package.state, path, package.config.model.backbone)
             config, choice = package.config, choice or package.choice
         else:
             model, config = model_from_checkpoint(run_checkpoint(path), map_location="cpu")
@@ -198,15 +198,16 @@ class Predictor:
                      output["labels"][order].tolist())
 
     def choice(self, score_threshold: float | None = None, largest: bool | None = None,
-               max_cells: int | None = None) -> CellChoice:
+               max_cells: int | None = None, single_rule: str | None = None) -> CellChoice:
         """The predictor's :class:`~cellrcnn.inference.selection.CellChoice` with the values given (not None) instead."""
-        return self.default_choice.replace(score_threshold=score_threshold, largest=largest, max_cells=max_cells)
+        return self.default_choice.replace(score_threshold=score_threshold, largest=largest, max_cells=max_cells,
+                                           single_rule=single_rule)
 
     def predict_batch(self, images: list, names: list[str] | None = None, score_threshold: float | None = None,
                       largest: bool | None = None, max_cells: int | None = None,
-                      pixel_size: float | None = None) -> list[Prediction]:
+                      pixel_size: float | None = None, *, single_rule: str | None = None) -> list[Prediction]:
         """Predict several images (paths or arrays) whole, in one forward pass; see :meth:`predict`."""
-        choice = self.choice(score_threshold, largest, max_cells)
+        choice = self.choice(score_threshold, largest, max_cells, single_rule)
         fields = [self._open(img, n) for img, n in zip(images, names or [None] * len(images))]
         if self.auto_scale:  # a scale per image: one image per forward pass
             return [self.predict(f, pixel_size=pixel_size, **choice.as_kwargs()) for f in fields]
@@ -271,7 +272,7 @@ class Predictor:
     def predict_tiled(self, image, name: str | None = None, tile: int | None = None, overlap: int | None = None,
                       batch_size: int = 1, progress: bool = False, score_threshold: float | None = None,
                       largest: bool | None = None, max_cells: int | None = None,
-                      pixel_size: float | None = None) -> Prediction:
+                      pixel_size: float | None = None, *, single_rule: str | None = None) -> Prediction:
         """Predict an image in overlapping tiles stitched into one field; see :meth:`predict`.
 
         Only the label images and one batch of tiles are held: an uncompressed
@@ -279,14 +280,15 @@ class Predictor:
         prediction's ``image`` is None.
         """
         field = self._open(image, name)
-        steps = self._steps(field, self.choice(score_threshold, largest, max_cells), pixel_size, tile, overlap,
-                            batch_size, tiled=True)
+        steps = self._steps(field, self.choice(score_threshold, largest, max_cells, single_rule), pixel_size, tile,
+                            overlap, batch_size, tiled=True)
         return self._drain(steps, field.name, progress)
 
     def predict_steps(self, image, name: str | None = None, score_threshold: float | None = None,
                       largest: bool | None = None, max_cells: int | None = None, pixel_size: float | None = None,
                       tile: int | None = None, overlap: int | None = None,
-                      batch_size: int = 1) -> Generator[tuple[int, int], None, Prediction]:
+                      batch_size: int = 1, *, single_rule: str | None = None
+                      ) -> Generator[tuple[int, int], None, Prediction]:
         """:meth:`predict` one batch of tiles at a time, for a GUI that shows progress and can stop.
 
         Yields ``(tiles done, tiles in all)`` after each batch (an image of one
@@ -301,17 +303,17 @@ class Predictor:
         >>> for done, total in steps: ...     # napari's thread_worker yields these
         """
         field = self._open(image, name)
-        return (yield from self._steps(field, self.choice(score_threshold, largest, max_cells), pixel_size, tile,
-                                       overlap, batch_size))
+        return (yield from self._steps(field, self.choice(score_threshold, largest, max_cells, single_rule),
+                                       pixel_size, tile, overlap, batch_size))
 
     def predict(self, image, name: str | None = None, score_threshold: float | None = None,
                 largest: bool | None = None, max_cells: int | None = None, pixel_size: float | None = None,
                 tile: int | None = None, overlap: int | None = None, batch_size: int = 1,
-                progress: bool = False) -> Prediction:
+                progress: bool = False, *, single_rule: str | None = None) -> Prediction:
         """Predict one image, in tiles when it is larger than one tile.
 
         Which cells are kept follows one rule (:mod:`cellrcnn.inference.selection`); the
-        three options below default to the predictor's ``default_choice``
+        choice options below default to the predictor's ``default_choice``
         (0.5, as the model was trained, every cell; a package's own choice
         when loaded from one).
 
@@ -339,10 +341,14 @@ class Predictor:
             Tiles per forward pass.
         progress : bool
             Show a progress bar over the tiles.
+        single_rule : str, optional
+            How the single-cell choice picks its cell: ``"nucleated"`` (the
+            default: the largest complete cell with a nucleus), ``"largest"`` or
+            ``"score"`` (:mod:`cellrcnn.inference.selection`).
         """
         field = self._open(image, name)
         steps = self.predict_steps(field, None, score_threshold, largest, max_cells, pixel_size, tile, overlap,
-                                   batch_size)
+                                   batch_size, single_rule=single_rule)
         return self._drain(steps, field.name, progress)
 
     def predict_paths(self, paths: list, batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
@@ -422,8 +428,10 @@ class Predictor:
         largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled)
         self._tell_single_cell(choice, largest, name)
         ids = np.arange(1, len(scores) + 1)
+        nucleus = nucleated(cells, parts, len(scores), self.parts.index("nucleus") if "nucleus" in self.parts
+                            else None) if largest else None
         keep = kept_cells(scores, field["areas"], ~np.isin(ids, border_labels(cells)), choice.score_threshold,
-                          largest, choice.max_cells) + 1
+                          largest, choice.max_cells, nucleus, choice.single_rule) + 1
         if len(keep) < len(scores):
             lut = np.zeros(len(scores) + 1, dtype=cells.dtype)
             lut[keep] = np.arange(1, len(keep) + 1)

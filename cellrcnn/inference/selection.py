@@ -9,8 +9,17 @@ The rule, in order:
 
 1. detections scoring below ``score_threshold`` are dropped;
 2. ``max_cells``: at most this many remain, the best-scoring ones;
-3. the single-cell choice: only the largest *complete* cell (not touching the
-   image border; the largest cell when every one touches it) remains.
+3. the single-cell choice: one cell remains, chosen by ``single_rule`` among
+   the *complete* cells (not touching the image border; all cells when every one
+   touches it):
+
+   - ``"largest"``: the largest;
+   - ``"nucleated"``: the largest of those with a nucleus (at least
+     :data:`MIN_NUCLEUS_FRACTION` of the cell's pixels), so that a large false
+     detection without one (a ring of red blood cells around the white cell, with a
+     hole where the cell is) is never kept; the largest when none has a nucleus or
+     the model predicts no nucleus part;
+   - ``"score"``: the best-scoring of those with a nucleus (as above).
 
 The single-cell choice is on when asked for (``largest=True``). Left to the
 model (``largest=None``) it is on only for a model trained on single-cell crops
@@ -29,13 +38,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config.model import ModelConfig
-from ..data.targets import border_labels, largest_complete
+from ..data.targets import border_labels
 
-__all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "border_labels", "CROP_LIKE"]
+__all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "border_labels", "CROP_LIKE",
+           "SINGLE_RULES", "MIN_NUCLEUS_FRACTION", "nucleated"]
 
 #: An image whose longer side, in network pixels, is at most this many times the training images' longest
 #: side (``ModelConfig.max_size``) counts as a crop like those of the training images.
 CROP_LIKE = 3.0
+#: How the single-cell choice picks its cell (see the module).
+SINGLE_RULES = ("largest", "nucleated", "score")
+#: A cell has a nucleus when at least this share of its pixels are nucleus.
+MIN_NUCLEUS_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -51,11 +65,16 @@ class CellChoice:
         as the model was trained (:func:`keeps_largest`).
     max_cells : int or None
         Keep at most this many cells, the best-scoring ones.
+    single_rule : str
+        How the single-cell choice picks its cell: ``"largest"``, ``"nucleated"``
+        (the largest with a nucleus) or ``"score"`` (the best-scoring with a
+        nucleus); see the module.
     """
 
     score_threshold: float = 0.5
     largest: bool | None = None
     max_cells: int | None = None
+    single_rule: str = "nucleated"
 
     def __post_init__(self) -> None:
         threshold = self.score_threshold
@@ -68,6 +87,8 @@ class CellChoice:
         if self.max_cells is not None and (isinstance(self.max_cells, bool) or not isinstance(
                 self.max_cells, (int, np.integer)) or self.max_cells < 1):
             raise ValueError(f"max_cells={self.max_cells!r}: must be a whole number of at least 1")
+        if self.single_rule not in SINGLE_RULES:
+            raise ValueError(f"single_rule={self.single_rule!r}: must be one of {', '.join(SINGLE_RULES)}")
 
     def replace(self, **given) -> "CellChoice":
         """This choice with the values given that are not None."""
@@ -108,8 +129,36 @@ def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int]
     return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale)
 
 
+def nucleated(cells: np.ndarray, parts: np.ndarray, count: int, nucleus: int | None) -> np.ndarray | None:
+    """Which cells have a nucleus: at least :data:`MIN_NUCLEUS_FRACTION` of their pixels are part ``nucleus``.
+
+    Parameters
+    ----------
+    cells : np.ndarray
+        int ``[H, W]`` cell labels 1..``count`` (0 background).
+    parts : np.ndarray
+        int ``[H, W]`` part labels.
+    count : int
+        Number of detections ``N``.
+    nucleus : int or None
+        The nucleus's part label; None when the model has no nucleus part.
+
+    Returns
+    -------
+    np.ndarray or None
+        bool ``[N]``; None when ``nucleus`` is None.
+    """
+    if nucleus is None:
+        return None
+    cells = np.asarray(cells).ravel()
+    areas = np.bincount(cells, minlength=count + 1)[1:count + 1]
+    inside = np.bincount(cells[np.asarray(parts).ravel() == nucleus], minlength=count + 1)[1:count + 1]
+    return inside >= MIN_NUCLEUS_FRACTION * np.maximum(areas, 1)
+
+
 def kept_cells(scores: np.ndarray, areas: np.ndarray, complete: np.ndarray, score_threshold: float = 0.0,
-               largest: bool = False, max_cells: int | None = None) -> np.ndarray:
+               largest: bool = False, max_cells: int | None = None, nucleus: np.ndarray | None = None,
+               single_rule: str = "nucleated") -> np.ndarray:
     """Indices of the cells kept by the rule (see the module), in the order given.
 
     Parameters
@@ -120,10 +169,13 @@ def kept_cells(scores: np.ndarray, areas: np.ndarray, complete: np.ndarray, scor
         ``[N]`` pixel counts of the cells in the label image.
     complete : np.ndarray
         bool ``[N]``, True for a cell that does not touch the image border.
-    score_threshold, max_cells
+    score_threshold, max_cells, single_rule
         As in :class:`CellChoice`.
     largest : bool
         The single-cell choice, resolved (:func:`keeps_largest`).
+    nucleus : np.ndarray or None
+        bool ``[N]``, True for a cell with a nucleus (:func:`nucleated`); None
+        when the model predicts no nucleus.
 
     Returns
     -------
@@ -131,12 +183,18 @@ def kept_cells(scores: np.ndarray, areas: np.ndarray, complete: np.ndarray, scor
         int64 ``[K]`` indices into the inputs, ascending; ``K <= N``.
     """
     scores, areas, complete = np.asarray(scores), np.asarray(areas), np.asarray(complete, dtype=bool)
-    if not len(scores) == len(areas) == len(complete):
-        raise ValueError(f"scores, areas and complete must have one length, got {len(scores)}, {len(areas)}, "
-                         f"{len(complete)}")
+    if not len(scores) == len(areas) == len(complete) or (nucleus is not None and len(nucleus) != len(scores)):
+        raise ValueError(f"scores, areas, complete and nucleus must have one length, got {len(scores)}, "
+                         f"{len(areas)}, {len(complete)}, {None if nucleus is None else len(nucleus)}")
+    if single_rule not in SINGLE_RULES:
+        raise ValueError(f"single_rule={single_rule!r}: must be one of {', '.join(SINGLE_RULES)}")
     keep = np.flatnonzero(scores >= score_threshold)
     if max_cells is not None:
         keep = keep[:max_cells]
     if largest and len(keep):
-        keep = keep[[largest_complete(areas[keep], complete[keep])]]
+        pool = keep[complete[keep]] if complete[keep].any() else keep
+        if single_rule != "largest" and nucleus is not None and np.asarray(nucleus, bool)[pool].any():
+            pool = pool[np.asarray(nucleus, bool)[pool]]
+        by = scores if single_rule == "score" else areas
+        keep = pool[[int(np.argmax(by[pool]))]]
     return keep.astype(np.int64)

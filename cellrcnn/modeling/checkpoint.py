@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ..config.fields import _field_types, parse_field_value
@@ -15,9 +16,9 @@ from ..config.model import ModelConfig
 from ..config.train import ADAPT_RECIPE
 from ..config.tree import Config
 from .build import build_model
-from .weights import _reason, _safe_load
+from .weights import _safe_load, why_unreadable
 
-__all__ = ["load_checkpoint", "model_from_checkpoint", "adaptation_overrides", "model_config_from_run"]
+__all__ = ["load_checkpoint", "load_model_state", "model_from_checkpoint", "adaptation_overrides", "model_config_from_run"]
 
 
 
@@ -45,11 +46,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = _safe_load(path, map_location)
     except Exception as err:  # torch raises several types for a corrupt file
-        raise ValueError(f"cannot read checkpoint {path}: {_reason(err)}") from err
+        raise ValueError(f"cannot read checkpoint {path}: {why_unreadable(err)}") from err
     if not _is_checkpoint(state):
         raise ValueError(f"{path} is not a cellrcnn checkpoint (no model and config inside); "
                          f"a run's checkpoints are best.pt and last.pt")
     return state
+
+
+def load_model_state(model: nn.Module, weights: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     backbone: str) -> None:
+    """Load a trained model's own ``weights`` into ``model`` (built from the same file's config), in place.
+
+    Raises
+    ------
+    ValueError
+        The weights do not fit the model their config describes: one line naming ``path``, not torch's list of keys.
+    """
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:  # torch lists every key; the user needs to know the file does not hold together
+        ours, theirs = set(model.state_dict()), set(weights)
+        raise ValueError(f"{path}: its weights do not fit the model its config describes ({backbone}, "
+                         f"{len(ours - theirs)} layers missing, {len(theirs - ours)} not of this model, or shapes "
+                         f"that differ); the file was edited or mixed up with another run's: use the run's own "
+                         f"best.pt or package") from None
 
 
 def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GeneralizedRCNN, Config]:
@@ -57,14 +77,7 @@ def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     state = load_checkpoint(path, map_location)
     config = Config.from_saved(state["config"])
     model = build_model(config.model, load_weights=False)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:  # torch lists every key; the user needs to know the file does not hold together
-        ours, theirs = set(model.state_dict()), set(state["model"])
-        raise ValueError(f"{path}: its weights do not fit the model its config describes ({config.model.backbone}, "
-                         f"{len(ours - theirs)} layers missing, {len(theirs - ours)} not of this model, or shapes "
-                         f"that differ); the file was edited or mixed up with another run's: use the run's own "
-                         f"best.pt") from None
+    load_model_state(model, state["model"], path, config.model.backbone)
     return model.to(map_location).eval(), config
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_matching_state_dict"]
+__all__ = ["load_matching_state_dict", "why_unreadable"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _reason(err: Exception) -> str:
+def why_unreadable(err: Exception) -> str:
     """One line saying why a file could not be read, in place of torch's page of advice."""
     text = str(err)
     if any(sign in text for sign in ("failed finding central directory", "invalid load key", "not a zip",
@@ -68,7 +68,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         state = _safe_load(path)
     except Exception as err:  # torch raises several types for a corrupt file
-        raise ValueError(f"cannot read weights from {path}: {_reason(err)}. Is it a PyTorch state dict "
+        raise ValueError(f"cannot read weights from {path}: {why_unreadable(err)}. Is it a PyTorch state dict "
                          f"(.pt/.pth) or a cellrcnn checkpoint?") from err
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):  # a checkpoint: its model entry
         state = state["model"]

@@ -3,7 +3,8 @@
 In a terminal or a notebook, :func:`progress` is tqdm's bar. When stderr is a file or a
 pipe (``make demo > demo.log 2>&1``, a cluster job's log), a bar's redraws would fill the
 file with carriage returns and cursor codes; there each bar writes a plain line at most
-every :data:`LOG_INTERVAL` seconds, and one when it ends.
+every :data:`LOG_INTERVAL` seconds, and one when it ends, on stdout with the other
+information, so that stderr holds only what went wrong.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class _Lines:
 
 
 def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
-    """``tqdm(iterable, **kwargs)``, as plain lines every :data:`LOG_INTERVAL` seconds when stderr is no terminal."""
+    """``tqdm(iterable, **kwargs)``, as plain lines on stdout every :data:`LOG_INTERVAL` seconds when stderr is no
+    terminal."""
     if not kwargs.get("disable") and not to_terminal():
-        kwargs = {**kwargs, "file": _Lines(sys.stderr), "mininterval": LOG_INTERVAL, "maxinterval": LOG_INTERVAL, "leave": True,
+        kwargs = {**kwargs, "file": _Lines(sys.stdout), "mininterval": LOG_INTERVAL, "maxinterval": LOG_INTERVAL, "leave": True,
                   "position": 0, "dynamic_ncols": False, "ncols": 100, "ascii": True}
     return tqdm(iterable, **kwargs)

@@ -36,11 +36,10 @@ def test_sample_generator_refuses_to_overwrite(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
-def test_demo_trains_a_working_model_and_writes_what_it_promises(tmp_path):
+def test_demo_trains_a_working_model_and_writes_what_it_promises(demo_run):
     """make demo as a user runs it (default settings, about two minutes on 2 CPU cores): nucleus and cytoplasm
     Dice >= 0.80 on the held-out sample images, label TIFFs as cellrcnn-predict writes them, overlays to look at."""
-    out = tmp_path / "demo"
-    result = run("demo.py", SAMPLE, "--out", out, "--device", "cpu")
+    out, result = demo_run.out, demo_run.result
     assert result.returncode == 0, result.stdout + result.stderr
     assert {"best.pt", "last.pt", "config.json", "history.csv", "curves.png", "split.csv"} <= {
         p.name for p in (out / "run").iterdir()}

@@ -212,9 +212,9 @@ def test_check_data_on_wbc_is_clean_with_the_right_values_and_flags_them_without
     assert good.returncode == 0, good.stdout + good.stderr
     assert "240 usable images, 240 cells" in good.stdout and "no problems found" in good.stdout
     bad = check_data(WBC_DIR, "--image-glob", "*.bmp", "--mask-glob", "*.png")
-    assert bad.returncode == 1 and "mask values 128, 255 are not among" in bad.stdout
+    assert bad.returncode == 1 and "mask values 128, 255 are not among" in bad.stderr  # problems on stderr
     # the library names the config field, the command its own flag
-    assert "--snap-values" in bad.stdout and "data.snap_values" not in bad.stdout
+    assert "--snap-values" in bad.stderr and "data.snap_values" not in bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
 
 
@@ -224,9 +224,9 @@ def test_check_data_reports_every_bad_file_and_checks_the_rest(folder):
     tifffile.imwrite(folder / "masks" / "img_2.tif", np.full((64, 64), 7, dtype=np.uint8))  # undeclared value
     tifffile.imwrite(folder / "images" / "extra.tif", np.zeros((64, 64), dtype=np.uint16))  # no mask
     result = check_data(folder, "--part-values", "0,100,200")
-    out = result.stdout
-    assert result.returncode == 1, out + result.stderr
-    assert "1 usable images" in out
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "1 usable images" in result.stdout and "problem:" not in result.stdout
     assert "img_1.tif: cannot read the file" in out and "img_2.tif: mask values 7" in out
     assert "extra.tif: no parts mask" in out and "3 problem(s) found" in out
     assert "Traceback" not in out + result.stderr
@@ -250,7 +250,7 @@ def test_check_data_on_a_missing_or_empty_folder(tmp_path):
     missing = check_data(tmp_path / "nope")
     assert missing.returncode == 2 and "folder not found" in missing.stderr
     empty = check_data(tmp_path)
-    assert empty.returncode == 1 and "no images matching" in empty.stdout
+    assert empty.returncode == 1 and "no images matching" in empty.stderr
 
 
 def test_crops_rebuild_targets_and_follow_the_seed(tmp_path):

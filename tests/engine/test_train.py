@@ -620,7 +620,7 @@ def test_finetune_on_bad_annotations_says_what_is_wrong_and_writes_nothing(tmp_p
     result = finetune(_bad_annotations(tmp_path / "data", case), "--out", tmp_path / "run", "--device", "cpu",
                       "--epochs", "1")
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error")]
-    assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stdout + result.stderr
+    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stdout + result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
@@ -628,5 +628,23 @@ def test_finetune_with_unreadable_weights_says_so_and_leaves_no_run_folder(small
     (tmp_path / "weights.pt").write_bytes(b"garbage")
     result = finetune(small_sample, "--out", tmp_path / "run", "--weights", tmp_path / "weights.pt", "--epochs", "1")
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error")]
-    assert result.returncode == 1 and len(errors) == 1 and "weights.pt: the file is damaged" in errors[0]
+    assert result.returncode == 2 and len(errors) == 1 and "weights.pt: the file is damaged" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it_and_resumes_with_what_was_spent(small_sample,
+                                                                                                   tmp_path, caplog):
+    out = tmp_path / "run"
+    # one epoch of this tiny model takes seconds: a budget of 1.5 epochs' worth of time allows one
+    first = cellrcnn.fit(tiny_config(epochs=1), small_sample, out, quiet=True)
+    epoch = first["train_seconds"].max()
+    budget = tiny_config(epochs=6, max_minutes=1.5 * epoch / 60)
+    with caplog.at_level(logging.INFO, logger="cellrcnn"):
+        history = cellrcnn.fit(budget, small_sample, tmp_path / "budget", quiet=True)
+    assert 1 <= len(history) < 6 and (tmp_path / "budget" / "best.pt").is_file()
+    assert "stopped at the time budget" in caplog.text
+    state = torch.load(tmp_path / "budget" / "last.pt", map_location="cpu", weights_only=True)
+    spent = next(v["spent"] for v in state["hooks"].values() if "spent" in v)
+    assert spent >= history["train_seconds"].sum()  # training and validation time: what a resume starts from
+    with pytest.raises(ValueError, match="max_minutes must be a positive number"):
+        TrainConfig(max_minutes=0)

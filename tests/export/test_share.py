@@ -1,5 +1,8 @@
 """BioImage Model Zoo packages: export, bioimageio.core's model test, and reading a package back."""
 
+import hashlib
+import io
+import os
 import re
 import subprocess
 import sys
@@ -9,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import REPO, SAMPLE
+from conftest import REPO, SAMPLE, fails_in_one_line
 from skimage.io import imread, imsave
 
 from cellrcnn import Config, DataConfig, Predictor
@@ -146,6 +149,38 @@ def test_packages_are_told_apart_from_other_files(package, checkpoint, tmp_path)
         Predictor.from_checkpoint(tmp_path / "plain.zip")
 
 
+class Payload:
+    """Pickles as a call of os.system: what a hostile weights file would hold."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.flag}",)
+
+
+def test_a_package_whose_weights_hold_a_pickle_is_one_line_without_torchs_advice(package, tmp_path):
+    flag = tmp_path / "ran"
+    buffer = io.BytesIO()
+    torch.save({"net.x": torch.zeros(1), "payload": Payload(flag)}, buffer)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(package) as original, zipfile.ZipFile(evil, "w") as out:
+        old = hashlib.sha256(original.read("weights.pt")).hexdigest()
+        new = hashlib.sha256(buffer.getvalue()).hexdigest()  # the sha256 fits: only the loader stands in the way
+        for item in original.infolist():
+            data = original.read(item)
+            if item.filename == "weights.pt":
+                data = buffer.getvalue()
+            elif item.filename == "rdf.yaml":
+                assert old.encode() in data
+                data = data.replace(old.encode(), new.encode())
+            out.writestr(item, data)
+    line = fails_in_one_line("predict", evil, SAMPLE / "images" / "sample_00.png", "--out", tmp_path / "out",
+                             at=tmp_path)
+    assert "evil.zip: cannot read its weights (it holds Python objects besides tensors" in line
+    assert "weights_only" not in line and "download the package again" in line and not flag.exists()
+
+
 def run(*args):
     return subprocess.run([sys.executable, str(REPO / "scripts" / "export_model.py"), *map(str, args)],
                           capture_output=True, text=True)
@@ -166,7 +201,7 @@ def test_the_export_command(checkpoint, tmp_path):
     assert nowhere.returncode == 2 and "no such folder for --out" in nowhere.stderr
     tifffile.imwrite(tmp_path / "tiny.tif", np.zeros((20, 20), np.uint8))
     tiny = run(checkpoint, "--out", tmp_path / "t.zip", "--test-image", tmp_path / "tiny.tif")
-    assert tiny.returncode == 1 and "tiny.tif: 20x20 pixels is too small" in tiny.stdout
+    assert tiny.returncode == 2 and "tiny.tif: 20x20 pixels is too small" in tiny.stderr
     assert "Traceback" not in tiny.stdout + tiny.stderr and not (tmp_path / "t.zip").exists()
     predicted = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), tmp_path / "m.zip",
                                 SAMPLE / "images" / "sample_02.png", "--out", tmp_path / "pred"],

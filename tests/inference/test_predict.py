@@ -27,7 +27,6 @@ from cellrcnn.inference.measure import Prediction, measure_cells
 from cellrcnn.inference.predictor import Predictor
 from cellrcnn.inference.selection import CellChoice
 
-SAMPLE = REPO / "data" / "sample"
 PARTS = ("background", "cytoplasm", "nucleus")
 WBC = DataConfig(image_glob="*.bmp", mask_glob="*.png", part_values=(0, 128, 255))
 
@@ -207,8 +206,9 @@ def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
     out = tmp_path / "pred"
     result = run("predict.py", checkpoint, images, "--out", out, "--rois", "--overlays", "--pixel-size", "0.5",
                  "--coco", "--geojson")
-    assert result.returncode == 1, result.stdout + result.stderr  # one image failed, the others are done
-    assert "broken.png: cannot read the file" in result.stdout and "3 of 4 images done" in result.stdout
+    assert result.returncode == 2, result.stdout + result.stderr  # one image failed, the others are done
+    assert "broken.png: cannot read the file" in result.stderr and "3 of 4 images done" in result.stdout
+    assert "1 of 4 images could not be predicted" in result.stderr and "Traceback" not in result.stderr
     for i in range(3):
         for suffix in ("_cells.tif", "_parts.tif", "_rois.zip", "_overlay.png", ".geojson"):
             assert (out / f"sample_{i:02d}{suffix}").is_file()
@@ -355,7 +355,8 @@ def test_predict_command_on_a_two_channel_16bit_field(checkpoint, tmp_path):
     stack = [sys.executable, str(REPO / "scripts" / "predict.py"), str(checkpoint), str(tmp_path / "stack.tif"),
              "--quiet", "--out"]
     refused = subprocess.run([*stack, str(tmp_path / "s1")], capture_output=True, text=True)
-    assert refused.returncode == 1 and "set --projection max for the maximum projection" in refused.stdout
+    assert refused.returncode == 2 and "set --projection max for the maximum projection" in refused.stderr
+    assert not (tmp_path / "s1").exists()  # nothing was predicted: no folder left
     projected = subprocess.run([*stack, str(tmp_path / "s2"), "--projection", "max"], capture_output=True, text=True)
     assert projected.returncode == 0, projected.stdout + projected.stderr
     assert tifffile.imread(tmp_path / "s2" / "stack_cells.tif").shape == plane.shape
@@ -575,7 +576,7 @@ def test_predict_killed_halfway_resumes_to_what_an_uninterrupted_run_writes(chec
     done = len(list((cut / PIECES).glob("*.csv")))
     assert 10 <= done < 40 and not (cut / "cells.csv").exists()  # killed halfway, before the table
     again = subprocess.run([*command, str(cut)], capture_output=True, text=True)
-    assert again.returncode == 2 and "holds an interrupted run" in again.stdout and "--resume" in again.stdout
+    assert again.returncode == 2 and "holds an interrupted run" in again.stderr and "--resume" in again.stderr
     finished = {p.stem: (cut / f"{p.stem}_cells.tif").stat().st_mtime_ns for p in (cut / PIECES).glob("*.csv")}
     resumed = subprocess.run([*command, str(cut), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -584,3 +585,48 @@ def test_predict_killed_halfway_resumes_to_what_an_uninterrupted_run_writes(chec
     assert json.loads((cut / "cells.json").read_text()) == json.loads((tmp_path / "whole" / "cells.json").read_text())
     for path in sorted((tmp_path / "whole").glob("*.tif")):
         np.testing.assert_array_equal(tifffile.imread(cut / path.name), tifffile.imread(path))
+
+
+def ring_around_a_cell(gap: int, width: int, seed: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """A 128 px image: the sample's largest white cell pasted in the middle of its background, and a ring of its
+    cytoplasm's pixels around it, ``gap`` px away and ``width`` px wide, with no nucleus. Returns the image and
+    the centre."""
+    from skimage.measure import label
+
+    image, mask = imread(SAMPLE / "images" / "sample_00.png"), imread(SAMPLE / "masks" / "sample_00.png")
+    cells = label(mask > 0)
+    cell = max(regionprops(cells), key=lambda r: r.area)
+    rng = np.random.default_rng(seed)
+    side, centre = 128, 64
+    background, cytoplasm = image[mask == 0], image[mask == 1]
+    canvas = background[rng.integers(len(background), size=side * side)].reshape(side, side, 3)
+    y0, x0, y1, x1 = cell.bbox
+    at = (slice(centre - (y1 - y0) // 2, centre - (y1 - y0) // 2 + y1 - y0),
+          slice(centre - (x1 - x0) // 2, centre - (x1 - x0) // 2 + x1 - x0))
+    inside = cells[y0:y1, x0:x1] == cell.label
+    canvas[at][inside] = image[y0:y1, x0:x1][inside]
+    radius = np.sqrt(cell.area / np.pi)
+    yy, xx = np.mgrid[:side, :side]
+    ring = (np.hypot(yy - centre, xx - centre) >= radius + gap) & (np.hypot(yy - centre, xx - centre) < radius + gap
+                                                                     + width)
+    canvas[ring] = cytoplasm[rng.integers(len(cytoplasm), size=ring.sum())]
+    return canvas, (centre, centre)
+
+
+def test_a_ring_without_a_nucleus_around_a_real_cell_is_never_the_kept_cell(demo_run):
+    """The failure issue 31 found on CellaVision: a large false detection with no nucleus around the white cell,
+    kept because it was the largest. The demo's model (trained in the suite) finds such rings as cells; the
+    default rule keeps the real cell, the area rule the ring."""
+    predictor = Predictor.from_checkpoint(demo_run.out / "run" / "best.pt", device="cpu")
+    ring_was_largest = 0
+    for gap, width in ((8, 16), (12, 16), (12, 24)):
+        image, (cy, cx) = ring_around_a_cell(gap, width)
+        every = predictor.predict(image, largest=False).table
+        kept = predictor.predict(image, largest=True).table  # the default rule
+        assert len(kept) == 1 and kept["nucleus_area_px"].iloc[0] > 0, every
+        assert abs(kept["centroid_y"].iloc[0] - cy) < 8 and abs(kept["centroid_x"].iloc[0] - cx) < 8
+        by_area = predictor.predict(image, largest=True, single_rule="largest").table
+        if by_area["nucleus_area_px"].iloc[0] == 0:  # the old rule kept the ring: a case the test must hold
+            ring_was_largest += 1
+            assert (every["nucleus_area_px"] == 0).any() and by_area["area_px"].iloc[0] > kept["area_px"].iloc[0]
+    assert ring_was_largest >= 1  # the rings are found, and are larger than the cell

@@ -5,7 +5,7 @@ import pytest
 
 from cellrcnn import ModelConfig
 from cellrcnn.inference.selection import (CROP_LIKE, CellChoice, border_labels, keeps_largest, kept_cells,
-                                          looks_like_training_crops)
+                                          looks_like_training_crops, nucleated)
 
 SCORES = np.array([0.9, 0.8, 0.6, 0.3])  # label order: descending score
 AREAS = np.array([100, 400, 900, 2000])
@@ -24,6 +24,33 @@ def test_threshold_then_best_scoring_then_the_largest_complete_cell():
     assert kept_cells(np.zeros(0), np.zeros(0), np.zeros(0, bool), largest=True).tolist() == []
     with pytest.raises(ValueError, match="one length"):
         kept_cells(SCORES, AREAS[:2], COMPLETE)
+
+
+def test_the_kept_single_cell_has_a_nucleus_by_the_nucleated_and_score_rules():
+    # cell 3 is a large false detection with no nucleus (a ring of red cells); 1 and 0 are nucleated
+    nucleus = np.array([True, True, False, False])
+    assert kept_cells(SCORES, AREAS, COMPLETE, largest=True, nucleus=nucleus, single_rule="largest").tolist() == [3]
+    assert kept_cells(SCORES, AREAS, COMPLETE, largest=True, nucleus=nucleus).tolist() == [1]  # the default rule
+    assert kept_cells(SCORES, AREAS, COMPLETE, largest=True, nucleus=nucleus, single_rule="score").tolist() == [0]
+    # no nucleus anywhere, or a model without a nucleus part: the largest complete cell, as before
+    for none in (np.zeros(4, bool), None):
+        assert kept_cells(SCORES, AREAS, COMPLETE, largest=True, nucleus=none).tolist() == [3]
+    # the nucleated cell touching the border loses to a complete one
+    assert kept_cells(SCORES, AREAS, COMPLETE, largest=True, nucleus=np.array([True, False, True, False])).tolist() == [0]
+    with pytest.raises(ValueError, match="single_rule='biggest'"):
+        kept_cells(SCORES, AREAS, COMPLETE, largest=True, single_rule="biggest")
+    with pytest.raises(ValueError, match="single_rule"):
+        CellChoice(single_rule="biggest")
+
+
+def test_nucleated_counts_each_cells_nucleus_pixels():
+    cells = np.zeros((20, 20), int)
+    cells[1:11, 1:11] = 1  # 100 px, 1 of them nucleus: exactly the minimum share
+    cells[12:20, 12:20] = 2  # 64 px, no nucleus
+    parts = np.where(cells > 0, 1, 0)
+    parts[5, 5] = 2
+    assert nucleated(cells, parts, 3, nucleus=2).tolist() == [True, False, False]  # label 3: no pixel at all
+    assert nucleated(cells, parts, 3, nucleus=None) is None
 
 
 def test_the_single_cell_choice_holds_only_for_images_like_the_training_crops():
