@@ -56,6 +56,11 @@ class ModelConfig(_Section):
         Resolution M of the predicted part masks, 28 or 56. The mask head pools
         RoI features at M/2 and upsamples 2x; 56 costs about 4x the mask head's
         compute and follows thin cytoplasm more closely on large cells.
+    edge_weight
+        Extra weight of the mask pixels on a cell's outer edge in the part loss
+        (a pixel weighs ``1 + edge_weight`` where the projected cell and its
+        outside meet within its 3x3 neighbourhood): the cytoplasm's edge is
+        where most of its error lies. 0: every pixel weighs the same.
     mask_alignment
         ``"exact"``: pixel-exact mask geometry (aligned RoIAlign for the RoI
         features and the target projection, a paste that samples the mask at
@@ -112,6 +117,7 @@ class ModelConfig(_Section):
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
     mask_size: int = 28
+    edge_weight: float = 0.0
     mask_alignment: str = "exact"
     norm: str = "auto"
     predictor_init: str = "chance"
@@ -180,6 +186,9 @@ class ModelConfig(_Section):
             _positive_int(name, getattr(self, name))
         _check(0.0 <= self.box_score_thresh < 1.0,
                f"box_score_thresh must lie in [0, 1), got {self.box_score_thresh}")
+        _check(isinstance(self.edge_weight, (int, float)) and not isinstance(self.edge_weight, bool)
+               and math.isfinite(self.edge_weight) and self.edge_weight >= 0,
+               f"edge_weight must be a number >= 0, got {self.edge_weight!r}")
         _check(type(self.mask_size) is int and self.mask_size in MASK_SIZES,
                f"mask_size must be one of {', '.join(map(str, MASK_SIZES))}; got {self.mask_size!r}")
         _check(self.mask_alignment in MASK_ALIGNMENTS,

@@ -90,6 +90,9 @@ class PartRoIHeads(RoIHeads):
         K, background included.
     part_weights : sequence of float
         Loss weight of each part.
+    edge_weight : float
+        Extra loss weight of the pixels on a cell's outer edge (see
+        :func:`cellrcnn.modeling.losses.part_mask_loss`).
     aligned : bool
         Pixel-exact target projection (see :func:`cellrcnn.modeling.losses.project_parts_on_boxes`).
         The targets' masks may then have any resolution covering the whole image
@@ -101,8 +104,10 @@ class PartRoIHeads(RoIHeads):
         Everything ``RoIHeads`` takes, the three ``mask_*`` modules included.
     """
 
-    def __init__(self, *, num_parts: int, part_weights, aligned: bool = True, **kwargs) -> None:
+    def __init__(self, *, num_parts: int, part_weights, aligned: bool = True, edge_weight: float = 0.0,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
+        self.edge_weight = float(edge_weight)
         if self.mask_roi_pool is None or self.mask_head is None or self.mask_predictor is None:
             raise ValueError("PartRoIHeads needs mask_roi_pool, mask_head and mask_predictor")
         self.num_parts = num_parts
@@ -157,7 +162,7 @@ class PartRoIHeads(RoIHeads):
                 mask_proposals = [p * _to_mask_scale(m, size) for p, m, size in
                                   zip(mask_proposals, gt_masks, image_shapes)]
             losses["loss_mask"] = part_mask_loss(part_logits, mask_proposals, gt_masks, matched, self.part_weights,
-                                                self.aligned)
+                                                self.aligned, self.edge_weight)
         else:
             probs = part_inference(part_logits, [len(p) for p in mask_proposals])
             for r, p in zip(result, probs):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-__all__ = ["project_parts_on_boxes", "part_mask_loss"]
+__all__ = ["project_parts_on_boxes", "part_mask_loss", "edge_pixels"]
 
 
 def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, num_parts: int, M: int,
@@ -63,6 +63,27 @@ def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor
     return torch.cat([background, fg], dim=1)
 
 
+def edge_pixels(target: Tensor) -> Tensor:
+    """Where a projected cell meets its outside.
+
+    Parameters
+    ----------
+    target : Tensor
+        float ``[P, K, M, M]`` part fractions (background first), as
+        :func:`project_parts_on_boxes` gives.
+
+    Returns
+    -------
+    Tensor
+        bool ``[P, M, M]``: True where the cell fraction ``1 - background`` varies by
+        more than one half within the pixel's 3x3 neighbourhood.
+    """
+    cell = 1.0 - target[:, :1]
+    high = F.max_pool2d(cell, 3, stride=1, padding=1)
+    low = -F.max_pool2d(-cell, 3, stride=1, padding=1)
+    return (high - low)[:, 0] > 0.5
+
+
 def part_mask_loss(
     part_logits: Tensor,
     proposals: list[Tensor],
@@ -70,6 +91,7 @@ def part_mask_loss(
     mask_matched_idxs: list[Tensor],
     part_weights: Tensor,
     aligned: bool = True,
+    edge_weight: float = 0.0,
 ) -> Tensor:
     """Weighted soft cross-entropy between part logits and projected part labels.
 
@@ -94,6 +116,8 @@ def part_mask_loss(
         float ``[K]`` weight of each part.
     aligned : bool
         Geometry of the target projection (see :func:`project_parts_on_boxes`).
+    edge_weight : float
+        A pixel on the cell's outer edge (:func:`edge_pixels`) weighs ``1 + edge_weight``.
 
     Returns
     -------
@@ -114,4 +138,7 @@ def part_mask_loss(
     target = torch.cat(targets, dim=0)
     log_p = F.log_softmax(part_logits.float(), dim=1)
     weights = part_weights.to(log_p)[None, :, None, None]
-    return -(weights * target * log_p).sum(dim=1).mean()
+    loss = -(weights * target * log_p).sum(dim=1)
+    if edge_weight:
+        loss = loss * (1.0 + edge_weight * edge_pixels(target).to(loss))
+    return loss.mean()

@@ -135,3 +135,34 @@ def test_projection_outside_the_image_is_background(aligned):
         fractions = project_parts_on_boxes(m, boxes, idxs, 3, M, aligned)
         assert fractions.min() >= 0 and fractions.max() <= 1 + 1e-6
         torch.testing.assert_close(fractions.sum(1), torch.ones(len(boxes), M, M))
+
+
+def test_edge_pixels_are_where_the_cell_meets_its_outside_and_weigh_more():
+    from cellrcnn.modeling.losses import edge_pixels
+
+    M = 8
+    cell = torch.zeros(1, M, M)
+    cell[0, 2:6, 2:6] = 1.0  # a 4x4 cell, its inner 2x2 away from the edge
+    target = torch.stack([1 - cell, cell * 0.5, cell * 0.5], dim=1)  # background, cytoplasm, nucleus
+    edge = edge_pixels(target)[0]
+    near = torch.zeros(M, M, dtype=torch.bool)
+    near[1:7, 1:7] = True
+    inside = torch.zeros(M, M, dtype=torch.bool)
+    inside[3:5, 3:5] = True
+    assert torch.equal(edge, near & ~inside)  # the ring of pixels on either side of the cell's outline
+    # the weighted loss grows by the edge pixels' own loss times the weight, and equals the plain one at 0
+    logits = torch.randn(1, 3, M, M, generator=torch.Generator().manual_seed(0))
+    boxes = [torch.tensor([[0.0, 0.0, M, M]])]
+    masks = [(cell[0] > 0).to(torch.uint8)[None] * 2]  # the cell as nucleus label 2, projected on its own box
+    matched = [torch.zeros(1, dtype=torch.int64)]
+    weights = torch.ones(3)
+    plain = part_mask_loss(logits, boxes, masks, matched, weights)
+    assert torch.equal(part_mask_loss(logits, boxes, masks, matched, weights, edge_weight=0.0), plain)
+    target = torch.stack([1 - cell, torch.zeros_like(cell), cell], dim=1)
+    per_pixel = -(target * torch.log_softmax(logits, 1)).sum(1)[0]
+    weighted = part_mask_loss(logits, boxes, masks, matched, weights, edge_weight=3.0)
+    assert weighted == pytest.approx(float((per_pixel + 3 * per_pixel * edge_pixels(target)[0]).mean()), rel=1e-5)
+    from cellrcnn import ModelConfig
+
+    with pytest.raises(ValueError, match="edge_weight must be a number >= 0"):
+        ModelConfig(edge_weight=-1)
