@@ -85,20 +85,25 @@ def auto_scales(checkpoint: Path, folder: Path) -> pd.Series:
     return pd.Series({p.image.name: predictor.estimate_scale(p.image) for p in pairs})
 
 
-def cellrcnn_score(checkpoint: Path, folder: Path, scale=None, **options) -> dict[str, float]:
-    """Mean per-image Dice of each part and the whole cell, and precision at IoU 0.5 (``scale``: None for the
-    training scale, a number, or a Series of one scale per image)."""
+def cellrcnn_score(checkpoint: Path, folder: Path, scale=None, tta: bool = False, **options) -> dict[str, float]:
+    """Mean per-image Dice of each part and the whole cell, precision at IoU 0.5, and seconds per image
+    (``scale``: None for the training scale, a number, or a Series of one scale per image; ``tta``: test-time
+    augmentation)."""
     fixed = scale if isinstance(scale, float) else None
     predictor = cellrcnn.Predictor.from_checkpoint(checkpoint, device="cpu", scale=fixed)
+    predictor.tta = tta
     if isinstance(scale, pd.Series):
         predictor = AtScales(predictor, scale)
     dataset = cellrcnn.CellDataset(cellrcnn.find_pairs(folder, DATA), DATA)
+    start = time.perf_counter()
     result = cellrcnn.report.score_folder(dataset, PARTS, predictor, **options)
+    seconds = (time.perf_counter() - start) / len(dataset)
     summary = result["summary"]
     means = summary.set_index("metric")["value"]
     at50 = summary.query("threshold == 0.5").set_index("metric")["value"]
     return {**{name: float(means[f"mean {name}_dice"]) for name in ("cytoplasm", "nucleus", "cell")},
-            "precision50": float(at50["precision"]), "recall50": float(at50["recall"])}
+            "precision50": float(at50["precision"]), "recall50": float(at50["recall"]),
+            "seconds_per_image": seconds}
 
 
 def source_config(epochs: int, seed: int = 0) -> cellrcnn.Config:
@@ -178,11 +183,15 @@ def adapt_cellrcnn(args, root: Path, dirs: dict[str, Path], source: Path, result
                 raise SystemExit(f"cellrcnn-finetune {' '.join(command)} failed")
             wall.write_text(json.dumps({"seconds": time.perf_counter() - start}))
         minutes = json.loads(wall.read_text())["seconds"] / 60
-        for largest, rule in ((False, "nucleated"), (True, "largest"), (True, "nucleated"), (True, "score")):
+        choices = [(False, "nucleated", False), (True, "largest", False), (True, "nucleated", False),
+                   (True, "score", False)]
+        if not args.tag:  # test-time augmentation of the recipe's model, with the default rule
+            choices.append((True, "nucleated", True))
+        for largest, rule, tta in choices:
             append_row(results, {"row": "adapted, all 20 -> test", "seed": seed, "minutes": minutes,
                                  "scale": "recorded", "largest": largest, "rule": rule if largest else "",
-                                 "threshold": 0.5, "tag": args.tag,
-                                 **cellrcnn_score(run_dir / "best.pt", dirs["cv_test"], largest=largest,
+                                 "threshold": 0.5, "tag": args.tag + ("-tta" if tta else ""),
+                                 **cellrcnn_score(run_dir / "best.pt", dirs["cv_test"], tta=tta, largest=largest,
                                                   single_rule=rule)})
 
 
@@ -252,7 +261,9 @@ def run_unet(args, root: Path) -> None:
 
 
 #: Few-shot runs other than the recipe: run-folder tag -> what changed.
-VARIANTS = {"": "", "-before": "before: --from as it was (30 epochs, lr 0.001 halved every 5, a step every 4 "
+VARIANTS = {"": "", "-tta": "recipe, predicted with test-time augmentation (8 views)",
+            "-edge2": "recipe with --edge-weight 2", "-m56": "recipe with --mask-size 56",
+            "-before": "before: --from as it was (30 epochs, lr 0.001 halved every 5, a step every 4 "
                                "images, no augmentation, images at min_size 128)",
             "-light": "recipe with --augment light (no stain or scale jitter)",
             "-cyto2": "recipe with --cytoplasm-weight 2"}

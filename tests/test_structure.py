@@ -17,6 +17,7 @@ LAYERS = ("utils", "config", "viz", "io", "data", "sample_data", "modeling", "in
 PURE = {
     "cellrcnn.inference.tiles": ("cellrcnn.modeling", "cellrcnn.inference.predictor"),  # stitching knows no model
     "cellrcnn.inference.selection": ("cellrcnn.modeling",),  # the rule of the cells kept is numpy
+    "cellrcnn.inference.tta": ("cellrcnn.",),  # views and their merge are numpy
     "cellrcnn.evaluation.metrics": ("cellrcnn.",),  # metrics are pure functions
     "cellrcnn.data.targets": ("cellrcnn.",),
     "cellrcnn.modeling.losses": ("cellrcnn.",),

@@ -33,6 +33,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=comma_separated, default=("background", "cytoplasm", "nucleus"),
                         metavar="NAME,...", help="part names (with a model: the model's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--tta", action="store_true", help="predict each image of one tile in its 8 flips and 90-degree turns and merge them per cell (test-time augmentation: 8 times slower; tiled fields are predicted once)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     add_cell_arguments(parser)
     add_scale_arguments(parser)
@@ -64,7 +65,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             parser.error("with --pred-dir give only DATA_DIR")
         data_dir = args.paths[0]
         given = [f"--{n.replace('_', '-')}" for n in ("scale", "cell_diameter", "tile", "overlap")
-                 if getattr(args, n) is not None]
+                 if getattr(args, n) is not None] + (["--tta"] if args.tta else [])
         if given:
             parser.error(f"{', '.join(given)} apply to a model's predictions, not to label TIFFs (--pred-dir)")
         if not args.pred_dir.is_dir():
@@ -84,6 +85,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         from ..inference.predictor import Predictor
         source = Predictor.from_checkpoint(model_path, device=args.device, scale=args.scale,
                                            cell_diameter=args.cell_diameter)
+        source.tta = args.tta
         options = {**choice, "tile": args.tile, "overlap": args.overlap}
     else:
         source, options = args.pred_dir, {"cells_suffix": args.pred_cells_suffix,

@@ -76,6 +76,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                           "trained)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: each process "
                                                       "its LOCAL_RANK's GPU)")
+    run.add_argument("--tta", action="store_true", help="predict each image of one tile in its 8 flips and 90-degree turns and merge them per cell (test-time augmentation: 8 times slower; tiled fields are predicted once)")
     run.add_argument("--batch-size", type=int, default=1, help="images (or tiles of a large image) per forward pass")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -104,6 +105,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
                                           cell_diameter=args.cell_diameter,
                                           projection=getattr(args, "data.projection"))
+    predictor.tta = args.tta
     table_path = args.out / "cells.csv"
     if not (args.overwrite or args.resume):
         clashes = [p for img in images for p in output_paths(args.out, img.stem, args.rois, args.overlays,

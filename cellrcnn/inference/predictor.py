@@ -25,6 +25,7 @@ from .measure import Prediction, measure_cells, whole_masks
 from .package import is_package, read_package
 from .scale import prediction_scale, scale_from_ladder, warn_off_size
 from .selection import CellChoice, border_labels, keeps_largest, kept_cells, nucleated
+from .tta import VIEWS, from_view, merge_views, to_view
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 
 __all__ = ["PathResult", "Predictor", "NETWORK_TILE", "EDGE_MARGIN"]
@@ -104,6 +105,9 @@ class Predictor:
         self._size_warned = False
         #: The cells kept when a call does not say (see :mod:`cellrcnn.inference.selection`).
         self.default_choice = choice or CellChoice()
+        #: Test-time augmentation: an image of one tile is predicted in its 8 flips and 90-degree turns, merged
+        #: per cell (:mod:`cellrcnn.inference.tta`; 8 times the compute). Tiled fields are predicted once.
+        self.tta = False
         self._told: set[bool] = set()  # single-cell choice logged, each way once
 
     @classmethod
@@ -217,13 +221,30 @@ class Predictor:
                pixel_size: float | None) -> list[Prediction]:
         """Images of one tile each, in one forward pass at ``scale``."""
         arrays = [f.read(0, f.shape[0], 0, f.shape[1]) for f in fields]
+        if self.tta:
+            return [self._views(field, array, scale, choice, pixel_size) for field, array in zip(fields, arrays)]
         predictions = []
         for field, array, output in zip(fields, arrays, self._forward(arrays, scale, choice.score_threshold)):
             stitcher = Stitcher(field.shape)
             self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output)
-            prediction = self._finish(field.name, array, stitcher, choice, pixel_size, scale, tiled=False)
+            prediction = self._finish(field.name, array, stitcher.finish(), choice, pixel_size, scale, tiled=False)
             predictions.append(replace(prediction, masks=whole_masks(prediction.cells, output)))
         return predictions
+
+    def _views(self, field: ImageField, array: np.ndarray, scale: float | None, choice: CellChoice,
+               pixel_size: float | None) -> Prediction:
+        """One image of one tile predicted in each of its :data:`~cellrcnn.inference.tta.VIEWS`, merged per cell
+        (``tta``); cells are then kept by the rule, as for one view. Whole masks are the label image's."""
+        views = []
+        for view, output in zip(VIEWS, self._forward([to_view(array, v) for v in VIEWS], scale,
+                                                       choice.score_threshold)):
+            shape = tuple(output["cells"].shape[-2:])
+            stitcher = Stitcher(shape)
+            self._stitch(stitcher, Tile(0, shape[0], 0, shape[1]), output)
+            found = stitcher.finish()
+            views.append({"cells": from_view(found["cells"], view), "parts": from_view(found["parts"], view),
+                          "scores": found["scores"], "classes": found["classes"]})
+        return self._finish(field.name, array, merge_views(views), choice, pixel_size, scale, tiled=False)
 
     def _steps(self, field: ImageField, choice: CellChoice, pixel_size: float | None, tile: int | None,
                overlap: int | None, batch_size: int,
@@ -251,7 +272,7 @@ class Predictor:
             for t, output in zip(batch, outputs):
                 self._stitch(stitcher, t, output)
             yield start + len(batch), len(tiles)
-        return self._finish(field.name, field, stitcher, choice, pixel_size, scale, tiled=len(tiles) > 1)
+        return self._finish(field.name, field, stitcher.finish(), choice, pixel_size, scale, tiled=len(tiles) > 1)
 
     @staticmethod
     def _drain(steps: Generator[tuple[int, int], None, Prediction], name: str, progress: bool) -> Prediction:
@@ -420,10 +441,10 @@ class Predictor:
         if not (self.auto_scale or self._size_warned):
             self._size_warned = warn_off_size(name, table, scale, self.config.model.cell_size)
 
-    def _finish(self, name: str, image, stitcher: Stitcher, choice: CellChoice, pixel_size: float | None,
+    def _finish(self, name: str, image, field: dict, choice: CellChoice, pixel_size: float | None,
                 scale: float | None, tiled: bool) -> Prediction:
-        """Labels, the cells kept by the rule of :mod:`cellrcnn.inference.selection`, and their table."""
-        field = stitcher.finish()
+        """Labels, the cells kept by the rule of :mod:`cellrcnn.inference.selection`, and their table, from the
+        labels of the whole image (``field``: :meth:`~cellrcnn.inference.tiles.Stitcher.finish`'s dict)."""
         cells, parts, scores, classes = field["cells"], field["parts"], field["scores"], field["classes"]
         largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled)
         self._tell_single_cell(choice, largest, name)
