@@ -106,26 +106,29 @@ def cellrcnn_score(checkpoint: Path, folder: Path, scale=None, tta: bool = False
             "seconds_per_image": seconds}
 
 
-def source_config(epochs: int, seed: int = 0) -> cellrcnn.Config:
-    """The documented from-scratch recipe (resnet18-FPN, 128 px, 32/32 sampling) on all of 001-200, with flips."""
+def source_config(epochs: int, seed: int = 0, augment: str = "light") -> cellrcnn.Config:
+    """The documented from-scratch recipe (resnet18-FPN, 128 px, 32/32 sampling) on all of 001-200, with flips
+    (``augment="adapt"``: with stain, colour and scale jitter too)."""
     return cellrcnn.Config(
         model=cellrcnn.ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
                                    rpn_batch_size_per_image=32, box_batch_size_per_image=32),
-        data=dataclasses.replace(DATA, val_fraction=0.0, augment="light"),
+        data=dataclasses.replace(DATA, val_fraction=0.0, augment=augment),
         train=cellrcnn.TrainConfig(epochs=epochs, workers=0, device="cpu", seed=seed))
 
 
 def run_cellrcnn(args, root: Path) -> None:
     dirs = folders(root)
     results = root / "cellrcnn.csv"
-    source = root / "cellrcnn-source"
+    source = root / f"cellrcnn-source{args.source_tag}"
     if args.stage == "source":
         if not (source / "best.pt").is_file():
             start = time.process_time()
-            cellrcnn.Trainer(source_config(args.epochs), dirs["jtsc_train"], source, quiet=True).train()
+            augment = "adapt" if args.source_tag == "-jitter" else "light"
+            cellrcnn.Trainer(source_config(args.epochs, augment=augment), dirs["jtsc_train"], source,
+                             quiet=True).train()
             print(f"source trained in {(time.process_time() - start) / 60:.1f} CPU-minutes", flush=True)
         minutes = float(pd.read_csv(source / "history.csv")["train_seconds"].sum() / 60)
-        append_row(results, {"row": "same microscope", "seed": 0, "minutes": minutes,
+        append_row(results, {"row": "same microscope", "seed": 0, "minutes": minutes, "source": args.source_tag,
                              **cellrcnn_score(source / "best.pt", dirs["jtsc_test"])})
         return
     if args.stage == "adapt":
@@ -141,6 +144,7 @@ def run_cellrcnn(args, root: Path) -> None:
                 for largest in (False, True):
                     for threshold in (0.5,) if args.test_only else (0.5, 0.7, 0.9):
                         append_row(results, {"row": f"zero-shot, {half}", "seed": 0, "minutes": 0.0,
+                                             "source": args.source_tag, "tag": args.tag, "rule": "nucleated",
                                              "scale": label, "largest": largest, "threshold": threshold,
                                              **cellrcnn_score(source / "best.pt", dirs[half], scale=scale,
                                                               largest=largest, score_threshold=threshold)})
@@ -172,7 +176,7 @@ def adapt_cellrcnn(args, root: Path, dirs: dict[str, Path], source: Path, result
     flags that describe the files (and the seed), scored on ``wbc_cellavision_test`` by each single-cell rule.
     The wall-clock minutes of the whole command are recorded: the U-Net's adaptation gets as many."""
     for seed in [int(s) for s in args.seeds.split(",")]:
-        run_dir = root / f"cellrcnn-adapt{args.tag}-seed{seed}"
+        run_dir = root / f"cellrcnn-adapt{args.source_tag}{args.tag}-seed{seed}"
         wall = run_dir / "wall.json"
         if not (run_dir / "best.pt").is_file():
             command = [str(dirs["cv_all"]), "--from", str(source), "--out", str(run_dir), "--image-glob", "*.bmp",
@@ -189,7 +193,7 @@ def adapt_cellrcnn(args, root: Path, dirs: dict[str, Path], source: Path, result
             choices.append((True, "nucleated", True))
         for largest, rule, tta in choices:
             append_row(results, {"row": "adapted, all 20 -> test", "seed": seed, "minutes": minutes,
-                                 "scale": "recorded", "largest": largest, "rule": rule if largest else "",
+                                 "source": args.source_tag, "scale": "recorded", "largest": largest, "rule": rule if largest else "",
                                  "threshold": 0.5, "tag": args.tag + ("-tta" if tta else ""),
                                  **cellrcnn_score(run_dir / "best.pt", dirs["cv_test"], tta=tta, largest=largest,
                                                   single_rule=rule)})
@@ -260,8 +264,10 @@ def run_unet(args, root: Path) -> None:
                                  **unet_peer.score(model, data(test_half), PARTS)})
 
 
+#: The cellrcnn sources: tag -> how it was trained.
+SOURCES = {"": "", "-jitter": "source trained with stain, colour and scale jitter (--augment adapt)"}
 #: Few-shot runs other than the recipe: run-folder tag -> what changed.
-VARIANTS = {"": "", "-tta": "recipe, predicted with test-time augmentation (8 views)",
+VARIANTS = {"": "", "-nucleus-scale": "auto scale from detections with a nucleus only", "-tta": "recipe, predicted with test-time augmentation (8 views)",
             "-edge2": "recipe with --edge-weight 2", "-m56": "recipe with --mask-size 56",
             "-before": "before: --from as it was (30 epochs, lr 0.001 halved every 5, a step every 4 "
                                "images, no augmentation, images at min_size 128)",
@@ -277,8 +283,10 @@ def table(root: Path) -> None:
     if "tag" not in ours:
         ours["tag"] = ""
     ours["tag"] = ours["tag"].fillna("")
-    ours["rule"] = ours["rule"].fillna("largest") if "rule" in ours else "largest"  # rows before the rules
-    ours.loc[~ours["largest"].fillna(False).astype(bool), "rule"] = ""
+    ours["source"] = ours["source"].fillna("") if "source" in ours else ""
+    # rows without a rule were scored with the default of their day: "nucleated" since issue 31
+    ours["rule"] = ours["rule"].fillna("nucleated") if "rule" in ours else "nucleated"
+    ours.loc[~ours["largest"].astype("boolean").fillna(False).astype(bool), "rule"] = ""
 
     def cell(per_seed: pd.Series) -> str:
         """Mean ± standard deviation over seeds."""
@@ -300,7 +308,7 @@ def table(root: Path) -> None:
     ours["scale"] = ours["scale"].fillna("")
     # the rows of the main table: cellrcnn as it predicts by default (a model trained on single-cell crops keeps
     # one complete cell, by the default rule), at the default score threshold
-    default = (ours["tag"] == "") & (ours["largest"] | unset) & (ours["threshold"] == 0.5) & (
+    default = (ours["tag"] == "") & (ours["source"] == "") & (ours["largest"] | unset) & (ours["threshold"] == 0.5) & (
         ours["rule"].isin(["", "nucleated"]) | ~ours["group"].str.startswith("adapted"))
     for group, label in (("same microscope", "same microscope: JTSC 001-200 -> 201-240"),
                          ("zero-shot, cv_test", "CellaVision zero-shot, on wbc_cellavision_test"),
@@ -319,13 +327,12 @@ def table(root: Path) -> None:
               f"{a['cell']} / {b['cell']} | {a['precision50']} | {a['minutes']} / {b['minutes']} |")
     print("\n| cellrcnn variant | cytoplasm | nucleus | whole cell | precision at IoU 0.5 | recall |")
     print("| --- | --- | --- | --- | --- | --- |")
-    keys = ["group", "tag", "scale", "largest", "rule", "threshold"]
-    for (group, tag, scale, largest, rule, threshold), frame in ours[ours["group"] != "same microscope"].groupby(
-            keys, sort=False):
+    keys = ["group", "source", "tag", "scale", "largest", "rule", "threshold"]
+    for (group, source, tag, scale, largest, rule, threshold), frame in ours.groupby(keys, sort=False):
         seeds = frame.groupby("seed")[["cytoplasm", "nucleus", "cell", "precision50", "recall50"]].mean()
         one = {"largest": "largest cell", "nucleated": "largest cell with a nucleus",
                "score": "best-scoring cell with a nucleus"}.get(rule, "one cell")
-        label = ", ".join(x for x in (group, VARIANTS.get(tag, tag), scale,
+        label = ", ".join(x for x in (group, SOURCES[source], VARIANTS.get(tag, tag), scale,
                                       one if largest else "every cell", f"score >= {threshold:g}") if x)
         print(f"| {label} | " + " | ".join(cell(seeds[c]) for c in seeds) + " |")
 
@@ -336,6 +343,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--stage", choices=("source", "zeroshot", "adapt", "fewshot"), default="source")
     parser.add_argument("--test-only", action="store_true", help="zero-shot: score only wbc_cellavision_test")
+    parser.add_argument("--source-tag", default="", choices=("", "-jitter"),
+                        help="cellrcnn: which source (-jitter: trained with stain, colour and scale jitter)")
     parser.add_argument("--epochs", type=int, default=14, help="cellrcnn source: epochs over 001-200")
     parser.add_argument("--minutes", type=float, default=25.0, help="U-Net: training budget of each run")
     parser.add_argument("--seeds", default="0,1,2")

@@ -182,9 +182,18 @@ class Predictor:
         y0, x0 = max(0, (H - side) // 2), max(0, (W - side) // 2)
         window = field.read(y0, min(H, y0 + side), x0, min(W, x0 + side))
         output = self._forward([window], scale, score_threshold)[0]
-        keep = output["scores"] >= score_threshold
+        keep = (output["scores"] >= score_threshold).numpy()
+        # Cells with a nucleus only, when the model predicts one: detections without (red blood cells, rings of
+        # them) would otherwise set the scale (issue 31). Label k of the label image is detection order[k - 1].
+        order = output["order"].numpy()
+        has = nucleated(output["cells"].numpy(), output["parts"].numpy(), len(order),
+                        self.parts.index("nucleus") if "nucleus" in self.parts else None)
+        if has is not None and (keep[order] & has).any():
+            with_nucleus = np.zeros_like(keep)
+            with_nucleus[order[has]] = True
+            keep &= with_nucleus
         boxes = output["boxes"][keep].numpy()
-        return {"scores": output["scores"][keep].numpy(),
+        return {"scores": output["scores"].numpy()[keep],
                 "diameters": np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))}
 
     def _scale_for(self, field: ImageField, score_threshold: float) -> float | None:

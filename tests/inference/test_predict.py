@@ -50,6 +50,7 @@ def test_measurements_on_a_hand_made_cell():
     assert (first.centroid_x, first.centroid_y) == (3.5, 3.5)
     assert first.mean_nucleus_c0 == pytest.approx(0.8) and first.mean_cytoplasm_c0 == pytest.approx(0.2)
     assert second.nc_ratio == 0 and np.isnan(second.mean_nucleus_c0)
+    assert first.has_nucleus and not second.has_nucleus  # the suspect cell is flagged
     empty = measure_cells(np.zeros((3, 3), int), np.zeros((3, 3), int), np.zeros((3, 3, 3)), PARTS, pixel_size=1.0)
     assert empty.empty and list(empty.columns) == list(table.columns)  # the same columns, cells or not
 
