@@ -237,14 +237,15 @@ class TimeBudget(HookBase):
     def __init__(self) -> None:
         self.spent = 0.0  # seconds of the epochs finished, over every resume
         self.longest = 0.0
-        self.stopped = False
+        self.stopped = self.budgeted = False
 
     def after_epoch(self, trainer) -> None:
         seconds = time.perf_counter() - trainer.epoch_started  # validation and checkpoints included
         self.spent += seconds
         self.longest = max(self.longest, seconds)
         cfg = trainer.config.train
-        if cfg.max_minutes is not None and self.spent + self.longest > cfg.max_minutes * 60 and \
+        self.budgeted = cfg.max_minutes is not None
+        if self.budgeted and self.spent + self.longest > cfg.max_minutes * 60 and \
                 trainer.epoch + 1 < cfg.epochs:
             trainer.stop = self.stopped = True
 
@@ -255,7 +256,8 @@ class TimeBudget(HookBase):
                         trainer.epoch + 1)
 
     def state_dict(self) -> dict:
-        return {"spent": self.spent, "longest": self.longest}
+        # kept only under a budget: wall-clock time is no part of a run's result, which a resume reproduces
+        return {"spent": self.spent, "longest": self.longest} if self.budgeted else {}
 
     def load_state_dict(self, state: dict) -> None:
         self.spent, self.longest = float(state.get("spent", 0.0)), float(state.get("longest", 0.0))
