@@ -620,7 +620,7 @@ def test_a_ring_without_a_nucleus_around_a_real_cell_is_never_the_kept_cell(demo
     default rule keeps the real cell, the area rule the ring."""
     predictor = Predictor.from_checkpoint(demo_run.out / "run" / "best.pt", device="cpu")
     ring_was_largest = 0
-    for gap, width in ((8, 16), (12, 16), (12, 24)):
+    for gap, width in ((6, 20), (8, 12), (8, 28), (10, 12), (10, 28), (12, 28)):  # rings near and far, thin, wide
         image, (cy, cx) = ring_around_a_cell(gap, width)
         every = predictor.predict(image, largest=False).table
         kept = predictor.predict(image, largest=True).table  # the default rule
