@@ -23,12 +23,11 @@ from cellrcnn.inference.selection import nucleated
 
 def count(run: Path) -> dict:
     predictor = cellrcnn.Predictor.from_checkpoint(run / "best.pt", device="cpu")
-    nucleus = predictor.parts.index("nucleus")
     counts = {"true_nucleated": 0, "false_nucleated": 0, "true_without": 0, "false_without": 0}
     for pair in cellrcnn.find_pairs(CV_TEST, DATA):
         truth = imread(pair.parts) > 0  # the one annotated white cell (red cells are not annotated)
         prediction = predictor.predict(pair.image, largest=False)
-        has = nucleated(prediction.cells, prediction.parts, len(prediction.table), nucleus)
+        has = nucleated(prediction.cells, prediction.parts, len(prediction.table), predictor.parts)
         for label in range(1, len(prediction.table) + 1):
             own = prediction.cells == label
             iou = (own & truth).sum() / max(1, (own | truth).sum())

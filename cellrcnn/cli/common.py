@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import __version__
 from ..config.data import DataConfig
 from ..config.fields import (AUGMENTATIONS, BACKBONES, ENCODINGS, LR_SCHEDULES, MASK_ALIGNMENTS, MASK_SIZES, NORMS,
-                             PROJECTIONS, TARGETS, _field_types, parse_field_value)
+                             PROJECTIONS, SINGLE_RULES, TARGETS, _field_types, parse_field_value)
 from ..config.train import SCHEDULES
 from ..config.tree import _SECTIONS, rename_settings
 from ..io.files import DataError
@@ -25,6 +25,9 @@ __all__ = ["add_config_arguments", "command", "config_overrides", "data_config_f
 
 logger = logging.getLogger(__name__)
 
+
+#: predict's and evaluate's --tta.
+TTA_HELP = ("predict each image of one tile in its 8 flips and 90-degree turns and merge them per cell (test-time augmentation: 8 times slower; tiled fields are predicted once)")
 
 MAX_SHOWN = 20  # problems listed one by one; the rest are counted
 
@@ -288,7 +291,7 @@ def add_cell_arguments(parser: argparse.ArgumentParser, exported: bool = False) 
                      help="keep only the largest complete cell per image (--no-largest: every cell; default: as "
                           "the model was trained, see above)")
     sel.add_argument("--max-cells", type=int, default=None, help="keep at most this many cells per image")
-    sel.add_argument("--single-rule", choices=("largest", "nucleated", "score"), default=None,
+    sel.add_argument("--single-rule", choices=SINGLE_RULES, default=None,
                      help="how the single-cell choice picks its cell among the complete ones: the largest, the "
                           "largest with a nucleus, or the best-scoring with a nucleus (default: nucleated, so that "
                           "a large false detection without a nucleus is never the kept cell)")

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ..config.tree import Config
-from .common import (command, DATA_FLAGS, HelpFormatter, Parser, add_cell_arguments, add_config_arguments, add_scale_arguments,
+from .common import (TTA_HELP, command, DATA_FLAGS, HelpFormatter, Parser, add_cell_arguments, add_config_arguments, add_scale_arguments,
                      cell_choice, check_out_folder, check_scale_arguments, comma_separated, data_config_from_args,
                      setup_logging)
 
@@ -33,7 +33,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=comma_separated, default=("background", "cytoplasm", "nucleus"),
                         metavar="NAME,...", help="part names (with a model: the model's)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--tta", action="store_true", help="predict each image of one tile in its 8 flips and 90-degree turns and merge them per cell (test-time augmentation: 8 times slower; tiled fields are predicted once)")
+    parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     add_cell_arguments(parser)
     add_scale_arguments(parser)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config.fields import PROJECTIONS
 from ..io.coco import PREDICTION_FILE as COCO_FILE
-from .common import (command, HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
+from .common import (TTA_HELP, command, HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
                      check_out_folder, check_scale_arguments, setup_logging)
 
 __all__ = ["predict_main", "PIECES"]
@@ -76,7 +76,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                           "trained)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: each process "
                                                       "its LOCAL_RANK's GPU)")
-    run.add_argument("--tta", action="store_true", help="predict each image of one tile in its 8 flips and 90-degree turns and merge them per cell (test-time augmentation: 8 times slower; tiled fields are predicted once)")
+    run.add_argument("--tta", action="store_true", help=TTA_HELP)
     run.add_argument("--batch-size", type=int, default=1, help="images (or tiles of a large image) per forward pass")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ import typing
 from typing import Any, Mapping
 
 __all__ = ["BACKBONES", "WEIGHT_CHOICES", "MASK_SIZES", "MASK_ALIGNMENTS", "NORMS", "PREDICTOR_INITS", "ENCODINGS",
-           "TARGETS", "AUGMENTATIONS", "LR_SCHEDULES", "PROJECTIONS", "parse_field_value"]
+           "TARGETS", "AUGMENTATIONS", "SINGLE_RULES", "LR_SCHEDULES", "PROJECTIONS", "parse_field_value"]
 
 
 #: The one table of backbones: name -> torchvision's body builder, its ImageNet weights and the COCO detection
@@ -34,6 +34,8 @@ ENCODINGS = ("parts", "cells+parts", "cells+nuclei", "coco", "geojson")
 TARGETS = ("whole-cell", "largest")
 #: Augmentation presets ("adapt": the adaptation recipe's flips, turns, stain and scale jitter).
 AUGMENTATIONS = ("none", "light", "adapt", "strong")
+#: How the single-cell choice picks its cell (cellrcnn.inference.selection).
+SINGLE_RULES = ("largest", "nucleated", "score")
 #: How the lr falls: by ``lr_gamma`` every ``lr_step`` epochs, or along a half cosine over the optimizer steps.
 LR_SCHEDULES = ("step", "cosine")
 #: What becomes of a Z-stack or time series: refused, or its maximum projection.

@@ -105,8 +105,7 @@ class CellLabels(nn.Module):
         present = np.flatnonzero(counts[1:] > 0) + 1
         largest = keeps_largest(self.choice, self.config.model, cells.shape, self.config.model.input_scale,
                                 tiled=False)
-        names = self.config.model.parts
-        nucleus = nucleated(cells, parts, len(scores), names.index("nucleus") if "nucleus" in names else None)
+        nucleus = nucleated(cells, parts, len(scores), self.config.model.parts)
         keep = present[kept_cells(scores[present - 1], counts[present], ~np.isin(present, border_labels(cells)),
                                   self.choice.score_threshold, largest, self.choice.max_cells,
                                   None if nucleus is None else nucleus[present - 1], self.choice.single_rule)]

@@ -186,8 +186,7 @@ class Predictor:
         # Cells with a nucleus only, when the model predicts one: detections without (red blood cells, rings of
         # them) would otherwise set the scale (issue 31). Label k of the label image is detection order[k - 1].
         order = output["order"].numpy()
-        has = nucleated(output["cells"].numpy(), output["parts"].numpy(), len(order),
-                        self.parts.index("nucleus") if "nucleus" in self.parts else None)
+        has = nucleated(output["cells"].numpy(), output["parts"].numpy(), len(order), self.parts)
         if has is not None and (keep[order] & has).any():
             with_nucleus = np.zeros_like(keep)
             with_nucleus[order[has]] = True
@@ -458,8 +457,7 @@ class Predictor:
         largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled)
         self._tell_single_cell(choice, largest, name)
         ids = np.arange(1, len(scores) + 1)
-        nucleus = nucleated(cells, parts, len(scores), self.parts.index("nucleus") if "nucleus" in self.parts
-                            else None) if largest else None
+        nucleus = nucleated(cells, parts, len(scores), self.parts) if largest else None
         keep = kept_cells(scores, field["areas"], ~np.isin(ids, border_labels(cells)), choice.score_threshold,
                           largest, choice.max_cells, nucleus, choice.single_rule) + 1
         if len(keep) < len(scores):

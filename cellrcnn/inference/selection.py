@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config.fields import SINGLE_RULES
 from ..config.model import ModelConfig
 from ..data.targets import border_labels
 
@@ -46,8 +47,6 @@ __all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_cro
 #: An image whose longer side, in network pixels, is at most this many times the training images' longest
 #: side (``ModelConfig.max_size``) counts as a crop like those of the training images.
 CROP_LIKE = 3.0
-#: How the single-cell choice picks its cell (see the module).
-SINGLE_RULES = ("largest", "nucleated", "score")
 #: A cell has a nucleus when at least this share of its pixels are nucleus.
 MIN_NUCLEUS_FRACTION = 0.01
 
@@ -129,7 +128,7 @@ def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int]
     return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale)
 
 
-def nucleated(cells: np.ndarray, parts: np.ndarray, count: int, nucleus: int | None) -> np.ndarray | None:
+def nucleated(cells: np.ndarray, parts: np.ndarray, count: int, part_names: tuple[str, ...]) -> np.ndarray | None:
     """Which cells have a nucleus: at least :data:`MIN_NUCLEUS_FRACTION` of their pixels are part ``nucleus``.
 
     Parameters
@@ -140,16 +139,17 @@ def nucleated(cells: np.ndarray, parts: np.ndarray, count: int, nucleus: int | N
         int ``[H, W]`` part labels.
     count : int
         Number of detections ``N``.
-    nucleus : int or None
-        The nucleus's part label; None when the model has no nucleus part.
+    part_names : tuple of str
+        The model's parts, background first: the nucleus is the one named ``"nucleus"``.
 
     Returns
     -------
     np.ndarray or None
-        bool ``[N]``; None when ``nucleus`` is None.
+        bool ``[N]``; None when the model has no nucleus part.
     """
-    if nucleus is None:
+    if "nucleus" not in part_names:
         return None
+    nucleus = list(part_names).index("nucleus")
     cells = np.asarray(cells).ravel()
     areas = np.bincount(cells, minlength=count + 1)[1:count + 1]
     inside = np.bincount(cells[np.asarray(parts).ravel() == nucleus], minlength=count + 1)[1:count + 1]

@@ -49,8 +49,9 @@ def test_nucleated_counts_each_cells_nucleus_pixels():
     cells[12:20, 12:20] = 2  # 64 px, no nucleus
     parts = np.where(cells > 0, 1, 0)
     parts[5, 5] = 2
-    assert nucleated(cells, parts, 3, nucleus=2).tolist() == [True, False, False]  # label 3: no pixel at all
-    assert nucleated(cells, parts, 3, nucleus=None) is None
+    names = ("background", "cytoplasm", "nucleus")
+    assert nucleated(cells, parts, 3, names).tolist() == [True, False, False]  # label 3: no pixel at all
+    assert nucleated(cells, parts, 3, ("background", "cell")) is None
 
 
 def test_the_single_cell_choice_holds_only_for_images_like_the_training_crops():
