@@ -9,6 +9,8 @@ the submodules hold the rest.
 import importlib
 import logging
 
+from .utils.lazy import MovedModules
+
 __version__ = "0.1.0"
 
 #: Public name -> module that defines it.
@@ -31,14 +33,20 @@ _INTERNAL = {
     "data": ("whole_cell_targets", "instance_targets", "select_largest", "collate", "write_split_csv"),
     "sample_data": ("synthetic_sample", "synthetic_field", "write_field"),  # sample data: cellrcnn.sample_data
 }
-#: The layers (subpackages), and the flat modules of earlier versions, which now live in them.
+#: The layers (subpackages).
 _SUBPACKAGES = ("utils", "config", "io", "data", "sample_data", "modeling", "inference", "evaluation", "engine",
                 "export", "viz", "cli", "napari_plugin")
-_MOVED = {"compat": "utils.compat", "runtime": "utils.runtime", "augment": "data.augment", "targets": "data.targets",
-          "synthetic": "sample_data", "model": "modeling", "roi_heads": "modeling.heads", "losses": "modeling.losses",
-          "predict": "inference", "tiles": "inference.tiles", "selection": "inference.selection",
-          "metrics": "evaluation.metrics", "report": "evaluation.report", "train": "engine", "hooks": "engine.hooks",
-          "share": "export.bioimage", "plots": "viz.plots", "style": "viz.style"}
+#: The flat modules of earlier versions, and the modules that hold their names now (searched in order):
+#: ``import cellrcnn.losses`` and ``from cellrcnn.predict import Predictor`` work as they did (utils.lazy.MovedModules).
+_MOVED = {"compat": ("utils.compat",), "runtime": ("utils.runtime",), "augment": ("data.augment",),
+          "targets": ("data.targets",), "synthetic": ("sample_data",), "model": ("modeling", "utils.runtime"),
+          "roi_heads": ("modeling.heads",), "losses": ("modeling.losses",),
+          "predict": ("inference", "inference.predictor", "inference.scale"), "tiles": ("inference.tiles",),
+          "selection": ("inference.selection",), "metrics": ("evaluation.metrics",),
+          "report": ("evaluation.report",), "train": ("engine", "engine.loop", "utils.runtime"),
+          "hooks": ("engine.hooks",), "share": ("export.bioimage",), "plots": ("viz.plots",),
+          "style": ("viz.style",)}
+MovedModules(__name__, _MOVED).install()
 _WHERE = {name: module for table in (_INTERNAL, _API) for module, names in table.items() for name in names}
 
 __all__ = [name for names in _API.values() for name in names] + ["plots", "hooks"]
@@ -46,7 +54,7 @@ __all__ = [name for names in _API.values() for name in names] + ["plots", "hooks
 
 def __getattr__(name: str):
     if name in _SUBPACKAGES or name in _MOVED or name == "zoo":
-        return importlib.import_module(f".{_MOVED.get(name, name)}", __name__)
+        return importlib.import_module(f".{name}", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'cellrcnn' has no attribute {name!r}")

@@ -2,8 +2,9 @@
 
 A package's ``rdf.yaml`` says ``import_from: cellrcnn.zoo``, ``callable: CellLabels``. This path stays
 fixed so that packages written by any version load; the code lives in :mod:`cellrcnn.inference.package`.
+The other names are those this module had before the move to layers.
 """
 
-from .inference.package import CellLabels
+from .inference.package import PACKAGE_SUFFIXES, CellLabels, Package, is_package, read_package
 
-__all__ = ["CellLabels"]
+__all__ = ["CellLabels", "Package", "is_package", "read_package", "PACKAGE_SUFFIXES"]

@@ -454,9 +454,9 @@ def test_latest_run_is_the_newest_by_time_not_by_name(tmp_path):
 
 
 def test_epoch_seeds_differ_for_every_epoch_and_rank():
-    seeds = {cellrcnn.train.epoch_seed(0, epoch, rank) for epoch in range(50) for rank in range(8)}
+    seeds = {cellrcnn.engine.epoch_seed(0, epoch, rank) for epoch in range(50) for rank in range(8)}
     assert len(seeds) == 400
-    assert cellrcnn.train.epoch_seed(3, 2, 1) == cellrcnn.train.epoch_seed(3, 2, 1)
+    assert cellrcnn.engine.epoch_seed(3, 2, 1) == cellrcnn.engine.epoch_seed(3, 2, 1)
 
 
 def _free_port() -> int:
