@@ -10,11 +10,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
 from cellrcnn.data.targets import whole_cell_targets
 from cellrcnn.sample_data.sample import synthetic_sample
+
+# Fuzzing (tests/test_fuzz.py): a few dozen inputs per reader, the same on every run; --hypothesis-profile=thorough
+# for thousands with fresh seeds (docs/reliability.md).
+settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=2000, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile("ci")
 
 # Qt without a display, for the napari widget tests (read when the QApplication is made, by the first test).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -38,6 +47,22 @@ def fails_in_one_line(tool: str, *args, at: Path) -> str:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stdout + result.stderr
     assert len(lines) == 1, result.stderr
+    assert files_under(at) == before  # nothing new, nothing changed
+    return lines[0]
+
+
+def fails_here(capsys, tool: str, *args, at: Path) -> str:
+    """:func:`fails_in_one_line` in this process, through the command's own entry point (``cellrcnn-<tool>`` calls
+    it), without the seconds a new interpreter costs to import torch."""
+    from cellrcnn import cli
+
+    before = files_under(at)
+    capsys.readouterr()
+    code = getattr(cli, f"{tool.replace('-', '_')}_main")(list(map(str, args)))
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.out + captured.err
+    assert len(lines) == 1, captured.err
     assert files_under(at) == before  # nothing new, nothing changed
     return lines[0]
 

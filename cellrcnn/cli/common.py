@@ -73,7 +73,8 @@ class _InCliTerms(logging.Filter):
         self.parser = parser
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = in_cli_terms(record.getMessage(), self.parser), None
+        if not getattr(record, "verbatim", False):  # a traceback quotes code: it is never reworded
+            record.msg, record.args = in_cli_terms(record.getMessage(), self.parser), None
         return True
 
 
@@ -254,7 +255,7 @@ def _report(err: BaseException) -> int:
         logger.error("error: %s", one_line(err))
         return 2
     # a true bug: the traceback is what its report needs
-    logger.error("%s", "".join(traceback.format_exception(err)).rstrip())
+    logger.error("%s", "".join(traceback.format_exception(err)).rstrip(), extra={"verbatim": True})
     logger.error("cellrcnn %s stopped on an internal error: this is a bug in cellrcnn, not a problem with your files. "
                  "Please report it to the cellrcnn developers with the command you ran and the traceback above.",
                  __version__)

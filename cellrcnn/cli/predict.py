@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import os
 from pathlib import Path
 
 from ..config.fields import PROJECTIONS
@@ -74,6 +75,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     run.add_argument("--projection", dest="data.projection", choices=PROJECTIONS, default=None,
                      help="Z-stacks and time series: max gives their maximum projection (default: as the model was "
                           "trained)")
+    run.add_argument("--max-pixels", type=int, default=None,
+                     help="the most pixels of an image read whole into memory, checked from its header first "
+                          "(default 268 million; uncompressed TIFFs are read window by window and never meet it)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: each process "
                                                       "its LOCAL_RANK's GPU)")
     run.add_argument("--tta", action="store_true", help=TTA_HELP)
@@ -85,6 +89,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     choice = cell_choice(parser, args)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        parser.error(f"--max-pixels must be at least 1, got {args.max_pixels}")
     if args.pixel_size is not None and not args.pixel_size > 0:
         parser.error(f"--pixel-size must be positive, got {args.pixel_size}")
     if not args.model.exists():
@@ -96,22 +102,27 @@ def predict_main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet, parser)
     from ..export.files import OUTPUT_SUFFIXES, output_paths
     from ..inference.predictor import Predictor
-    from ..io.folders import list_images
+    from ..io.folders import list_images, output_names
     from ..utils.runtime import barrier, join_process_group
 
-    images = list(dict.fromkeys(p for i in inputs for p in list_images(i, args.image_glob,
-                                                                       OUTPUT_SUFFIXES + ("_masks",))))
     runtime = join_process_group(args.device)
     predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
                                           cell_diameter=args.cell_diameter,
-                                          projection=getattr(args, "data.projection"))
+                                          projection=getattr(args, "data.projection"),
+                                          max_pixels=args.max_pixels)
     predictor.tta = args.tta
+    data = predictor.config.data
+    # masks beside their images are told apart as training told them: by their suffix or their pattern
+    skip = OUTPUT_SUFFIXES + tuple({"_masks", data.mask_suffix, data.cells_suffix, data.nuclei_suffix} - {""})
+    images = list(dict.fromkeys(Path(os.path.abspath(p)) for i in inputs
+                                for p in list_images(i, args.image_glob, skip, mask_glob=data.mask_glob)))
+    names = output_names(images)
     table_path = args.out / "cells.csv"
     if not (args.overwrite or args.resume):
-        clashes = [p for img in images for p in output_paths(args.out, img.stem, args.rois, args.overlays,
+        clashes = [p for img in images for p in output_paths(args.out, names[img], args.rois, args.overlays,
                                                                                 args.geojson).values()
                    if p.exists()] + [p for p in (table_path, args.out / COCO_FILE) if p.exists()]
-        finished = _finished(args.out / PIECES, images)
+        finished = _finished(args.out / PIECES, names.values())
         if clashes and finished and not table_path.exists():
             logger.error("error: %s holds an interrupted run (%d of these %d images done); pass --resume to finish "
                          "it, or --overwrite to start again", args.out, len(finished), len(images))
@@ -130,7 +141,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     elif predictor.scale is not None:
         logger.info("images resized by %.3g for the network (%s)", predictor.scale,
                     "given" if args.scale or args.cell_diameter else "the scale the model was trained at")
-    return _predict_files(predictor, images, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path,
+    return _predict_files(predictor, names, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path,
                           made)
 
 
@@ -148,10 +159,11 @@ def _coco_of(file_name: str, prediction, parts: tuple[str, ...], data) -> dict:
                         names, cell=data.coco_cell)
 
 
-def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namespace, options: dict,
+def _predict_files(predictor, names: dict[Path, str], runtime, args: argparse.Namespace, options: dict,
                    table_path: Path, made: bool) -> int:
-    """Predict this process's share of ``images`` and write each one's files; then rank 0 writes the table (and
-    the COCO file) of all from the pieces every finished image left in :data:`PIECES` (kept for ``--resume``)."""
+    """Predict this process's share of the images (``names``: each image file and the name of its results) and
+    write each one's files; then rank 0 writes the table (and the COCO file) of all from the pieces every finished
+    image left in :data:`PIECES` (kept for ``--resume``)."""
     import json
 
     import pandas as pd
@@ -162,8 +174,9 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
     from ..utils.runtime import barrier, gather, leave_process_group, shard
 
     pieces = args.out / PIECES
-    done = _finished(pieces, images) if args.resume else set()
-    todo = [image for image in images if image.stem not in done]
+    images = list(names)
+    done = _finished(pieces, names.values()) if args.resume else set()
+    todo = [image for image in images if names[image] not in done]
     if done and runtime.is_main:
         logger.info("%d of the %d images are done already; predicting the other %d", len(done), len(images),
                     len(todo))
@@ -176,7 +189,7 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
     failed = []
     told_tiles = False
     results = predictor.predict_paths(mine, args.batch_size, tile=args.tile, overlap=args.overlap,
-                                      progress=not args.quiet, **options)
+                                      progress=not args.quiet, names=[names[p] for p in mine], **options)
     for result in progress(results, total=len(mine), desc="predict", unit="image",
                            disable=args.quiet or not runtime.is_main):
         if result.error is not None:
@@ -193,23 +206,26 @@ def _predict_files(predictor, images: list[Path], runtime, args: argparse.Namesp
         # an image left half-written by an interrupted run is written again
         export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
                           overwrite=args.overwrite or args.resume, geojson=args.geojson)
-        stem = result.path.stem
-        if args.coco:
-            write_coco(pieces / f"{stem}.json", _coco_of(result.path.name, result.prediction, predictor.parts,
+        stem = names[result.path]
+        if args.coco:  # the file's own name, or its folder's too where names had to be told apart
+            file_name = result.path.name
+            if stem != result.path.stem:
+                file_name = f"{result.path.parent.name}/{file_name}"
+            write_coco(pieces / f"{stem}.json", _coco_of(file_name, result.prediction, predictor.parts,
                                                          predictor.config.data), overwrite=True)
         write_table(result.prediction.table, pieces / f"{stem}.csv", overwrite=True)  # last: the image is done
         logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
     failed = [f for part in gather(failed, runtime) for f in part]  # every process's, after all have finished
     cells = 0
     if runtime.is_main:
-        finished = [image for image in images if (pieces / f"{image.stem}.csv").is_file()]
-        tables = [pd.read_csv(pieces / f"{image.stem}.csv", dtype={"image": str, "class": str}) for image in finished]
+        finished = [names[image] for image in images if (pieces / f"{names[image]}.csv").is_file()]
+        tables = [pd.read_csv(pieces / f"{name}.csv", dtype={"image": str, "class": str}) for name in finished]
         cells = sum(len(t) for t in tables)
         if tables:
             write_table(pd.concat(tables, ignore_index=True), table_path, overwrite=True)
         if args.coco and finished:
-            write_coco(args.out / COCO_FILE, merge_datasets([json.loads((pieces / f"{image.stem}.json").read_text())
-                                                             for image in finished]), overwrite=True)
+            write_coco(args.out / COCO_FILE, merge_datasets([json.loads((pieces / f"{name}.json").read_text())
+                                                             for name in finished]), overwrite=True)
         if finished:
             logger.info("%d of %d images done, %d cells; results in %s", len(finished), len(images), cells, args.out)
         else:  # nothing to show for it: leave no folder behind (each failure is named above)
@@ -227,6 +243,6 @@ def _remove_if_empty(*folders: Path | None) -> None:
             folder.rmdir()
 
 
-def _finished(pieces: Path, images: list[Path]) -> set[str]:
-    """The stems of ``images`` whose results an earlier run finished (their piece of the table is written)."""
-    return {image.stem for image in images if (pieces / f"{image.stem}.csv").is_file()}
+def _finished(pieces: Path, names) -> set[str]:
+    """The result names whose images an earlier run finished (their piece of the table is written)."""
+    return {name for name in names if (pieces / f"{name}.csv").is_file()}

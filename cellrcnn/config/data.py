@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .fields import AUGMENTATIONS, ENCODINGS, PROJECTIONS, TARGETS, _check, _positive_int, _Section
+from .fields import AUGMENTATIONS, ENCODINGS, MAX_PIXELS, PROJECTIONS, TARGETS, _check, _positive_int, _Section
 
 __all__ = ["DataConfig"]
 
@@ -85,6 +85,12 @@ class DataConfig(_Section):
         larger are used whole); targets are rebuilt per crop, a cell cut by the
         crop edge keeps its visible part when that has at least ``min_area``
         pixels. Validation then predicts tiled, as prediction does. None: whole images.
+    max_pixels
+        The most pixels (rows x columns x planes) of an image read whole into
+        memory, checked from the file's header before anything is read, so that
+        a damaged or hostile header cannot exhaust memory. A larger field stored
+        as an uncompressed TIFF is read window by window and never meets it;
+        raise it for a real large image in any other format.
     """
 
     image_glob: str = "*"
@@ -110,6 +116,7 @@ class DataConfig(_Section):
     channels: tuple[int, ...] | None = None
     projection: str = "none"
     crop: int | None = None
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.channels is not None:
@@ -125,6 +132,8 @@ class DataConfig(_Section):
         if self.crop is not None:
             _check(isinstance(self.crop, int) and not isinstance(self.crop, bool) and self.crop >= 32,
                    f"crop must be a whole number of pixels, at least 32, got {self.crop!r}")
+        _check(isinstance(self.max_pixels, int) and not isinstance(self.max_pixels, bool) and self.max_pixels >= 1,
+               f"max_pixels must be a whole number of pixels, at least 1, got {self.max_pixels!r}")
         for name in ("part_values", "class_names", "percentiles", "coco_parts"):
             value = getattr(self, name)
             _check(isinstance(value, Sequence) and not isinstance(value, str),

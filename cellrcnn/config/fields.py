@@ -40,6 +40,9 @@ SINGLE_RULES = ("largest", "nucleated", "score")
 LR_SCHEDULES = ("step", "cosine")
 #: What becomes of a Z-stack or time series: refused, or its maximum projection.
 PROJECTIONS = ("none", "max")
+#: The most pixels (rows x columns x planes) of an image read whole, checked from its header (``data.max_pixels``):
+#: 268 megapixels, a 16384 x 16384 field. Larger uncompressed TIFFs are read window by window.
+MAX_PIXELS = 2**28
 #: Backbones for which torchvision publishes COCO detection weights.
 COCO_BACKBONES = tuple(name for name, (_, _, coco) in BACKBONE_TABLE.items() if coco)
 #: Resolutions of the predicted part masks (the mask head pools at half of it, then upsamples 2x).

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..utils.errors import DataError
+from ..utils.files import atomic_write
 from .data import DataConfig
 from .fields import _check, _field_types, _Section, parse_field_value
 from .model import ModelConfig
@@ -58,9 +60,7 @@ class Config(_Section):
         values = self.to_dict()
         if command is not None:
             values = {"command": shlex.join(command), **values}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(values, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(values, indent=2) + "\n"), overwrite=True)
 
     @classmethod
     def from_saved(cls, values: Mapping[str, Any]) -> "Config":
@@ -77,16 +77,18 @@ class Config(_Section):
         try:
             values = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"cannot read config {path}: {err}") from None
+            raise DataError(f"cannot read config {path}: {err}") from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"cannot read config {path}: a config is a JSON file, as a run's config.json, and this "
-                             f"is not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-        _check(isinstance(values, dict), f"{path} does not hold a config object")
+            raise DataError(f"cannot read config {path}: a config is a JSON file, as a run's config.json, and this "
+                            f"is not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        if not isinstance(values, dict):
+            raise DataError(f"{path} does not hold a config object ({{\"model\": ..., \"data\": ..., "
+                            f"\"train\": ...}}, as a run's config.json)")
         values.pop("command", None)
         try:
             return cls.from_dict(values)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        except (ValueError, TypeError) as err:
+            raise DataError(f"{path}: {err}") from None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
         """A copy with fields replaced, validated as on construction.

@@ -77,7 +77,7 @@ def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None =
         cells overlap), ``cell_labels`` int64 ``[N]`` each cell's class, and ``untied``, the
         number of part annotations no cell holds.
     """
-    raw, axes = read_raw_axes(pair.image)  # channels chosen and stacks projected as config says
+    raw, axes = read_raw_axes(pair.image, config.max_pixels)  # channels chosen and stacks projected as config says
     image = image_from_array(raw, config, name=str(pair.image), axes=axes)
     label = class_of(classes, pair.name, config.classes_csv) if classes is not None else 1
     if pair.annotations is not None:

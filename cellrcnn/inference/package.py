@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config.tree import Config
-from ..io.files import DataError
+from ..io.files import DataError, check_package_sizes
 from ..modeling.build import build_model
 from ..modeling.transform import predict_labels
 from ..modeling.weights import why_unreadable
@@ -175,13 +175,15 @@ def read_package(path: str | os.PathLike) -> Package:
 
     Raises
     ------
-    ValueError
+    DataError
         Not a valid model package, or not one of cellrcnn's (other models
-        run with ``bioimageio.core``).
+        run with ``bioimageio.core``), or one holding a file larger than
+        :data:`~cellrcnn.io.files.MAX_MEMBER_BYTES`.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "rdf.yaml"
+    check_package_sizes(path)  # before any member is unpacked
     spec = _spec()
     from bioimageio.spec.model.v0_5 import ModelDescr
 
@@ -195,24 +197,28 @@ def read_package(path: str | os.PathLike) -> Package:
     if not isinstance(descr, ModelDescr):
         errors = getattr(getattr(descr, "validation_summary", None), "errors", [])
         why = f": {errors[0].msg}" if errors else ""
-        raise ValueError(f"{path} is not a valid bioimage.io model package{why}")
+        raise DataError(f"{path} is not a valid bioimage.io model package{why}")
     weights = descr.weights.pytorch_state_dict
     arch = getattr(weights, "architecture", None)
     if weights is None or getattr(arch, "import_from", None) != PACKAGE_MODULE or arch.callable != CellLabels.__name__:
-        raise ValueError(f"{path} is a bioimage.io model, but not one exported by cellrcnn "
+        raise DataError(f"{path} is a bioimage.io model, but not one exported by cellrcnn "
                          f"(its architecture is not {PACKAGE_MODULE}.{CellLabels.__name__}); run it with bioimageio.core")
     kwargs = dict(arch.kwargs)
-    config = Config.from_saved(dict(kwargs.pop("config")))
+    try:
+        config = Config.from_saved(dict(kwargs.pop("config", None) or {}))
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: the config it records is not valid ({err}); export the model again with "
+                        f"cellrcnn-export-model") from None
     try:  # packages made before the choice was recorded hold only the score threshold: the rest as trained
         choice = CellChoice(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: its model kwargs are not valid ({err}); fix them in rdf.yaml or export the model "
+        raise DataError(f"{path}: its model kwargs are not valid ({err}); fix them in rdf.yaml or export the model "
                          f"again") from None
     try:
         data = io.BytesIO(weights.get_reader().read())  # checks the file's sha256 against rdf.yaml
         state = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as err:  # a missing, altered or unreadable weights file; torch raises several types
-        raise ValueError(f"{path}: cannot read its weights ({why_unreadable(err)}); download the package again or "
+        raise DataError(f"{path}: cannot read its weights ({why_unreadable(err)}); download the package again or "
                          f"export it again with cellrcnn-export-model") from None
     prefix = "net."
     return Package({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, config, choice)

@@ -28,7 +28,7 @@ from .selection import CellChoice, border_labels, keeps_largest, kept_cells, nuc
 from .tta import VIEWS, from_view, merge_views, to_view
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 
-__all__ = ["PathResult", "Predictor", "NETWORK_TILE", "EDGE_MARGIN"]
+__all__ = ["PathResult", "Predictor", "NETWORK_TILE", "EDGE_MARGIN", "MIN_SIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class PathResult:
 #: Side of a tile in network pixels when no tile size is given: the image resized by the prediction scale
 #: is cut into tiles of about this size.
 NETWORK_TILE = 1024
+
+#: The shortest image side, in network pixels, that is predicted: a smaller image cannot hold a cell.
+MIN_SIDE = 8
 
 #: A detection within this many network pixels of an inner tile edge counts as cut by the tile (see
 #: :mod:`cellrcnn.inference.tiles`): predicted masks stop a few pixels short of the edge that cuts them.
@@ -113,7 +116,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scale: float | None = None,
                         cell_diameter: float | str | None = None, choice: CellChoice | None = None,
-                        projection: str | None = None) -> "Predictor":
+                        projection: str | None = None, max_pixels: int | None = None) -> "Predictor":
         """Load a trained model: ``best.pt`` or ``last.pt`` of a run, a run folder (its ``best.pt``), or a
         bioimage.io package exported by cellrcnn (``model.zip``, see :func:`cellrcnn.export.bioimage.export_model`).
 
@@ -122,7 +125,8 @@ class Predictor:
         so that the predictor gives what the package gives; ``choice`` replaces
         it. Reading a package needs ``bioimageio.spec``
         (``pip install 'cellrcnn[bioimageio]'``). ``projection`` (``"max"`` or
-        ``"none"``) replaces the model's ``data.projection`` for Z-stacks and time series.
+        ``"none"``) replaces the model's ``data.projection`` for Z-stacks and time series; ``max_pixels``
+        its ``data.max_pixels``, the largest image read whole.
         """
         if is_package(path):
             package = read_package(path)
@@ -131,8 +135,8 @@ class Predictor:
             config, choice = package.config, choice or package.choice
         else:
             model, config = model_from_checkpoint(run_checkpoint(path), map_location="cpu")
-        if projection is not None:
-            config = replace(config, data=replace(config.data, projection=projection))
+        given = {"projection": projection, "max_pixels": max_pixels}
+        config = replace(config, data=replace(config.data, **{k: v for k, v in given.items() if v is not None}))
         return cls(model, config, resolve_device(device), scale, cell_diameter, choice)
 
     @property
@@ -159,10 +163,23 @@ class Predictor:
 
     def _open(self, image, name: str | None = None) -> ImageField:
         if isinstance(image, ImageField):
-            return image
-        if isinstance(image, (str, os.PathLike)):
-            return open_field(image, self.config.data)
-        return field_from_array(np.asarray(image), self.config.data, name or "image")
+            field = image
+        elif isinstance(image, (str, os.PathLike)):
+            field = open_field(image, self.config.data)
+        else:
+            field = field_from_array(np.asarray(image), self.config.data, name or "image")
+        return self._large_enough(field)
+
+    def _large_enough(self, field: ImageField) -> ImageField:
+        """``field``, refused with a :class:`DataError` when it is too small, at the model's scale, to hold a cell
+        (a 1-pixel row would otherwise be resized to nothing)."""
+        scale = self.scale or 1.0
+        if min(field.shape) * scale < MIN_SIDE:
+            at = f" at the scale the model reads images ({scale:.3g})" if scale != 1.0 else ""
+            raise DataError(f"{field.path or field.name}: {field.shape[0]} x {field.shape[1]} pixels is too small to hold a "
+                            f"cell{at}; images need at least {math.ceil(MIN_SIDE / scale)} pixels a side: remove it "
+                            f"or choose the images with --image-glob")
+        return field
 
     def estimate_scale(self, image, name: str | None = None, score_threshold: float = 0.5) -> float:
         """The resize factor at which the cells of ``image`` look the size the model was trained on.
@@ -381,7 +398,7 @@ class Predictor:
         return self._drain(steps, field.name, progress)
 
     def predict_paths(self, paths: list, batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
-                      progress: bool = False, **options) -> Iterator[PathResult]:
+                      progress: bool = False, names: list[str] | None = None, **options) -> Iterator[PathResult]:
         """Predict image files, one result per file, in order.
 
         Images that fit in one tile are predicted ``batch_size`` at a time;
@@ -399,6 +416,10 @@ class Predictor:
             As in :meth:`predict`.
         progress : bool
             A progress bar over the tiles of large images.
+        names : list of str, optional
+            The name of each file's prediction (its ``name`` and the table's
+            ``image`` column); None: the file stems (see
+            :func:`cellrcnn.io.folders.output_names` for names that never collide).
         **options
             Passed to :meth:`predict` (``score_threshold``, ``largest``,
             ``max_cells``, ``pixel_size``).
@@ -421,9 +442,13 @@ class Predictor:
                 yield from (PathResult(path, prediction=p) for (path, _), p in zip(pending, predictions))
                 pending.clear()
 
-        for path in map(Path, paths):
+        paths = [Path(p) for p in paths]
+        if names is not None and len(names) != len(paths):
+            raise ValueError(f"{len(names)} names for {len(paths)} paths")
+        for path, name in zip(paths, names or [p.stem for p in paths]):
             try:
-                field = open_field(path, self.config.data)
+                field = self._large_enough(open_field(path, self.config.data))
+                field.name = name
                 if self.auto_scale:  # each file at its own scale
                     yield PathResult(path, prediction=self.predict(field, tile=tile, overlap=overlap,
                                                                    batch_size=batch_size, progress=progress,

@@ -10,13 +10,15 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from ..config.fields import MAX_PIXELS
 from .files import DataError
 
 __all__ = ["CELL_LINK", "PREDICTION_FILE", "CocoImage", "CocoFile", "is_coco_file", "read_coco", "parse_segmentation", "decode_annotation",
@@ -80,6 +82,15 @@ def _load_json(path: Path):
                           f"data folder") from None
 
 
+def _inside(path: Path, entry: CocoImage) -> None:
+    """Refuse a ``file_name`` that leaves the annotations' folder (``../x.tif``, ``/data/x.tif``, ``C:\\x.tif``):
+    a COCO file names images beside it, and reads nothing else."""
+    name = entry.file_name.replace("\\", "/")
+    if not name or name.startswith("/") or PureWindowsPath(name).drive or ".." in name.split("/"):
+        raise _fail(path, f"image {entry.id}: file_name {entry.file_name!r} points outside the folder of the "
+                          f"annotations; give names relative to it (such as 'cell_01.tif' or 'images/cell_01.tif')")
+
+
 @functools.lru_cache(maxsize=8)
 def _read_cached(path: Path, mtime_ns: int) -> CocoFile:
     data = _load_json(path)
@@ -92,6 +103,12 @@ def _read_cached(path: Path, mtime_ns: int) -> CocoFile:
     except (KeyError, TypeError, ValueError) as err:
         raise _fail(path, f"an image or category entry lacks {err} (images need id, file_name, height and "
                           f"width; categories id and name)") from None
+    for entry in images.values():
+        _inside(path, entry)
+        if not (entry.height >= 1 and entry.width >= 1 and entry.height * entry.width <= MAX_PIXELS):
+            raise _fail(path, f"image {entry.id}: height {entry.height} and width {entry.width} are not the size of "
+                              f"an image (at most {MAX_PIXELS:,} pixels); fix the entry or export the annotations "
+                              f"again")
     annotations: dict[int, list[dict]] = {i: [] for i in images}
     known = set(categories.values())
     for ann in data["annotations"]:
@@ -142,17 +159,66 @@ def decode_annotation(ann: dict, height: int, width: int, path: str | os.PathLik
     if isinstance(seg, list):
         if not seg or any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in seg):
             raise DataError(f"{name}: a polygon needs at least 3 points (x, y pairs); fix or remove it")
+        reach = 2 * (height + width)  # pycocotools allocates for every pixel a polygon's edges cross
+        if any(not _number(v) or not -reach <= v <= reach for p in seg for v in p):
+            raise DataError(f"{name}: a polygon point is not a number inside or near the {width}x{height} image; "
+                            f"fix or remove it")
         rle = coco_mask.merge(coco_mask.frPyObjects(seg, height, width))
     elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if list(seg["size"]) != [height, width]:
-            raise DataError(f"{name}: RLE of size {seg['size'][1]}x{seg['size'][0]} for an image of "
-                            f"{width}x{height} pixels; the mask must match its image")
-        rle = coco_mask.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else dict(seg)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode()
+        size = seg["size"]
+        if not isinstance(size, list) or size != [height, width]:
+            shown = f"{size[1]}x{size[0]}" if isinstance(size, list) and len(size) == 2 else repr(size)
+            raise DataError(f"{name}: RLE of size {shown} for an image of {width}x{height} pixels; the mask must "
+                            f"match its image")
+        counts = seg["counts"]
+        if isinstance(counts, list) and all(_number(c) and c == int(c) and c >= 0 for c in counts):
+            total, rle = sum(int(c) for c in counts), coco_mask.frPyObjects({**seg, "counts": [int(c) for c in counts]},
+                                                                            height, width)
+        elif isinstance(counts, (str, bytes)):
+            rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+            total = _rle_total(rle["counts"])
+        else:
+            total = None
+        # pycocotools decodes without checking that the runs fill the image: a short or long RLE would read or
+        # write memory outside the mask
+        if total != height * width:
+            raise DataError(f"{name}: its RLE counts do not cover the {width}x{height} image exactly; export the "
+                            f"annotations again")
     else:
         raise DataError(f"{name}: segmentation must be polygons or RLE")
     return coco_mask.decode(rle).astype(bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rle_total(counts: bytes) -> int | None:
+    """The pixels a compressed COCO RLE string covers (the sum of its runs), or None when it is not one.
+
+    The string is the COCO API's own: runs in 5-bit groups of characters from ``0`` (48) on, a continuation bit
+    (32) and a sign bit (16) in the last group, each run from the third on stored as its difference to the run
+    two before (``rleFrString`` in the API's maskApi.c).
+    """
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts) or not 48 <= counts[position] < 112:
+                return None
+            code = counts[position] - 48
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return None
+        runs.append(value)
+    return sum(runs)
 
 
 def coco_masks(coco: CocoFile, image_id: int, cell: str, parts: tuple[str, ...], classes: tuple[str, ...] = ()) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import tifffile
 
 from ..config.data import DataConfig
-from .files import _is_tiff, _unreadable, read_raw_axes
+from .files import DataError, _is_tiff, _unreadable, read_raw_axes
 from .intensity import _config, _levels, _pixels, _scale
 from .layouts import _Layout, _layout
 
@@ -138,8 +138,10 @@ def _mappable(path: Path, series, byteorder: str) -> _Mapped | None:
         return None
     shape = tuple(series.shape)
     dtype = np.dtype(byteorder + series.dtype.char)
-    if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
-        return None  # truncated: reading it whole says so
+    need, have = offset + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, path.stat().st_size
+    if need > have:  # the header claims more pixels than the file holds
+        raise DataError(f"{path}: truncated or damaged: its header describes {' x '.join(map(str, shape))} values "
+                        f"({need:,} bytes) but the file holds {have:,} bytes; export it again")
     return _Mapped(path, offset, dtype, shape)
 
 
@@ -168,10 +170,12 @@ def open_field(path: str | os.PathLike, config: DataConfig | None = None) -> Ima
                 series = tif.series[0]
                 axes = series.axes
                 source = _mappable(path, series, tif.byteorder)
+        except DataError:
+            raise
         except Exception as err:  # readers raise many types for corrupt or truncated files
             raise _unreadable(path, err) from None
     if source is None:
-        source, axes = read_raw_axes(path)
+        source, axes = read_raw_axes(path, config.max_pixels)
         log = logger.info if source.size > LEVEL_PIXELS else logger.debug
         log("%s: not an uncompressed TIFF, read whole into memory (%d MB)", path, source.nbytes // 2**20)
     layout = _layout(source.shape, axes, config.channels, config.projection, str(path))

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "read_raw", "read_raw_axes"]
+from ..config.fields import MAX_PIXELS
+from ..utils.errors import DataError
+
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "MAX_MEMBER_BYTES", "check_package_sizes", "check_pixels", "read_raw", "read_raw_axes"]
 
 
 #: File extensions read as images or masks.
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
-
-
-class DataError(ValueError):
-    """A data file or folder that cannot be used; the message names it and what to do."""
 
 
 def _unreadable(path: Path, err: Exception) -> DataError:
@@ -30,11 +29,102 @@ def _unreadable(path: Path, err: Exception) -> DataError:
                      f"export it again or remove it from the folder")
 
 
+#: The most bytes one member of a model package may unpack to, checked from the zip's directory before anything
+#: is read: 512 MiB, nearly three times the largest cellrcnn model's weights (resnet50_fpn_v2, about 180 MB).
+MAX_MEMBER_BYTES = 512 * 2**20
+
+
+def check_package_sizes(path: str | os.PathLike, max_bytes: int = MAX_MEMBER_BYTES) -> None:
+    """Refuse a package (a zip, or an unpacked folder or its ``rdf.yaml``) holding a file larger than ``max_bytes``
+    unpacked, from the zip's directory or the folder's listing, before any member is read.
+
+    The directory may understate a member's size; Python's zip reader then stops at the stated size (and finds
+    the checksum wrong), so no member unpacks past the limit either way.
+
+    Raises
+    ------
+    DataError
+        Naming the package, the member and its size.
+    """
+    import zipfile
+
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                sizes = [(info.filename, info.file_size) for info in archive.infolist()]
+        except (zipfile.BadZipFile, OSError) as err:
+            raise DataError(f"{path}: a damaged zip file ({err}); download or export the package again") from None
+    else:
+        folder = path if path.is_dir() else path.parent
+        sizes = [(p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file()]
+    for name, size in sizes:
+        if size > max_bytes:
+            raise DataError(f"{path}: its member {name} unpacks to {size / 2**20:,.0f} MiB, more than the "
+                            f"{max_bytes / 2**20:,.0f} MiB any file of a cellrcnn package may hold; it is not a "
+                            f"package cellrcnn wrote: get the model again from a source you trust")
+
+
 def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
-def read_raw_axes(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+def _pixels_of(shape: tuple[int, ...], axes: str) -> int:
+    """Rows x columns x planes x frames: every axis but channels and colour samples."""
+    return int(np.prod([n for a, n in zip(axes, shape) if a not in "CS"], dtype=np.float64))
+
+
+def check_pixels(path: str | os.PathLike, shape: tuple[int, ...], axes: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse, before anything is read, an image whose header claims more than ``max_pixels`` pixels.
+
+    Raises
+    ------
+    DataError
+        Naming the file, its size and the two ways on: ``data.max_pixels`` (``--max-pixels``) for a
+        real large image, or an uncompressed TIFF, which is read window by window.
+    """
+    pixels = _pixels_of(shape, axes)
+    if pixels > max_pixels:
+        size = " x ".join(str(n) for a, n in zip(axes, shape) if a not in "CS")
+        raise DataError(f"{path}: its header claims {size} pixels ({pixels / 1e6:,.0f} megapixels), more than the "
+                        f"{max_pixels / 1e6:,.0f} read whole into memory; if the image is real, save it as an "
+                        f"uncompressed TIFF (read window by window) or raise --max-pixels (data.max_pixels), "
+                        f"else export it again")
+
+
+def _pil_header(path: Path) -> tuple[tuple[int, ...], str]:
+    """Shape and axes of a PNG, BMP or JPEG from its header alone (no pixel is decoded)."""
+    from PIL import Image
+
+    with _no_pil_limit(), Image.open(path) as image:
+        width, height = image.size
+        bands = len(image.getbands())
+    return ((height, width), "YX") if bands == 1 else ((height, width, bands), "YXS")
+
+
+class _no_pil_limit:
+    """PIL's own decompression-bomb limit off while cellrcnn's (``max_pixels``), checked first, applies: it would
+    otherwise warn on stderr below our limit and refuse images above its own that a user allowed."""
+
+    def __enter__(self):
+        import warnings
+
+        from PIL import Image
+
+        self._limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+    def __exit__(self, *exc):
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = self._limit
+        self._warnings.__exit__(*exc)
+        return False
+
+
+def read_raw_axes(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Read an image file as stored, with the name of each axis.
 
     Axes use tifffile's letters: ``Y`` and ``X`` (rows, columns), ``C``
@@ -52,28 +142,35 @@ def read_raw_axes(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     Raises
     ------
     DataError
-        The file is missing, unreadable or holds no pixels.
+        The file is missing, unreadable or holds no pixels, or its header claims
+        more than ``max_pixels`` pixels (see :func:`check_pixels`; nothing is
+        read then).
     """
     path = Path(path)
     try:
         if _is_tiff(path):
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
+                check_pixels(path, tuple(series.shape), series.axes, max_pixels)
                 array, axes = series.asarray(), series.axes
         else:
             from skimage.io import (
                 imread,  # slow to import; only needed for non-TIFF files
             )
 
-            array = np.asarray(imread(path))
+            check_pixels(path, *_pil_header(path), max_pixels)
+            with _no_pil_limit():
+                array = np.asarray(imread(path))
             axes = {2: "YX", 3: "YXS"}.get(array.ndim, "Q" * array.ndim)
         if array.size == 0:
             raise ValueError("no image data in the file")
+    except DataError:
+        raise
     except Exception as err:  # readers raise many types for corrupt or truncated files
         raise _unreadable(path, err) from None
     return array, axes
 
 
-def read_raw(path: str | os.PathLike) -> np.ndarray:
+def read_raw(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image or mask file as stored (dtype and shape untouched); DataError if unreadable."""
-    return read_raw_axes(path)[0]
+    return read_raw_axes(path, max_pixels)[0]

@@ -18,7 +18,7 @@ from .coco import is_coco_file, read_coco
 from .files import IMAGE_EXTENSIONS, DataError
 from .layouts import _layout
 
-__all__ = ["Pair", "list_images", "Matching", "coco_file_of", "match_files", "find_pairs", "read_classes_csv",
+__all__ = ["Pair", "list_images", "output_names", "Matching", "coco_file_of", "match_files", "find_pairs", "read_classes_csv",
            "class_of", "write_pair"]
 
 logger = logging.getLogger(__name__)
@@ -48,13 +48,18 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[str, ...] = ()) -> list[Path]:
+def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[str, ...] = (),
+                mask_glob: str | None = None) -> list[Path]:
     """The image files a command reads: ``path`` itself, or the images of the folder ``path``.
 
     Files of a folder count when their extension is one of :data:`IMAGE_EXTENSIONS`,
     their name matches ``glob`` and does not start with a dot, and their stem does
     not end with one of ``skip_suffixes`` (masks, or results written there), in
-    name order.
+    name order. A folder laid out for training is read as training reads it: one
+    holding only ``images/`` and ``masks/`` gives the files of ``images/``; and with
+    ``mask_glob`` (the pattern that told masks from images in one folder, such as
+    ``"*.png"`` beside ``001.bmp``), a file that matches it and shares its stem with
+    an image that does not is a mask, left out.
 
     Raises
     ------
@@ -66,12 +71,64 @@ def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[s
         return [path]
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder")
-    found = [p for p in sorted(path.iterdir()) if _is_image_file(p) and fnmatch.fnmatch(p.name, glob)
+    files = [p for p in sorted(path.iterdir()) if _is_image_file(p)]
+    if not files and (path / "images").is_dir():  # the images/ + masks/ layout
+        return list_images(path / "images", glob, skip_suffixes)
+    found = [p for p in files if fnmatch.fnmatch(p.name, glob)
              and not (skip_suffixes and p.stem.endswith(tuple(skip_suffixes)))]
+    if mask_glob and mask_glob != "*":
+        images = {p.stem for p in files if not fnmatch.fnmatch(p.name, mask_glob)}
+        found = [p for p in found if not (fnmatch.fnmatch(p.name, mask_glob) and p.stem in images)]
     if not found:
         raise DataError(f"{path}: no images matching {glob!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-                        f"check the folder and the image pattern (data.image_glob)")
+                        f"check the folder and the image pattern (--image-glob)")
     return found
+
+
+def output_names(images: list[Path]) -> dict[Path, str]:
+    """A distinct name for each image's results: its stem, or, where files of different folders share a
+    stem, the stem after as many of its folders as tell them apart (``a/001.bmp``, ``b/001.bmp``:
+    ``a_001``, ``b_001``).
+
+    Parameters
+    ----------
+    images : list of Path
+        Image files, each once.
+
+    Returns
+    -------
+    dict of Path to str
+        File-safe names, in the order of ``images``.
+
+    Raises
+    ------
+    DataError
+        Two files of one folder share a stem (``001.tif`` and ``001.png``): their results would overwrite
+        each other, and one of them is likely a mask.
+    """
+    by_stem: dict[str, list[Path]] = {}
+    for image in images:
+        by_stem.setdefault(image.stem, []).append(image)
+    names = {image: image.stem for image in images}
+    for stem, same in by_stem.items():
+        if len(same) < 2:
+            continue
+        folders = [p.resolve().parent for p in same]
+        twins = [p for p, folder in zip(same, folders) if folders.count(folder) > 1]
+        if twins:
+            raise DataError(f"{twins[0].parent}: {twins[0].name} and {twins[1].name} share the name {stem}, so "
+                            f"their results would overwrite each other; choose the images with --image-glob "
+                            f"(such as '*{twins[0].suffix}'), or rename one")
+        for depth in range(1, max(len(f.parts) for f in folders) + 1):
+            prefixes = ["_".join(f.parts[-depth:]).strip("/_") for f in folders]
+            if len(set(prefixes)) == len(same):
+                break
+        names.update({p: f"{prefix}_{stem}" for p, prefix in zip(same, prefixes)})
+    if len(set(names.values())) < len(names):  # a prefixed name met another file's stem: a rare tangle
+        first = next(p for p in images if list(names.values()).count(names[p]) > 1)
+        raise DataError(f"{first}: its results and another file's would share the name {names[first]}; "
+                        f"predict the folders one at a time, each into its own --out")
+    return names
 
 
 def _mask_index(folder: Path, glob: str) -> dict[str, list[Path]]:

@@ -150,5 +150,5 @@ def read_image(path: str | os.PathLike, config: DataConfig | None = None) -> np.
     """
     config = _config(config, "read_image")
     path = Path(path)
-    array, axes = read_raw_axes(path)
+    array, axes = read_raw_axes(path, config.max_pixels)
     return image_from_array(array, config, str(path), axes)

@@ -62,7 +62,9 @@ class PredictWidget(Container):
                                    tooltip="best.pt of a run, a run folder (type its path), or a bioimage.io "
                                            "package exported by cellrcnn (.zip)")
         self.image = ComboBox(label="Image", choices=self._image_layers, nullable=True)
-        self.score_threshold = FloatSpinBox(label="Score threshold", value=0.5, min=0.0, max=0.99, step=0.05)
+        self.score_threshold = FloatSpinBox(label="Score threshold", value=0.5, min=0.0, max=0.99, step=0.05,
+                                            tooltip="the model's own (a package records one; a run: 0.5) until "
+                                                    "you change it; shown after each prediction")
         self.cells = ComboBox(label="Cells", choices=list(CELL_CHOICES), value="as the model was trained",
                               tooltip="every cell found, or only the largest complete one (for crops of one "
                                       "cell); 'as the model was trained' follows its single-cell setting")
@@ -87,7 +89,11 @@ class PredictWidget(Container):
         self.predictor: Predictor | None = None
         self.prediction = None
         self._pixel_size: float | None = None  # the one the prediction's table was measured with
+        self._threshold_typed = False  # the model's own threshold applies until the user sets one
+        self._showing_threshold = False
         self.worker = None
+        self.score_threshold.changed.connect(self._threshold_changed)
+        self.model_path.changed.connect(self._model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self.save)
@@ -124,6 +130,21 @@ class PredictWidget(Container):
     def _fail(self, message: str) -> None:
         fail(self.status, message, LABELS)
 
+    def _threshold_changed(self, _value=None) -> None:
+        if not self._showing_threshold:
+            self._threshold_typed = True
+
+    def _model_changed(self, _value=None) -> None:
+        self._threshold_typed = False  # a new model brings its own threshold
+
+    def _show_threshold(self, value: float) -> None:
+        """Show the threshold a prediction used, without taking it as the user's."""
+        self._showing_threshold = True
+        try:
+            self.score_threshold.value = value
+        finally:
+            self._showing_threshold = False
+
     def _stop(self) -> None:
         """On close: stop the worker, updating no widget (they may be gone already)."""
         worker = getattr(self, "worker", None)
@@ -138,7 +159,8 @@ class PredictWidget(Container):
         if layer is None:
             return self._fail("choose an image layer (open an image in napari first)")
         self._pixel_size = self.pixel_size.value or None
-        options = {"score_threshold": self.score_threshold.value, "largest": CELL_CHOICES[self.cells.value],
+        threshold = self.score_threshold.value if self._threshold_typed else None  # None: the model's own
+        options = {"score_threshold": threshold, "largest": CELL_CHOICES[self.cells.value],
                    "pixel_size": self._pixel_size, "tile": self.tile.value or None}
         image, which = self._plane(layer)
         # errors go to the status line, not re-raised in Qt's event loop
@@ -166,6 +188,8 @@ class PredictWidget(Container):
 
     def _show(self, layer, predictor: Predictor, prediction) -> None:
         self.predictor, self.prediction = predictor, prediction
+        if not self._threshold_typed:
+            self._show_threshold(predictor.default_choice.score_threshold)
         parts = self._layer(f"{layer.name} parts", prediction.parts, layer.scale,
                             colormap=part_colormap(predictor.parts))
         parts.metadata["parts"] = predictor.parts

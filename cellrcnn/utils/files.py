@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 __all__ = ["atomic_write", "safe_stem"]
@@ -12,15 +13,31 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = False) -> Pat
     """Write a file through ``write(tmp_path)`` then rename it into place.
 
     A crash never leaves a half-written ``path``, and an existing file is only
-    replaced with ``overwrite=True``.
+    replaced with ``overwrite=True``. Each call writes its own temporary file (named
+    for the process and a random token), so concurrent writers never share one; without
+    ``overwrite``, the file is put in place by a hard link, which fails if another
+    writer got there first, so even a race never replaces a file silently.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite to replace it")
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         write(tmp)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} exists; pass overwrite to replace it") from None
+            except OSError:  # a file system without hard links: the check above is all there is
+                os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -3,6 +3,9 @@ with a request to report it (exit code 1). One test per case a probe of the comm
 that need a package are in tests/export/test_share.py, an interrupted prediction in tests/inference/test_predict.py.
 """
 
+import json
+import logging
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import SAMPLE, fails_in_one_line
+from conftest import SAMPLE, fails_here, fails_in_one_line
 
 from cellrcnn.cli.common import command
 
@@ -99,3 +102,158 @@ def test_a_bug_is_a_traceback_with_a_request_to_report_it_and_a_user_error_one_l
     assert err.strip().splitlines()[-1].endswith("traceback above.")
     assert refused() == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: a.tif: no such file; check the path"]
+
+
+# --- issue 37: colliding names, tiny and huge inputs, hostile files -------------------------------------------------
+
+def model_with_masks_by_pattern(checkpoint, path: Path) -> Path:
+    """The suite's model, as if trained on one folder whose masks (``*.png``) share their images' stems."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["config"]["data"]["mask_glob"] = "*.png"
+    torch.save(state, path)
+    return path
+
+
+def bmp_pairs(folder: Path, names=("001", "002")) -> Path:
+    """The README's one-folder layout (``001.bmp`` beside its mask ``001.png``), from the sample."""
+    from skimage.io import imread, imsave
+
+    folder.mkdir(parents=True)
+    for k, name in enumerate(names):
+        imsave(folder / f"{name}.bmp", imread(SAMPLE / "images" / f"sample_0{k}.png")[..., :3], check_contrast=False)
+        imsave(folder / f"{name}.png", imread(SAMPLE / "masks" / f"sample_0{k}.png"), check_contrast=False)
+    return folder
+
+
+def table(out: Path):
+    import pandas as pd
+
+    return pd.read_csv(out / "cells.csv", dtype={"image": str})
+
+
+def test_masks_beside_their_images_are_not_predicted_and_same_stems_never_overwrite(checkpoint, tmp_path, capsys):
+    """Issue 37 (1): the model's own layout rule (masks are ``*.png``) leaves the masks out; without one, two files
+    of one folder that share a stem are refused before anything is written; files of two folders sharing a stem get
+    names told apart by their folders."""
+    from cellrcnn.cli import predict_main
+
+    folder = bmp_pairs(tmp_path / "wbc")
+    model = model_with_masks_by_pattern(checkpoint, tmp_path / "bypattern.pt")
+    assert predict_main([str(model), str(folder), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    alone = bmp_pairs(tmp_path / "one", ("001",))
+    (alone / "001.png").unlink()
+    assert predict_main([str(model), str(alone / "001.bmp"), "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    both, one = table(tmp_path / "p"), table(tmp_path / "q")
+    assert sorted(set(both["image"])) == ["001", "002"]
+    assert both[both["image"] == "001"].reset_index(drop=True).equals(one)  # the image's cells, not the mask's
+    assert sorted(p.name for p in (tmp_path / "p").glob("*.tif")) == ["001_cells.tif", "001_parts.tif",
+                                                                       "002_cells.tif", "002_parts.tif"]
+    line = fails_here(capsys, "predict", checkpoint, folder, "--out", tmp_path / "r", at=tmp_path)
+    assert "001.bmp and 001.png share the name 001" in line and "--image-glob" in line
+
+    other = bmp_pairs(tmp_path / "b", ("001",))
+    (other / "001.png").unlink()
+    assert predict_main([str(checkpoint), str(alone / "001.bmp"), str(other / "001.bmp"), "--out",
+                         str(tmp_path / "s"), "--coco", "--quiet"]) == 0
+    two = table(tmp_path / "s")
+    assert sorted(set(two["image"])) == ["b_001", "one_001"]
+    coco = json.loads((tmp_path / "s" / "cells.json").read_text())
+    assert sorted(i["file_name"] for i in coco["images"]) == ["b/001.bmp", "one/001.bmp"]
+
+
+def test_an_image_too_small_to_hold_a_cell_costs_only_itself(checkpoint, tmp_path, capsys):
+    """Issue 37 (2): a 1-pixel row is one line naming it; the other images are predicted; alone, nothing is left."""
+    from skimage.io import imsave
+
+    from cellrcnn.cli import predict_main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    imsave(folder / "a_row.png", np.full((1, 100), 128, np.uint8), check_contrast=False)
+    line = fails_here(capsys, "predict", checkpoint, folder / "a_row.png", "--out", tmp_path / "out", at=tmp_path)
+    assert "a_row.png: 1 x 100 pixels is too small to hold a cell" in line and "at least 8 pixels a side" in line
+    shutil.copy(IMAGE, folder / "b_image.png")
+    assert predict_main([str(checkpoint), str(folder), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "a_row.png: 1 x 100 pixels is too small" in err and "1 of 2 images could not be predicted" in err
+    assert (tmp_path / "out" / "b_image_cells.tif").is_file() and not list((tmp_path / "out").glob("a_row*"))
+
+
+def claiming_tiff(path: Path, side: int, compression=None) -> Path:
+    """A 10 x 10 TIFF whose header then claims ``side`` x ``side`` pixels (a few hundred bytes on disk)."""
+    import struct
+
+    tifffile.imwrite(path, np.zeros((10, 10), np.uint8), compression=compression, metadata=None)
+    raw = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        for name in ("ImageWidth", "ImageLength", "RowsPerStrip"):
+            raw[tags[name].valueoffset:tags[name].valueoffset + 4] = struct.pack("<I", side)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def claiming_png(path: Path, side: int) -> Path:
+    """A small PNG whose header (IHDR, its checksum right) claims ``side`` x ``side`` pixels."""
+    import struct
+    import zlib
+
+    from skimage.io import imsave
+
+    imsave(path, np.zeros((10, 10), np.uint8), check_contrast=False)
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"IHDR")
+    raw[start + 4:start + 12] = struct.pack(">II", side, side)
+    raw[start + 17:start + 21] = struct.pack(">I", zlib.crc32(bytes(raw[start:start + 17])))
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_anything_is_read(checkpoint, tmp_path, capsys):
+    """Issue 37 (4): no allocation of what a header claims: an uncompressed TIFF is found truncated, a compressed one
+    and a PNG over data.max_pixels, each in one line (no PIL warning); the limit is the user's to raise."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    claiming_tiff(tmp_path / "plain.tif", 100_000)
+    claiming_tiff(tmp_path / "zipped.tif", 100_000, "zlib")
+    claiming_png(tmp_path / "big.png", 100_000)
+    try:  # a 10-gigapixel allocation would fail loudly under 6 GiB of address space instead of passing unnoticed
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, hard))
+        plain = fails_here(capsys, "predict", checkpoint, tmp_path / "plain.tif", "--out", tmp_path / "o", at=tmp_path)
+        zipped = fails_here(capsys, "predict", checkpoint, tmp_path / "zipped.tif", "--out", tmp_path / "o",
+                            at=tmp_path)
+        big = fails_here(capsys, "predict", checkpoint, tmp_path / "big.png", "--out", tmp_path / "o", at=tmp_path)
+        allowed = fails_here(capsys, "predict", checkpoint, tmp_path / "big.png", "--out", tmp_path / "o",
+                             "--max-pixels", str(10**10 + 1), at=tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert "plain.tif: truncated or damaged: its header describes 100000 x 100000 values" in plain
+    for line, name in ((zipped, "zipped.tif"), (big, "big.png")):
+        assert f"{name}: its header claims 100000 x 100000 pixels (10,000 megapixels), more than the 268" in line
+        assert "--max-pixels" in line
+    assert "big.png: cannot read the file" in allowed  # past the limit, the reader finds the file damaged
+
+
+def test_a_bugs_traceback_quotes_the_code_as_it_is(capsys):
+    """Issue 37 (6): the filter that puts config names in flags' terms leaves a traceback alone."""
+    from cellrcnn.cli.common import Parser, setup_logging
+
+    parser = Parser(prog="cellrcnn-test")
+    parser.add_argument("--scale", type=float)
+    setup_logging(parser=parser)
+
+    @command
+    def broken(argv=None):
+        scale = None
+        return {}.get(scale=scale)  # a TypeError whose source line names scale=scale
+
+    try:
+        assert broken() == 1
+        err = capsys.readouterr().err
+        logging.getLogger("cellrcnn").error("error: set scale=2")  # a message still speaks in flags
+        told = capsys.readouterr().err.strip()
+    finally:
+        setup_logging()
+    assert "return {}.get(scale=scale)" in err and "--scale" not in err
+    assert told == "error: set --scale 2"

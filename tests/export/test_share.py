@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import REPO, SAMPLE, fails_in_one_line
+from conftest import REPO, SAMPLE, fails_here, fails_in_one_line
 from skimage.io import imread, imsave
 
 from cellrcnn import Config, DataConfig, Predictor
@@ -179,6 +179,29 @@ def test_a_package_whose_weights_hold_a_pickle_is_one_line_without_torchs_advice
                              at=tmp_path)
     assert "evil.zip: cannot read its weights (it holds Python objects besides tensors" in line
     assert "weights_only" not in line and "download the package again" in line and not flag.exists()
+
+
+def test_a_package_member_that_unpacks_past_the_limit_is_refused_before_it_is_read(package, tmp_path, capsys):
+    """Issue 37 (3): a 1 MB zip whose weights.pt unpacks to 600 MiB is refused from the zip's directory, in one
+    line naming the member (it no longer blames a damaged download), with no memory spent on it."""
+    import resource
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(package) as original, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for item in original.infolist():
+            if item.filename != "weights.pt":
+                out.writestr(item, original.read(item))
+        with out.open("weights.pt", "w", force_zip64=True) as weights:
+            chunk = bytes(2**20)
+            for _ in range(600 * 2**20 // len(chunk)):
+                weights.write(chunk)
+    assert bomb.stat().st_size < 2 * 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    line = fails_here(capsys, "predict", bomb, SAMPLE / "images" / "sample_00.png", "--out", tmp_path / "out",
+                      at=tmp_path)
+    assert "bomb.zip: its member weights.pt unpacks to 600 MiB, more than the 512 MiB" in line
+    assert "download the package again" not in line
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: far below 600 MiB
 
 
 def run(*args):

@@ -133,3 +133,25 @@ def test_isbi_cells_each_get_their_one_nucleus():
         assert all((m == 2).any() for m in instances)  # every cell has its nucleus
         nuclei = [set(zip(*np.nonzero(m == 2))) for m in instances]
         assert all(a.isdisjoint(b) for i, a in enumerate(nuclei) for b in nuclei[i + 1:])  # and no two share one
+
+
+@pytest.mark.parametrize("file_name", ["../outside.tif", "/tmp/outside.tif", "images/../../outside.tif",
+                                       "..\\outside.tif", "C:\\data\\outside.tif"])
+def test_a_file_name_that_leaves_the_folder_is_refused_by_check_data_and_evaluate(tmp_path, capsys, file_name):
+    """Issue 37 (5): a COCO file names only images inside its folder; check-data (exit 1: a problem found) and
+    evaluate (exit 2) say so in one line and read nothing outside."""
+    from conftest import fails_here, files_under
+
+    from cellrcnn.cli import check_data_main
+
+    data = write_coco(tmp_path / "data", images=[{"id": 7, "file_name": file_name, "height": H, "width": W}])
+    tifffile.imwrite(tmp_path / "outside.tif", np.zeros((H, W), np.uint8))
+    before = files_under(tmp_path)
+    assert check_data_main([str(data)]) == 1
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert f"annotations.json: image 7: file_name {file_name!r} points outside the folder" in line
+    assert files_under(tmp_path) == before
+    (tmp_path / "pred").mkdir()
+    line = fails_here(capsys, "evaluate", data, "--pred-dir", tmp_path / "pred", "--out", tmp_path / "scores",
+                      at=tmp_path)
+    assert "points outside the folder" in line

@@ -224,6 +224,23 @@ def test_atomic_write_never_overwrites_silently(tmp_path):
     assert target.read_text() == "one" and sorted(x.name for x in tmp_path.iterdir()) == ["out.txt"]
 
 
+def test_concurrent_atomic_writes_never_share_a_temporary_file_nor_replace_each_other(tmp_path):
+    """Issue 37 (7): a second writer that finishes while the first is still writing."""
+    target, temporaries = tmp_path / "cells.csv", []
+
+    def first(tmp, overwrite=False):
+        tmp.write_text("first, half")
+        temporaries.append(tmp)
+        atomic_write(target, lambda other: (temporaries.append(other), other.write_text("second")), overwrite)
+        tmp.write_text("first")
+
+    with pytest.raises(FileExistsError, match="cells.csv exists"):  # the second got there first
+        atomic_write(target, first)
+    assert target.read_text() == "second" and temporaries[0] != temporaries[1]
+    atomic_write(target, lambda tmp: first(tmp, overwrite=True), overwrite=True)  # the last writer's whole file
+    assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["cells.csv"]
+
+
 # --- channels, stacks and windows ---------------------------------------------------------------------
 
 def two_channels(h=24, w=20):

@@ -105,6 +105,30 @@ def test_predict_widget_adds_the_predictors_labels_and_saves_them(make_napari_vi
     assert widget.pixel_size.value == 0.0
 
 
+def test_predict_widget_uses_the_models_own_threshold_until_one_is_typed(make_napari_viewer, qtbot, checkpoint):
+    """Issue 37 (9): a package's recorded threshold is not overridden by the widget's default."""
+    from cellrcnn.inference.selection import CellChoice
+
+    viewer = make_napari_viewer()
+    image = synthetic_sample(5, size=(128, 128))["image"]
+    viewer.add_image(image, name="cells", rgb=True)
+    widget = PredictWidget(viewer)
+    widget.model_path.value = checkpoint
+    widget.image.value = viewer.layers["cells"]
+    recorded = Predictor.from_checkpoint(checkpoint, choice=CellChoice(score_threshold=0.99))  # as a package's
+    widget._loaded.update(key=(str(checkpoint), checkpoint.stat().st_mtime), predictor=recorded)
+    widget.run()
+    wait_idle(qtbot, widget.run_button)
+    low = recorded.predict(image, name="cells", score_threshold=0.3)
+    assert len(low.table) > len(widget.prediction.table), "the test needs cells between the two thresholds"
+    np.testing.assert_array_equal(widget.prediction.cells, recorded.predict(image, name="cells").cells)
+    assert widget.score_threshold.value == 0.99  # shown, as used
+    widget.score_threshold.value = 0.3  # typed: it applies
+    widget.run()
+    wait_idle(qtbot, widget.run_button)
+    np.testing.assert_array_equal(widget.prediction.cells, low.cells)
+
+
 def test_predict_widget_in_tiles_can_be_cancelled(make_napari_viewer, qtbot, checkpoint):
     viewer = make_napari_viewer()
     image = np.tile(synthetic_sample(7, size=(128, 128))["image"], (2, 2, 1))
