@@ -47,7 +47,8 @@ def check_data_main(argv: list[str] | None = None) -> int:
     if len(table):
         fractions = table[[f"{p}_fraction" for p in args.parts]].mean()
         logger.info("%s: %d usable images, %d cells (%.2f per image, %d images without a cell)",
-                    args.data_dir, len(table), table["cells"].sum(), table["cells"].mean(), (table["cells"] == 0).sum())
+                    args.data_dir, len(table), int(table["cells"].sum()), float(table["cells"].mean()),
+                    int((table["cells"] == 0).sum()))  # plain numbers: napari's test plugin makes numpy ones text
         logger.info("mean part pixel fractions: %s",
                     ", ".join(f"{p} {f:.3f}" for p, f in zip(args.parts, fractions)))
         if config.classes_csv:

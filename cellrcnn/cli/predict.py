@@ -71,7 +71,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                                                              "are complete are skipped, the others predicted")
     add_scale_arguments(parser)
     run = parser.add_argument_group("run")
-    run.add_argument("--image-glob", default="*", help="pattern of image files in a folder")
+    run.add_argument("--image-glob", dest="data.image_glob", default="*", help="pattern of image files in a folder")
     run.add_argument("--projection", dest="data.projection", choices=PROJECTIONS, default=None,
                      help="Z-stacks and time series: max gives their maximum projection (default: as the model was "
                           "trained)")
@@ -100,25 +100,39 @@ def predict_main(argv: list[str] | None = None) -> int:
         parser.error(f"{missing[0]}: no such file or folder, and no file matches it"
                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     setup_logging(args.quiet, parser)
+    from ..utils.runtime import process_group
+
+    with process_group(args.device) as runtime:  # left however the run ends, on every process
+        return _predict_in_group(args, runtime, inputs, choice)
+
+
+def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], choice: dict) -> int:
+    """Load the model, list the images and check ``--out``, then predict (every process of a torchrun job runs
+    this; a process that fails before the first write stops the others at their check-in)."""
     from ..export.files import OUTPUT_SUFFIXES, output_paths
     from ..inference.predictor import Predictor
     from ..io.folders import list_images, output_names
-    from ..utils.runtime import barrier, join_process_group
 
-    runtime = join_process_group(args.device)
-    predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
-                                          cell_diameter=args.cell_diameter,
-                                          projection=getattr(args, "data.projection"),
-                                          max_pixels=args.max_pixels)
-    predictor.tta = args.tta
-    data = predictor.config.data
-    # masks beside their images are told apart as training told them: by their suffix or their pattern
-    skip = OUTPUT_SUFFIXES + tuple({"_masks", data.mask_suffix, data.cells_suffix, data.nuclei_suffix} - {""})
-    images = list(dict.fromkeys(Path(os.path.abspath(p)) for i in inputs
-                                for p in list_images(i, args.image_glob, skip, mask_glob=data.mask_glob)))
-    names = output_names(images)
+    error = None
+    try:
+        predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
+                                              cell_diameter=args.cell_diameter,
+                                              projection=getattr(args, "data.projection"),
+                                              max_pixels=args.max_pixels)
+        predictor.tta = args.tta
+        data = predictor.config.data
+        # masks beside their images are told apart as training told them: by their suffix or their pattern
+        skip = OUTPUT_SUFFIXES + tuple({"_masks", data.mask_suffix, data.cells_suffix, data.nuclei_suffix} - {""})
+        images = list(dict.fromkeys(Path(os.path.abspath(p)) for i in inputs
+                                    for p in list_images(i, getattr(args, "data.image_glob"), skip,
+                                                              mask_glob=data.mask_glob)))
+        names = output_names(images)
+    except Exception as err:  # said by this process below, once the others know to stop
+        error = err
+    if _stopped(error, runtime):
+        return 2
     table_path = args.out / "cells.csv"
-    if not (args.overwrite or args.resume):
+    if not (args.overwrite or args.resume):  # every process finds the same files, and returns alike
         clashes = [p for img in images for p in output_paths(args.out, names[img], args.rois, args.overlays,
                                                                                 args.geojson).values()
                    if p.exists()] + [p for p in (table_path, args.out / COCO_FILE) if p.exists()]
@@ -132,7 +146,8 @@ def predict_main(argv: list[str] | None = None) -> int:
                          "to replace them, or choose another --out", args.out, clashes[0].name,
                          f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
             return 2
-    barrier(runtime)  # every process has looked before any writes
+    if _stopped(None, runtime):  # every process has looked before any writes
+        return 2
     made = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)
     if predictor.auto_scale:
@@ -143,6 +158,21 @@ def predict_main(argv: list[str] | None = None) -> int:
                     "given" if args.scale or args.cell_diameter else "the scale the model was trained at")
     return _predict_files(predictor, names, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path,
                           made)
+
+
+def _stopped(error: BaseException | None, runtime) -> bool:
+    """Every process's check-in (:func:`~cellrcnn.utils.runtime.failed_rank`): this process's ``error`` is raised
+    once all know of it; True when another process failed (said here in one line), so that this one stops too."""
+    from ..utils.runtime import failed_rank
+
+    who = failed_rank(error is not None, runtime)
+    if error is not None:
+        raise error
+    if who is not None:
+        logger.error("error: stopped because process %d of %d failed (its message says why); finished images are "
+                     "kept: --resume finishes the rest", who + 1, runtime.world_size)
+        return True
+    return False
 
 
 def _coco_of(file_name: str, prediction, parts: tuple[str, ...], data) -> dict:
@@ -169,9 +199,9 @@ def _predict_files(predictor, names: dict[Path, str], runtime, args: argparse.Na
     import pandas as pd
 
     from ..export.coco import merge_datasets, write_coco
-    from ..export.files import export_prediction, write_table
+    from ..export.files import write_table
     from ..utils.progress import progress
-    from ..utils.runtime import barrier, gather, leave_process_group, shard
+    from ..utils.runtime import gather, shard
 
     pieces = args.out / PIECES
     images = list(names)
@@ -180,41 +210,32 @@ def _predict_files(predictor, names: dict[Path, str], runtime, args: argparse.Na
     if done and runtime.is_main:
         logger.info("%d of the %d images are done already; predicting the other %d", len(done), len(images),
                     len(todo))
-    barrier(runtime)  # every process has read what is done before any writes
+    if _stopped(None, runtime):  # every process has read what is done before any writes
+        return 2
     pieces.mkdir(exist_ok=True)
     mine = shard(todo, runtime)
     if runtime.distributed:
         logger.info("process %d of %d: %d of the %d images", runtime.rank + 1, runtime.world_size, len(mine),
                     len(todo))
     failed = []
-    told_tiles = False
-    results = predictor.predict_paths(mine, args.batch_size, tile=args.tile, overlap=args.overlap,
-                                      progress=not args.quiet, names=[names[p] for p in mine], **options)
-    for result in progress(results, total=len(mine), desc="predict", unit="image",
-                           disable=args.quiet or not runtime.is_main):
-        if result.error is not None:
-            failed.append(result.error)
-            continue
-        if args.overlays and result.prediction.image is None:
-            logger.warning("%s: predicted in tiles; no overlay PNG is drawn for a whole field (open the image "
-                           "with its label TIFFs in Fiji or napari instead)", result.path.name)
-        if result.prediction.masks is None and (args.rois or args.geojson or args.coco) and not told_tiles:
-            told_tiles = True
-            logger.warning("%s: predicted in tiles: ROIs, GeoJSON and COCO hold each cell as the label image does "
-                           "(where cells overlap, the better-scoring one); images of one tile keep whole cells",
-                           result.path.name)
-        # an image left half-written by an interrupted run is written again
-        export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
-                          overwrite=args.overwrite or args.resume, geojson=args.geojson)
-        stem = names[result.path]
-        if args.coco:  # the file's own name, or its folder's too where names had to be told apart
-            file_name = result.path.name
-            if stem != result.path.stem:
-                file_name = f"{result.path.parent.name}/{file_name}"
-            write_coco(pieces / f"{stem}.json", _coco_of(file_name, result.prediction, predictor.parts,
-                                                         predictor.config.data), overwrite=True)
-        write_table(result.prediction.table, pieces / f"{stem}.csv", overwrite=True)  # last: the image is done
-        logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
+    told = {"tiles": False}
+    results = iter(predictor.predict_paths(mine, args.batch_size, tile=args.tile, overlap=args.overlap,
+                                           progress=not args.quiet, names=[names[p] for p in mine], **options))
+    rounds = -(-len(todo) // runtime.world_size)  # the same on every process: each checks in once a round
+    for step in progress(range(rounds), total=rounds, desc="predict", unit="image",
+                         disable=args.quiet or not runtime.is_main):
+        error = None
+        if step < len(mine):
+            try:
+                result = next(results)
+                if result.error is not None:
+                    failed.append(result.error)
+                else:
+                    _write_result(result, predictor, names[result.path], pieces, args, told)
+            except Exception as err:  # said once the other processes know to stop
+                error = err
+        if _stopped(error, runtime):
+            return 2
     failed = [f for part in gather(failed, runtime) for f in part]  # every process's, after all have finished
     cells = 0
     if runtime.is_main:
@@ -230,11 +251,37 @@ def _predict_files(predictor, names: dict[Path, str], runtime, args: argparse.Na
             logger.info("%d of %d images done, %d cells; results in %s", len(finished), len(images), cells, args.out)
         else:  # nothing to show for it: leave no folder behind (each failure is named above)
             _remove_if_empty(pieces, args.out if made else None)
-    leave_process_group(runtime)
     if failed and len(images) > 1:
         logger.error("error: %d of %d images could not be predicted (named above); the others are done",
                      len(failed), len(images))
     return 2 if failed else 0
+
+
+def _write_result(result, predictor, stem: str, pieces: Path, args: argparse.Namespace, told: dict) -> None:
+    """Write one image's files (``stem`` names them), then its pieces: its rows of the table last, which mark it
+    done."""
+    from ..export.coco import write_coco
+    from ..export.files import export_prediction, write_table
+
+    if args.overlays and result.prediction.image is None:
+        logger.warning("%s: predicted in tiles; no overlay PNG is drawn for a whole field (open the image "
+                       "with its label TIFFs in Fiji or napari instead)", result.path.name)
+    if result.prediction.masks is None and (args.rois or args.geojson or args.coco) and not told["tiles"]:
+        told["tiles"] = True
+        logger.warning("%s: predicted in tiles: ROIs, GeoJSON and COCO hold each cell as the label image does "
+                       "(where cells overlap, the better-scoring one); images of one tile keep whole cells",
+                       result.path.name)
+    # an image left half-written by an interrupted run is written again
+    export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
+                      overwrite=args.overwrite or args.resume, geojson=args.geojson)
+    if args.coco:  # the file's own name, or its folder's too where names had to be told apart
+        file_name = result.path.name
+        if stem != result.path.stem:
+            file_name = f"{result.path.parent.name}/{file_name}"
+        write_coco(pieces / f"{stem}.json", _coco_of(file_name, result.prediction, predictor.parts,
+                                                     predictor.config.data), overwrite=True)
+    write_table(result.prediction.table, pieces / f"{stem}.csv", overwrite=True)  # last: the image is done
+    logger.info("%s: %d cells", result.prediction.name, len(result.prediction.table))
 
 
 def _remove_if_empty(*folders: Path | None) -> None:

@@ -51,6 +51,8 @@ def _annotated_sample(pair: Pair, config: DataConfig, shape: tuple[int, int], la
                             f"but it is {shape[1]}x{shape[0]}; annotations must match their image")
         found = coco_masks(coco, pair.image_id, config.coco_cell, config.coco_parts, classes)
     instances, untied = annotated_part_maps(found, config.coco_parts)
+    # an object with no pixel in the image (wholly outside it, or of no area) is left out without a word in training
+    empty = sum(int(not m.any()) for masks in (found["cells"], *found["parts"].values()) for m in masks)
     labels = np.full(len(instances), label, dtype=np.int64)
     if classes:  # each cell its own class, where the annotation names one
         for k, name in enumerate(found["classes"]):
@@ -60,7 +62,7 @@ def _annotated_sample(pair: Pair, config: DataConfig, shape: tuple[int, int], la
             if name is not None:
                 labels[k] = classes.index(name) + 1
     return {"instances": instances, "parts": instances.max(axis=0, initial=0), "untied": untied,
-            "cell_labels": labels}
+            "empty": empty, "cell_labels": labels}
 
 
 def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None = None) -> dict[str, Any]:
@@ -270,6 +272,11 @@ def check_folder(folder: str | os.PathLike, config: DataConfig, part_names: tupl
             if sample["untied"]:
                 problems.append(f"{pair.image}: {sample['untied']} part annotation(s) of {pair.annotations.name} lie "
                                 f"in no cell (less than half inside any); they are left out")
+            if sample.get("empty"):
+                H, W = sample["parts"].shape
+                problems.append(f"{pair.image}: {sample['empty']} object(s) of {pair.annotations.name} have no pixel "
+                                f"in the {W}x{H} image (wholly outside it); they are left out: check that the "
+                                f"annotations belong to this image")
             covered = (sample["instances"] > 0).sum(axis=0)
             overlap = {"overlap_fraction": float((covered > 1).sum() / max((covered > 0).sum(), 1))}
         H, W = sample["parts"].shape

@@ -128,7 +128,7 @@ def _has_rdf(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(Path(name).name in ("rdf.yaml", "bioimageio.yaml") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError) as err:
+    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as err:  # zip features it lacks
         raise DataError(f"{path}: a damaged zip file ({err}); download or export the package again") from None
 
 

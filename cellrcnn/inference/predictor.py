@@ -178,7 +178,7 @@ class Predictor:
             at = f" at the scale the model reads images ({scale:.3g})" if scale != 1.0 else ""
             raise DataError(f"{field.path or field.name}: {field.shape[0]} x {field.shape[1]} pixels is too small to hold a "
                             f"cell{at}; images need at least {math.ceil(MIN_SIDE / scale)} pixels a side: remove it "
-                            f"or choose the images with --image-glob")
+                            f"or choose the images with data.image_glob")
         return field
 
     def estimate_scale(self, image, name: str | None = None, score_threshold: float = 0.5) -> float:
@@ -217,9 +217,19 @@ class Predictor:
         return self.estimate_scale(field, score_threshold=score_threshold) if self.auto_scale else self.scale
 
     def _forward(self, arrays: list[np.ndarray], scale: float | None, score_threshold: float) -> list[dict]:
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(self.device) for a in arrays]
-        return [{k: v.cpu() for k, v in out.items()}
-                for out in predict_labels(self.model, tensors, scale, score_threshold)]
+        """The network's output for each array, in order. Arrays of one shape go through together: a batch pads
+        its images to the largest, and the padding would enter the normalisation (group norm) and the borders'
+        receptive fields, so a prediction would depend on what else is in its batch."""
+        outputs: list[dict] = [{} for _ in arrays]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(array.shape, []).append(i)
+        for members in groups.values():
+            tensors = [torch.from_numpy(np.ascontiguousarray(arrays[i])).permute(2, 0, 1).to(self.device)
+                       for i in members]
+            for i, out in zip(members, predict_labels(self.model, tensors, scale, score_threshold)):
+                outputs[i] = {k: v.cpu() for k, v in out.items()}
+        return outputs
 
     def _stitch(self, stitcher: Stitcher, tile: Tile, output: dict) -> None:
         order = output["order"]  # label k is detection order[k - 1]

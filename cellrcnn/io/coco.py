@@ -100,8 +100,9 @@ def _read_cached(path: Path, mtime_ns: int) -> CocoFile:
         images = {int(i["id"]): CocoImage(int(i["id"]), str(i["file_name"]), int(i["height"]), int(i["width"]))
                   for i in data["images"]}
         categories = {str(c["name"]): int(c["id"]) for c in data["categories"]}
-    except (KeyError, TypeError, ValueError) as err:
-        raise _fail(path, f"an image or category entry lacks {err} (images need id, file_name, height and "
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        what = f"lacks {err}" if isinstance(err, KeyError) else f"has a value of the wrong kind ({err})"
+        raise _fail(path, f"an image or category entry {what} (images need id, file_name, height and "
                           f"width; categories id and name)") from None
     for entry in images.values():
         _inside(path, entry)
@@ -115,6 +116,11 @@ def _read_cached(path: Path, mtime_ns: int) -> CocoFile:
         if not isinstance(ann, dict) or not {"image_id", "category_id", "segmentation"} <= set(ann):
             raise _fail(path, f"annotation {ann.get('id', '?') if isinstance(ann, dict) else ann!r} needs "
                               f"image_id, category_id and segmentation")
+        ids = {key: ann.get(key) for key in ("id", "image_id", "category_id", CELL_LINK) if key in ann}
+        if any(not isinstance(v, (int, str)) or isinstance(v, bool) for v in ids.values()):
+            bad = next(k for k, v in ids.items() if not isinstance(v, (int, str)) or isinstance(v, bool))
+            raise _fail(path, f"annotation {ann.get('id', '?')!r}: its {bad} is {ids[bad]!r}, not an id (a number); "
+                              f"fix it or export the annotations again")
         if ann["image_id"] not in annotations:
             raise _fail(path, f"annotation {ann.get('id', '?')} points to image_id {ann['image_id']}, which no "
                               f"entry of images has; fix or remove it")
@@ -172,8 +178,8 @@ def decode_annotation(ann: dict, height: int, width: int, path: str | os.PathLik
                             f"match its image")
         counts = seg["counts"]
         if isinstance(counts, list) and all(_number(c) and c == int(c) and c >= 0 for c in counts):
-            total, rle = sum(int(c) for c in counts), coco_mask.frPyObjects({**seg, "counts": [int(c) for c in counts]},
-                                                                            height, width)
+            total = sum(int(c) for c in counts)  # equal to the pixels: each run then fits pycocotools' uint32
+            rle = {"size": [height, width], "counts": [int(c) for c in counts]}
         elif isinstance(counts, (str, bytes)):
             rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
             total = _rle_total(rle["counts"])
@@ -184,6 +190,8 @@ def decode_annotation(ann: dict, height: int, width: int, path: str | os.PathLik
         if total != height * width:
             raise DataError(f"{name}: its RLE counts do not cover the {width}x{height} image exactly; export the "
                             f"annotations again")
+        if isinstance(rle["counts"], list):
+            rle = coco_mask.frPyObjects(rle, height, width)
     else:
         raise DataError(f"{name}: segmentation must be polygons or RLE")
     return coco_mask.decode(rle).astype(bool)
@@ -273,7 +281,7 @@ def coco_masks(coco: CocoFile, image_id: int, cell: str, parts: tuple[str, ...],
     found, links = {}, {}
     for name in parts:
         found[name], anns = stack([name])
-        if anns and all(a.get(CELL_LINK) in index for a in anns):
+        if anns and all(a.get(CELL_LINK) is not None and a.get(CELL_LINK) in index for a in anns):
             links[name] = np.array([index[a[CELL_LINK]] for a in anns], dtype=np.int64)
     return {"cells": cells, "classes": [class_of(a) for a in cell_anns], "parts": found,
             "ids": [a.get("id") for a in cell_anns], "links": links}

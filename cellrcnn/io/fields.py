@@ -137,6 +137,10 @@ def _mappable(path: Path, series, byteorder: str) -> _Mapped | None:
     if offset is None or series.dtype is None:
         return None
     shape = tuple(series.shape)
+    if not shape or min(shape) < 1:
+        raise DataError(f"{path}: holds no pixels (shape {shape}); export it again")
+    if not isinstance(offset, (int, np.integer)) or offset < 0:  # a damaged tag: reading it whole says what is wrong
+        return None
     dtype = np.dtype(byteorder + series.dtype.char)
     need, have = offset + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, path.stat().st_size
     if need > have:  # the header claims more pixels than the file holds

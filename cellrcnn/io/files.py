@@ -53,7 +53,7 @@ def check_package_sizes(path: str | os.PathLike, max_bytes: int = MAX_MEMBER_BYT
         try:
             with zipfile.ZipFile(path) as archive:
                 sizes = [(info.filename, info.file_size) for info in archive.infolist()]
-        except (zipfile.BadZipFile, OSError) as err:
+        except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as err:  # zip features it lacks
             raise DataError(f"{path}: a damaged zip file ({err}); download or export the package again") from None
     else:
         folder = path if path.is_dir() else path.parent

@@ -81,7 +81,7 @@ def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[s
         found = [p for p in found if not (fnmatch.fnmatch(p.name, mask_glob) and p.stem in images)]
     if not found:
         raise DataError(f"{path}: no images matching {glob!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-                        f"check the folder and the image pattern (--image-glob)")
+                        f"check the folder and the image pattern (data.image_glob)")
     return found
 
 
@@ -117,7 +117,7 @@ def output_names(images: list[Path]) -> dict[Path, str]:
         twins = [p for p, folder in zip(same, folders) if folders.count(folder) > 1]
         if twins:
             raise DataError(f"{twins[0].parent}: {twins[0].name} and {twins[1].name} share the name {stem}, so "
-                            f"their results would overwrite each other; choose the images with --image-glob "
+                            f"their results would overwrite each other; choose the images with data.image_glob "
                             f"(such as '*{twins[0].suffix}'), or rename one")
         for depth in range(1, max(len(f.parts) for f in folders) + 1):
             prefixes = ["_".join(f.parts[-depth:]).strip("/_") for f in folders]

@@ -95,7 +95,15 @@ def _polygonal(value, path: Path, what: str) -> Polygon | MultiPolygon:
     if not isinstance(geometry, (Polygon, MultiPolygon)) or geometry.is_empty:
         raise DataError(f"{path}: {what} is a {geometry.geom_type}, not a polygon; only areas can be masks "
                         f"(remove points and lines, or convert them to areas in QuPath)")
-    return shapely.make_valid(geometry) if not geometry.is_valid else geometry
+    if geometry.is_valid:
+        return geometry
+    # a self-crossing outline repaired: keep its areas (the repair may add the lines where it crossed)
+    repaired = shapely.make_valid(geometry)
+    areas = [p for g in getattr(repaired, "geoms", [repaired]) for p in getattr(g, "geoms", [g])
+             if isinstance(p, Polygon) and not p.is_empty]
+    if not areas:
+        raise DataError(f"{path}: {what} has no area once its crossing outline is repaired; redraw it in QuPath")
+    return areas[0] if len(areas) == 1 else MultiPolygon(areas)
 
 
 def read_geojson(path: str | os.PathLike) -> list[GeoObject]:
@@ -123,6 +131,9 @@ def read_geojson(path: str | os.PathLike) -> list[GeoObject]:
         if not isinstance(feature, dict) or "geometry" not in feature:
             raise DataError(f"{path}: feature {i} has no geometry; export the objects again")
         properties = feature.get("properties") or {}
+        if not isinstance(properties, dict):
+            raise DataError(f"{path}: the properties of feature {i} are {type(properties).__name__}, not an object; "
+                            f"export the objects again")
         classification = properties.get("classification") or {}
         name = classification.get("name") if isinstance(classification, dict) else None
         nucleus = feature.get("nucleusGeometry")

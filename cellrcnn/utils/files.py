@@ -29,6 +29,9 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = False) -> Pat
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         write(tmp)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder where a file is to be written; move it away or write "
+                                    f"elsewhere")
         if overwrite:
             os.replace(tmp, path)
         else:

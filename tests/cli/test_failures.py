@@ -36,42 +36,42 @@ def test_a_package_with_bad_yaml_or_a_python_tag_is_one_line_and_runs_nothing(tm
     assert "tagged.zip: its description (rdf.yaml) cannot be read (ConstructorError" in line and not flag.exists()
 
 
-def test_a_damaged_zip_is_one_line(tmp_path):
+def test_a_damaged_zip_is_one_line(tmp_path, capsys):
     raw = bytearray(package_zip(tmp_path / "model.zip", "type: model\n").read_bytes())
     raw[raw.index(b"PK\x01\x02")] = 0  # a damaged central directory
     (tmp_path / "model.zip").write_bytes(bytes(raw))
-    line = fails_in_one_line("predict", tmp_path / "model.zip", IMAGE, "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here(capsys, "predict", tmp_path / "model.zip", IMAGE, "--out", tmp_path / "out", at=tmp_path)
     assert "model.zip: a damaged zip file" in line and "download or export the package again" in line
 
 
-def test_a_checkpoint_whose_config_names_another_backbone_is_one_line(checkpoint, tmp_path):
+def test_a_checkpoint_whose_config_names_another_backbone_is_one_line(checkpoint, tmp_path, capsys):
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state["config"]["model"]["backbone"] = "resnet34_fpn"
     torch.save(state, tmp_path / "mixed.pt")
-    line = fails_in_one_line("predict", tmp_path / "mixed.pt", IMAGE, "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here(capsys, "predict", tmp_path / "mixed.pt", IMAGE, "--out", tmp_path / "out", at=tmp_path)
     assert "mixed.pt: its weights do not fit the model its config describes (resnet34_fpn" in line
-    line = fails_in_one_line("export-model", tmp_path / "mixed.pt", "--out", tmp_path / "m.zip", "--test-image", IMAGE,
+    line = fails_here(capsys, "export-model", tmp_path / "mixed.pt", "--out", tmp_path / "m.zip", "--test-image", IMAGE,
                              at=tmp_path)
     assert "mixed.pt: its weights do not fit" in line
 
 
-def test_a_5d_stack_is_told_predicts_own_flag_and_a_nan_image_what_to_do_in_fiji(checkpoint, tmp_path):
+def test_a_5d_stack_is_told_predicts_own_flag_and_a_nan_image_what_to_do_in_fiji(checkpoint, tmp_path, capsys):
     plane = np.zeros((2, 3, 1, 64, 64), np.uint8)  # TZCYX
     tifffile.imwrite(tmp_path / "movie.tif", plane, imagej=True, metadata={"axes": "TZCYX"})
-    line = fails_in_one_line("predict", checkpoint, tmp_path / "movie.tif", "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here(capsys, "predict", checkpoint, tmp_path / "movie.tif", "--out", tmp_path / "out", at=tmp_path)
     assert "movie.tif" in line and "--projection max" in line and "pass --projection" not in line
     image = np.full((64, 64), 0.5, np.float32)
     image[3, 4] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", image)
-    line = fails_in_one_line("predict", checkpoint, tmp_path / "nan.tif", "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here(capsys, "predict", checkpoint, tmp_path / "nan.tif", "--out", tmp_path / "out", at=tmp_path)
     assert "nan.tif" in line and "Remove NaNs" in line and "training" not in line
 
 
-def test_exporting_a_model_that_finds_no_cell_says_so_in_the_commands_words(checkpoint, tmp_path):
+def test_exporting_a_model_that_finds_no_cell_says_so_in_the_commands_words(checkpoint, tmp_path, capsys):
     from skimage.io import imsave
 
     imsave(tmp_path / "blank.png", np.zeros((96, 96, 3), np.uint8))
-    line = fails_in_one_line("export-model", checkpoint, "--out", tmp_path / "m.zip", "--test-image",
+    line = fails_here(capsys, "export-model", checkpoint, "--out", tmp_path / "m.zip", "--test-image",
                              tmp_path / "blank.png", "--skip-test", at=tmp_path)
     assert "blank.png gives no cell" in line and "--test-image" in line and "pydantic" not in line.lower()
 
@@ -80,9 +80,9 @@ def test_exporting_a_model_that_finds_no_cell_says_so_in_the_commands_words(chec
     (["--epochs", "1e30"], "--epochs"),
     (["--config", "config.yaml"], "a config is a JSON file"),
 ])
-def test_finetune_refuses_absurd_epochs_and_a_yaml_config_in_one_line(tmp_path, args, message):
+def test_finetune_refuses_absurd_epochs_and_a_yaml_config_in_one_line(tmp_path, args, message, capsys):
     (tmp_path / "config.yaml").write_text("train:\n  epochs: 3\n")
-    line = fails_in_one_line("finetune", SAMPLE, "--out", tmp_path / "run",
+    line = fails_here(capsys, "finetune", SAMPLE, "--out", tmp_path / "run",
                              *[tmp_path / a if a.endswith(".yaml") else a for a in args], at=tmp_path)
     assert message in line
 

@@ -1,14 +1,12 @@
 """Dataset, augmentation and split on synthetic folders, and the real WBC folder."""
 
-import subprocess
-import sys
 
 import albumentations as A
 import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import REPO, WBC_DIR
+from conftest import WBC_DIR, run_command
 
 from cellrcnn import (CellDataset, DataConfig, DataError, build_augmentation, collate, find_pairs, make_splits,
                       synthetic_sample, write_split_csv)
@@ -202,8 +200,7 @@ def test_wbc_folder_as_published_loads_one_whole_cell_with_three_parts_each():
 
 
 def check_data(*args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "check_data.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return run_command("check-data", *args)
 
 
 @pytest.mark.wbc

@@ -6,14 +6,14 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import REPO
+from conftest import REPO, run_command
 
 import cellrcnn
 from cellrcnn import Config, DataConfig, ModelConfig, TrainConfig
@@ -520,9 +520,8 @@ def test_ddp_with_gloo_keeps_weights_identical_on_both_ranks(small_sample, tmp_p
     assert not torch.equal(out["draws"][0], out["draws"][1])  # and sampled its own anchors and RoIs
 
 
-def finetune(*args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "finetune.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+def finetune(*args) -> SimpleNamespace:
+    return run_command("finetune", *args)
 
 
 def test_finetune_cli_smoke(small_sample, tmp_path):

@@ -4,15 +4,13 @@ import hashlib
 import io
 import os
 import re
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import REPO, SAMPLE, fails_here, fails_in_one_line
+from conftest import SAMPLE, fails_here, fails_in_one_line, run_command
 from skimage.io import imread, imsave
 
 from cellrcnn import Config, DataConfig, Predictor
@@ -205,8 +203,7 @@ def test_a_package_member_that_unpacks_past_the_limit_is_refused_before_it_is_re
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "export_model.py"), *map(str, args)],
-                          capture_output=True, text=True)
+    return run_command("export-model", *args)
 
 
 def test_the_export_command(checkpoint, tmp_path):
@@ -226,9 +223,8 @@ def test_the_export_command(checkpoint, tmp_path):
     tiny = run(checkpoint, "--out", tmp_path / "t.zip", "--test-image", tmp_path / "tiny.tif")
     assert tiny.returncode == 2 and "tiny.tif: 20x20 pixels is too small" in tiny.stderr
     assert "Traceback" not in tiny.stdout + tiny.stderr and not (tmp_path / "t.zip").exists()
-    predicted = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), tmp_path / "m.zip",
-                                SAMPLE / "images" / "sample_02.png", "--out", tmp_path / "pred"],
-                               capture_output=True, text=True)
+    predicted = run_command("predict", tmp_path / "m.zip", SAMPLE / "images" / "sample_02.png", "--out",
+                            tmp_path / "pred")
     assert predicted.returncode == 0, predicted.stderr + predicted.stdout
     assert (tmp_path / "pred" / "sample_02_cells.tif").is_file()
 

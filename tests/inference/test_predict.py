@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import roifile
 import tifffile
 import torch
-from conftest import REPO, SAMPLE, WBC_DIR
+from conftest import REPO, SAMPLE, WBC_DIR, run_command
 from skimage.io import imread
 from skimage.measure import regionprops
 
@@ -165,8 +166,8 @@ def test_evaluate_perfect_and_partial_predictions():
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+    """``scripts/<script>`` as its entry point, in this process (conftest.run_command)."""
+    return run_command(script.removesuffix(".py").replace("_", "-"), *args)
 
 
 def test_predict_under_torchrun_shards_the_files_and_writes_what_one_process_writes(checkpoint, tmp_path):
@@ -196,6 +197,23 @@ def test_predict_under_torchrun_shards_the_files_and_writes_what_one_process_wri
     assert (tmp_path / "two" / "cells.csv").read_bytes() == (tmp_path / "one" / "cells.csv").read_bytes()
     assert list(pd.read_csv(tmp_path / "one" / "cells.csv")["image"].unique()) == [
         "sample_00", "sample_01", "sample_02", "sample_04", "sample_07"]
+
+    # Issue 37 (9): a process that fails (a folder stands where its first image's file goes) stops the other at
+    # its next check-in: each says one line, and both leave the process group
+    (tmp_path / "three" / "sample_01_cells.tif").mkdir(parents=True)
+    start = time.monotonic()
+    three = subprocess.run([str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python",
+                            str(bin_dir / "cellrcnn-predict"), str(checkpoint), *inputs, "--out",
+                            str(tmp_path / "three"), "--device", "cpu", "--overwrite", "--quiet"],
+                           capture_output=True, text=True, timeout=600, env=env)
+    (tmp_path.parent.parent / "three_stderr.txt").write_text(three.stderr)  # DEBUG
+    told = [line for line in three.stderr.splitlines() if line.startswith("error:")]
+    assert three.returncode != 0 and time.monotonic() - start < 120, three.stderr
+    failed, stopped = sorted(told, key=lambda line: "stopped because" in line) if len(told) == 2 else (told, None)
+    assert "sample_01_cells.tif is a folder where a file is to be written" in failed, told
+    assert "stopped because process 2 of 2 failed" in stopped and "--resume" in stopped
+    assert "destroy_process_group" not in three.stderr and "Traceback (most recent call last):\n  File \"/" not in \
+        three.stderr.split("ChildFailedError")[0]  # no rank's own traceback before torchrun's report
 
 
 def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
@@ -337,28 +355,25 @@ def test_predict_command_on_a_two_channel_16bit_field(checkpoint, tmp_path):
     (tmp_path / "in" / "field_cells.tif").unlink()
     (tmp_path / "in" / "field_masks.tif").unlink()
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), str(checkpoint),
-                           str(tmp_path / "in" / "field.tif"), "--out", str(out), "--tile", "128", "--overlap", "32",
-                           "--pixel-size", "0.5", "--quiet"], capture_output=True, text=True)
+    done = run("predict.py", checkpoint, tmp_path / "in" / "field.tif", "--out", out, "--tile", "128", "--overlap",
+               "32", "--pixel-size", "0.5", "--quiet")
     assert done.returncode == 0, done.stderr
     with tifffile.TiffFile(out / "field_cells.tif") as tif:
         assert tif.asarray().shape == (300, 300)
         assert tif.pages[0].tags["XResolution"].value == (2, 1) and tif.imagej_metadata["unit"] == "micron"
     table = pd.read_csv(out / "cells.csv")
     assert (table["bbox_x1"] <= 300).all() and "area_um2" in table
-    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), str(checkpoint),
-                          str(tmp_path / "in" / "field.tif"), "--out", str(out), "--scale", "1", "--cell-diameter", "3"],
-                         capture_output=True, text=True)
+    bad = run("predict.py", checkpoint, tmp_path / "in" / "field.tif", "--out", out, "--scale", "1",
+              "--cell-diameter", "3")
     assert bad.returncode == 2 and "not allowed with argument" in bad.stderr and "Traceback" not in bad.stderr
     # a Z-stack: predict's advice names its own flag, and the flag does what the advice says
     plane = imread(SAMPLE / "images" / "sample_00.png")[..., 1]
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([plane] * 3), imagej=True, metadata={"axes": "ZYX"})
-    stack = [sys.executable, str(REPO / "scripts" / "predict.py"), str(checkpoint), str(tmp_path / "stack.tif"),
-             "--quiet", "--out"]
-    refused = subprocess.run([*stack, str(tmp_path / "s1")], capture_output=True, text=True)
+    stack = ["predict.py", checkpoint, tmp_path / "stack.tif", "--quiet", "--out"]
+    refused = run(*stack, tmp_path / "s1")
     assert refused.returncode == 2 and "set --projection max for the maximum projection" in refused.stderr
     assert not (tmp_path / "s1").exists()  # nothing was predicted: no folder left
-    projected = subprocess.run([*stack, str(tmp_path / "s2"), "--projection", "max"], capture_output=True, text=True)
+    projected = run(*stack, tmp_path / "s2", "--projection", "max")
     assert projected.returncode == 0, projected.stdout + projected.stderr
     assert tifffile.imread(tmp_path / "s2" / "stack_cells.tif").shape == plane.shape
 
@@ -631,3 +646,20 @@ def test_a_ring_without_a_nucleus_around_a_real_cell_is_never_the_kept_cell(demo
             ring_was_largest += 1
             assert (every["nucleus_area_px"] == 0).any() and by_area["area_px"].iloc[0] > kept["area_px"].iloc[0]
     assert ring_was_largest >= 1  # the rings are found, and are larger than the cell
+
+
+def test_a_prediction_does_not_depend_on_what_else_is_in_its_batch(checkpoint):
+    """Issue 37 (9): the suite's model has group norm; a 128-px image batched with a 384-px one is predicted as
+    alone (before, the larger image's padding entered its normalisation and a detection was lost)."""
+    from cellrcnn.sample_data.sample import synthetic_sample
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    assert predictor.config.model.norm == "group"
+    small, large = (synthetic_sample(seed, size=size)["image"] for seed, size in ((5, (128, 128)), (6, (384, 384))))
+    alone = predictor.predict(small, name="small")
+    together = predictor.predict_batch([small, large, small], names=["small", "large", "small"])
+    assert len(alone.table) > 0, "the test needs cells"
+    for prediction in (together[0], together[2]):
+        np.testing.assert_array_equal(prediction.cells, alone.cells)
+        np.testing.assert_array_equal(prediction.parts, alone.parts)
+        pd.testing.assert_frame_equal(prediction.table, alone.table)

@@ -82,3 +82,18 @@ def test_bad_geojson_layouts_are_named(tmp_path):
     (folder / "a.geojson").unlink()
     with pytest.raises(DataError, match="no GeoJSON files; data.encoding='geojson' needs"):
         find_pairs(folder, DataConfig(encoding="geojson"))
+
+
+def test_check_data_names_a_nucleus_lying_wholly_outside_its_image(tmp_path, capsys):
+    """Issue 37 (11): such a nucleus was left out of training without a word, and check-data found no problem."""
+    from shapely.affinity import translate
+    from shapely.geometry import shape
+
+    from cellrcnn.cli import check_data_main
+
+    cell = feature(CELL_A, "cell", None, NUC_A)
+    cell["nucleusGeometry"] = mapping(translate(shape(cell["nucleusGeometry"]), xoff=10 * W))
+    folder = write_geojson_folder(tmp_path / "data", [cell])
+    assert check_data_main([str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "a.tif: 1 object(s) of a.tif.geojson have no pixel in the 64x48 image (wholly outside it)" in err
