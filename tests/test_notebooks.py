@@ -81,13 +81,13 @@ def test_finetune_and_predict_notebooks_leave_runs_and_exports(executed):
     coco = json.loads((crops / "cells.json").read_text())
     assert len(coco["images"]) == 12 and sum(a["category_id"] == 1 for a in coco["annotations"]) == \
         len(pd.read_csv(crops / "cells.csv"))
-    # the whole field of view: a 4096 x 4096 two-channel 16-bit TIFF, its labels written with the pixel size
+    # the whole field of view: a 2048 x 2048 two-channel 16-bit TIFF, its labels written with the pixel size
     field = next(p for p in exports if p.name == "field_cells.tif")
     with tifffile.TiffFile(root / "runs" / "notebooks" / "synthetic_field" / "field.tif") as source:
-        assert source.series[0].shape == (2, 4096, 4096) and source.series[0].dtype == np.uint16
+        assert source.series[0].shape == (2, 2048, 2048) and source.series[0].dtype == np.uint16
     with tifffile.TiffFile(field) as tif:
         page = tif.pages[0]
-        assert page.shape == (4096, 4096) and tif.imagej_metadata["unit"] == "micron"
+        assert page.shape == (2048, 2048) and tif.imagej_metadata["unit"] == "micron"
         numerator, denominator = page.tags["XResolution"].value
         assert numerator / denominator == pytest.approx(1 / 0.325)
     assert (field.parent / "field_cells.csv").exists() and (field.parent / "field_parts.tif").exists()

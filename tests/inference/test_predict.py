@@ -206,14 +206,14 @@ def test_predict_under_torchrun_shards_the_files_and_writes_what_one_process_wri
                             str(bin_dir / "cellrcnn-predict"), str(checkpoint), *inputs, "--out",
                             str(tmp_path / "three"), "--device", "cpu", "--overwrite", "--quiet"],
                            capture_output=True, text=True, timeout=600, env=env)
-    (tmp_path.parent.parent / "three_stderr.txt").write_text(three.stderr)  # DEBUG
     told = [line for line in three.stderr.splitlines() if line.startswith("error:")]
     assert three.returncode != 0 and time.monotonic() - start < 120, three.stderr
     failed, stopped = sorted(told, key=lambda line: "stopped because" in line) if len(told) == 2 else (told, None)
     assert "sample_01_cells.tif is a folder where a file is to be written" in failed, told
     assert "stopped because process 2 of 2 failed" in stopped and "--resume" in stopped
-    assert "destroy_process_group" not in three.stderr and "Traceback (most recent call last):\n  File \"/" not in \
-        three.stderr.split("ChildFailedError")[0]  # no rank's own traceback before torchrun's report
+    frames = [line for line in three.stderr.splitlines() if line.strip().startswith("File ")]
+    assert "destroy_process_group" not in three.stderr and "internal error" not in three.stderr
+    assert not [line for line in frames if f"{REPO / 'cellrcnn'}/" in line]  # torchrun's own report only
 
 
 def test_predict_and_evaluate_commands(checkpoint, tmp_path, capsys):
