@@ -257,3 +257,10 @@ def test_a_bugs_traceback_quotes_the_code_as_it_is(capsys):
         setup_logging()
     assert "return {}.get(scale=scale)" in err and "--scale" not in err
     assert told == "error: set --scale 2"
+
+
+def test_an_empty_folder_is_told_predicts_own_flag(checkpoint, tmp_path, capsys):
+    """Issue 37 (11): the hint named the config field data.image_glob where predict's flag is --image-glob."""
+    (tmp_path / "empty").mkdir()
+    line = fails_here(capsys, "predict", checkpoint, tmp_path / "empty", "--out", tmp_path / "out", at=tmp_path)
+    assert "empty: no images matching '*'" in line and "--image-glob" in line and "data.image_glob" not in line
