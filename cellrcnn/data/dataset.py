@@ -85,7 +85,7 @@ def load_sample(pair: Pair, config: DataConfig, classes: dict[str, int] | None =
     if pair.annotations is not None:
         return {"image": image, "cells": None, "label": label, "dtype": str(raw.dtype),
                 **_annotated_sample(pair, config, image.shape[:2], label)}
-    maps = {kind: read_labels(path) for kind, path in
+    maps = {kind: read_labels(path, config.max_pixels) for kind, path in
             (("parts", pair.parts), ("cells", pair.cells), ("nuclei", pair.nuclei)) if path is not None}
     for kind, labels in maps.items():
         if labels.shape != image.shape[:2]:

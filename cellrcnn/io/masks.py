@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..config.fields import MAX_PIXELS
 from .files import DataError, read_raw
 
 __all__ = ["read_labels", "map_part_values", "CellMask", "cell_masks_from_labels", "cell_masks_from_instances"]
@@ -77,13 +78,14 @@ def cell_masks_from_instances(instances: np.ndarray) -> list[CellMask]:
     return masks
 
 
-def read_labels(path: str | os.PathLike) -> np.ndarray:
+def read_labels(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read a label mask as a 2-D int64 array.
 
-    A mask saved as RGB(A) with equal colour channels is accepted (channel 0 is used).
+    A mask saved as RGB(A) with equal colour channels is accepted (channel 0 is used). A header claiming
+    more than ``max_pixels`` pixels is refused before anything is read (as for images, ``data.max_pixels``).
     """
     path = Path(path)
-    array = read_raw(path)
+    array = read_raw(path, max_pixels)
     if array.ndim == 3 and array.shape[-1] in (3, 4) and all(np.array_equal(array[..., 0], array[..., c]) for c in (1, 2)):
         array = array[..., 0]
     if array.ndim != 2:

@@ -458,3 +458,14 @@ def test_nan_pixels_are_named_with_what_to_do_wherever_the_image_is_read():
                                         r"Process > Noise > Remove NaNs\) and save the image again") as err:
         image_from_array(pixels, name="x.tif")
     assert "training" not in str(err.value)  # the same words for prediction as for training
+
+
+def test_images_and_masks_over_the_pixel_limit_are_refused_from_their_header(tmp_path):
+    """data.max_pixels holds for masks as for images: nothing is read past the header."""
+    imsave(tmp_path / "mask.png", np.zeros((10, 12), np.uint8), check_contrast=False)
+    tifffile.imwrite(tmp_path / "image.tif", np.zeros((10, 12), np.uint8), compression="zlib")
+    assert read_labels(tmp_path / "mask.png", max_pixels=120).shape == (10, 12)
+    with pytest.raises(DataError, match=r"mask.png: its header claims 10 x 12 pixels .* --max-pixels"):
+        read_labels(tmp_path / "mask.png", max_pixels=119)
+    with pytest.raises(DataError, match=r"image.tif: its header claims 10 x 12 pixels"):
+        read_image(tmp_path / "image.tif", DataConfig(max_pixels=119))
