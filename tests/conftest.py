@@ -68,21 +68,14 @@ def run_command(tool: str, *args) -> SimpleNamespace:
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-def fails_here(capsys, tool: str, *args, at: Path) -> str:
-    """:func:`fails_in_one_line` in this process, through the command's own entry point (``cellrcnn-<tool>`` calls
-    it), without the seconds a new interpreter costs to import torch."""
-    from cellrcnn import cli
-
+def fails_here(tool: str, *args, at: Path) -> str:
+    """:func:`fails_in_one_line` in this process, through the command's own entry point (:func:`run_command`),
+    without the seconds a new interpreter costs to import torch."""
     before = files_under(at)
-    capsys.readouterr()
-    try:
-        code = getattr(cli, f"{tool.replace('-', '_')}_main")(list(map(str, args)))
-    except SystemExit as stop:  # the parser's own errors
-        code = stop.code
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.out + captured.err
-    assert len(lines) == 1, captured.err
+    result = run_command(tool, *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(lines) == 1, result.stderr
     assert files_under(at) == before  # nothing new, nothing changed
     return lines[0]
 

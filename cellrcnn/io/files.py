@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -102,26 +104,19 @@ def _pil_header(path: Path) -> tuple[tuple[int, ...], str]:
     return ((height, width), "YX") if bands == 1 else ((height, width, bands), "YXS")
 
 
-class _no_pil_limit:
+@contextmanager
+def _no_pil_limit():
     """PIL's own decompression-bomb limit off while cellrcnn's (``max_pixels``), checked first, applies: it would
     otherwise warn on stderr below our limit and refuse images above its own that a user allowed."""
+    from PIL import Image
 
-    def __enter__(self):
-        import warnings
-
-        from PIL import Image
-
-        self._limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-
-    def __exit__(self, *exc):
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = self._limit
-        self._warnings.__exit__(*exc)
-        return False
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def read_raw_axes(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:

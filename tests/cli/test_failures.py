@@ -36,42 +36,42 @@ def test_a_package_with_bad_yaml_or_a_python_tag_is_one_line_and_runs_nothing(tm
     assert "tagged.zip: its description (rdf.yaml) cannot be read (ConstructorError" in line and not flag.exists()
 
 
-def test_a_damaged_zip_is_one_line(tmp_path, capsys):
+def test_a_damaged_zip_is_one_line(tmp_path):
     raw = bytearray(package_zip(tmp_path / "model.zip", "type: model\n").read_bytes())
     raw[raw.index(b"PK\x01\x02")] = 0  # a damaged central directory
     (tmp_path / "model.zip").write_bytes(bytes(raw))
-    line = fails_here(capsys, "predict", tmp_path / "model.zip", IMAGE, "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here("predict", tmp_path / "model.zip", IMAGE, "--out", tmp_path / "out", at=tmp_path)
     assert "model.zip: a damaged zip file" in line and "download or export the package again" in line
 
 
-def test_a_checkpoint_whose_config_names_another_backbone_is_one_line(checkpoint, tmp_path, capsys):
+def test_a_checkpoint_whose_config_names_another_backbone_is_one_line(checkpoint, tmp_path):
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state["config"]["model"]["backbone"] = "resnet34_fpn"
     torch.save(state, tmp_path / "mixed.pt")
-    line = fails_here(capsys, "predict", tmp_path / "mixed.pt", IMAGE, "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here("predict", tmp_path / "mixed.pt", IMAGE, "--out", tmp_path / "out", at=tmp_path)
     assert "mixed.pt: its weights do not fit the model its config describes (resnet34_fpn" in line
-    line = fails_here(capsys, "export-model", tmp_path / "mixed.pt", "--out", tmp_path / "m.zip", "--test-image", IMAGE,
+    line = fails_here("export-model", tmp_path / "mixed.pt", "--out", tmp_path / "m.zip", "--test-image", IMAGE,
                              at=tmp_path)
     assert "mixed.pt: its weights do not fit" in line
 
 
-def test_a_5d_stack_is_told_predicts_own_flag_and_a_nan_image_what_to_do_in_fiji(checkpoint, tmp_path, capsys):
+def test_a_5d_stack_is_told_predicts_own_flag_and_a_nan_image_what_to_do_in_fiji(checkpoint, tmp_path):
     plane = np.zeros((2, 3, 1, 64, 64), np.uint8)  # TZCYX
     tifffile.imwrite(tmp_path / "movie.tif", plane, imagej=True, metadata={"axes": "TZCYX"})
-    line = fails_here(capsys, "predict", checkpoint, tmp_path / "movie.tif", "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here("predict", checkpoint, tmp_path / "movie.tif", "--out", tmp_path / "out", at=tmp_path)
     assert "movie.tif" in line and "--projection max" in line and "pass --projection" not in line
     image = np.full((64, 64), 0.5, np.float32)
     image[3, 4] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", image)
-    line = fails_here(capsys, "predict", checkpoint, tmp_path / "nan.tif", "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here("predict", checkpoint, tmp_path / "nan.tif", "--out", tmp_path / "out", at=tmp_path)
     assert "nan.tif" in line and "Remove NaNs" in line and "training" not in line
 
 
-def test_exporting_a_model_that_finds_no_cell_says_so_in_the_commands_words(checkpoint, tmp_path, capsys):
+def test_exporting_a_model_that_finds_no_cell_says_so_in_the_commands_words(checkpoint, tmp_path):
     from skimage.io import imsave
 
     imsave(tmp_path / "blank.png", np.zeros((96, 96, 3), np.uint8))
-    line = fails_here(capsys, "export-model", checkpoint, "--out", tmp_path / "m.zip", "--test-image",
+    line = fails_here("export-model", checkpoint, "--out", tmp_path / "m.zip", "--test-image",
                              tmp_path / "blank.png", "--skip-test", at=tmp_path)
     assert "blank.png gives no cell" in line and "--test-image" in line and "pydantic" not in line.lower()
 
@@ -80,9 +80,9 @@ def test_exporting_a_model_that_finds_no_cell_says_so_in_the_commands_words(chec
     (["--epochs", "1e30"], "--epochs"),
     (["--config", "config.yaml"], "a config is a JSON file"),
 ])
-def test_finetune_refuses_absurd_epochs_and_a_yaml_config_in_one_line(tmp_path, args, message, capsys):
+def test_finetune_refuses_absurd_epochs_and_a_yaml_config_in_one_line(tmp_path, args, message):
     (tmp_path / "config.yaml").write_text("train:\n  epochs: 3\n")
-    line = fails_here(capsys, "finetune", SAMPLE, "--out", tmp_path / "run",
+    line = fails_here("finetune", SAMPLE, "--out", tmp_path / "run",
                              *[tmp_path / a if a.endswith(".yaml") else a for a in args], at=tmp_path)
     assert message in line
 
@@ -131,7 +131,7 @@ def table(out: Path):
     return pd.read_csv(out / "cells.csv", dtype={"image": str})
 
 
-def test_masks_beside_their_images_are_not_predicted_and_same_stems_never_overwrite(checkpoint, tmp_path, capsys):
+def test_masks_beside_their_images_are_not_predicted_and_same_stems_never_overwrite(checkpoint, tmp_path):
     """Issue 37 (1): the model's own layout rule (masks are ``*.png``) leaves the masks out; without one, two files
     of one folder that share a stem are refused before anything is written; files of two folders sharing a stem get
     names told apart by their folders."""
@@ -148,7 +148,7 @@ def test_masks_beside_their_images_are_not_predicted_and_same_stems_never_overwr
     assert both[both["image"] == "001"].reset_index(drop=True).equals(one)  # the image's cells, not the mask's
     assert sorted(p.name for p in (tmp_path / "p").glob("*.tif")) == ["001_cells.tif", "001_parts.tif",
                                                                        "002_cells.tif", "002_parts.tif"]
-    line = fails_here(capsys, "predict", checkpoint, folder, "--out", tmp_path / "r", at=tmp_path)
+    line = fails_here("predict", checkpoint, folder, "--out", tmp_path / "r", at=tmp_path)
     assert "001.bmp and 001.png share the name 001" in line and "--image-glob" in line
 
     other = bmp_pairs(tmp_path / "b", ("001",))
@@ -170,7 +170,7 @@ def test_an_image_too_small_to_hold_a_cell_costs_only_itself(checkpoint, tmp_pat
     folder = tmp_path / "in"
     folder.mkdir()
     imsave(folder / "a_row.png", np.full((1, 100), 128, np.uint8), check_contrast=False)
-    line = fails_here(capsys, "predict", checkpoint, folder / "a_row.png", "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here("predict", checkpoint, folder / "a_row.png", "--out", tmp_path / "out", at=tmp_path)
     assert "a_row.png: 1 x 100 pixels is too small to hold a cell" in line and "at least 8 pixels a side" in line
     shutil.copy(IMAGE, folder / "b_image.png")
     assert predict_main([str(checkpoint), str(folder), "--out", str(tmp_path / "out"), "--quiet"]) == 2
@@ -209,7 +209,7 @@ def claiming_png(path: Path, side: int) -> Path:
     return path
 
 
-def test_a_header_claiming_a_huge_image_is_refused_before_anything_is_read(checkpoint, tmp_path, capsys):
+def test_a_header_claiming_a_huge_image_is_refused_before_anything_is_read(checkpoint, tmp_path):
     """Issue 37 (4): no allocation of what a header claims: an uncompressed TIFF is found truncated, a compressed one
     and a PNG over data.max_pixels, each in one line (no PIL warning); the limit is the user's to raise."""
     import resource
@@ -220,11 +220,11 @@ def test_a_header_claiming_a_huge_image_is_refused_before_anything_is_read(check
     claiming_png(tmp_path / "big.png", 100_000)
     try:  # a 10-gigapixel allocation would fail loudly under 6 GiB of address space instead of passing unnoticed
         resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, hard))
-        plain = fails_here(capsys, "predict", checkpoint, tmp_path / "plain.tif", "--out", tmp_path / "o", at=tmp_path)
-        zipped = fails_here(capsys, "predict", checkpoint, tmp_path / "zipped.tif", "--out", tmp_path / "o",
+        plain = fails_here("predict", checkpoint, tmp_path / "plain.tif", "--out", tmp_path / "o", at=tmp_path)
+        zipped = fails_here("predict", checkpoint, tmp_path / "zipped.tif", "--out", tmp_path / "o",
                             at=tmp_path)
-        big = fails_here(capsys, "predict", checkpoint, tmp_path / "big.png", "--out", tmp_path / "o", at=tmp_path)
-        allowed = fails_here(capsys, "predict", checkpoint, tmp_path / "big.png", "--out", tmp_path / "o",
+        big = fails_here("predict", checkpoint, tmp_path / "big.png", "--out", tmp_path / "o", at=tmp_path)
+        allowed = fails_here("predict", checkpoint, tmp_path / "big.png", "--out", tmp_path / "o",
                              "--max-pixels", str(10**10 + 1), at=tmp_path)
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
@@ -259,8 +259,8 @@ def test_a_bugs_traceback_quotes_the_code_as_it_is(capsys):
     assert told == "error: set --scale 2"
 
 
-def test_an_empty_folder_is_told_predicts_own_flag(checkpoint, tmp_path, capsys):
+def test_an_empty_folder_is_told_predicts_own_flag(checkpoint, tmp_path):
     """Issue 37 (11): the hint named the config field data.image_glob where predict's flag is --image-glob."""
     (tmp_path / "empty").mkdir()
-    line = fails_here(capsys, "predict", checkpoint, tmp_path / "empty", "--out", tmp_path / "out", at=tmp_path)
+    line = fails_here("predict", checkpoint, tmp_path / "empty", "--out", tmp_path / "out", at=tmp_path)
     assert "empty: no images matching '*'" in line and "--image-glob" in line and "data.image_glob" not in line

@@ -152,6 +152,6 @@ def test_a_file_name_that_leaves_the_folder_is_refused_by_check_data_and_evaluat
     assert f"annotations.json: image 7: file_name {file_name!r} points outside the folder" in line
     assert files_under(tmp_path) == before
     (tmp_path / "pred").mkdir()
-    line = fails_here(capsys, "evaluate", data, "--pred-dir", tmp_path / "pred", "--out", tmp_path / "scores",
+    line = fails_here("evaluate", data, "--pred-dir", tmp_path / "pred", "--out", tmp_path / "scores",
                       at=tmp_path)
     assert "points outside the folder" in line
