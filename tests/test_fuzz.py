@@ -77,21 +77,24 @@ def reads_or_names_the_file(read, path: Path) -> None:
         assert path.name in str(err), str(err)
 
 
+def written(folder: Path, stem: str, case: tuple[str, bytes]) -> Path:
+    """A :func:`damaged` case as the file ``<stem><suffix>`` in ``folder``."""
+    suffix, data = case
+    path = folder / f"{stem}{suffix}"
+    path.write_bytes(data)
+    return path
+
+
 @given(damaged(IMAGES))
 def test_image_readers(tmp_path, case):
-    suffix, data = case
-    path = tmp_path / f"image{suffix}"
-    path.write_bytes(data)
+    path = written(tmp_path, "image", case)
     reads_or_names_the_file(read_image, path)
     reads_or_names_the_file(lambda p: open_field(p).read(0, 1, 0, 1), path)
 
 
 @given(damaged(MASKS))
 def test_mask_reader(tmp_path, case):
-    suffix, data = case
-    path = tmp_path / f"mask{suffix}"
-    path.write_bytes(data)
-    reads_or_names_the_file(read_labels, path)
+    reads_or_names_the_file(read_labels, written(tmp_path, "mask", case))
 
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)

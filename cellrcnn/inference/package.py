@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config.tree import Config
-from ..io.files import DataError, check_package_sizes
+from ..io.files import DataError, check_package_sizes, zip_members
 from ..modeling.build import build_model
 from ..modeling.transform import predict_labels
 from ..modeling.weights import why_unreadable
@@ -125,11 +125,7 @@ def is_package(path: str | os.PathLike) -> bool:
 
 
 def _has_rdf(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(Path(name).name in ("rdf.yaml", "bioimageio.yaml") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as err:  # zip features it lacks
-        raise DataError(f"{path}: a damaged zip file ({err}); download or export the package again") from None
+    return any(Path(name).name in ("rdf.yaml", "bioimageio.yaml") for name, _ in zip_members(path))
 
 
 def _spec():

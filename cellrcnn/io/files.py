@@ -13,7 +13,7 @@ import tifffile
 from ..config.fields import MAX_PIXELS
 from ..utils.errors import DataError
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "MAX_MEMBER_BYTES", "check_package_sizes", "check_pixels", "read_raw", "read_raw_axes"]
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "MAX_MEMBER_BYTES", "check_package_sizes", "check_pixels", "zip_members", "read_raw", "read_raw_axes"]
 
 
 #: File extensions read as images or masks.
@@ -36,6 +36,23 @@ def _unreadable(path: Path, err: Exception) -> DataError:
 MAX_MEMBER_BYTES = 512 * 2**20
 
 
+def zip_members(path: str | os.PathLike) -> list[tuple[str, int]]:
+    """The members of a zip and the bytes each unpacks to, from its directory alone (nothing is unpacked).
+
+    Raises
+    ------
+    DataError
+        A damaged zip, or one using a feature Python's zip reader lacks.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [(info.filename, info.file_size) for info in archive.infolist()]
+    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as err:  # zip features it lacks
+        raise DataError(f"{path}: a damaged zip file ({err}); download or export the package again") from None
+
+
 def check_package_sizes(path: str | os.PathLike, max_bytes: int = MAX_MEMBER_BYTES) -> None:
     """Refuse a package (a zip, or an unpacked folder or its ``rdf.yaml``) holding a file larger than ``max_bytes``
     unpacked, from the zip's directory or the folder's listing, before any member is read.
@@ -52,11 +69,7 @@ def check_package_sizes(path: str | os.PathLike, max_bytes: int = MAX_MEMBER_BYT
 
     path = Path(path)
     if path.is_file() and zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                sizes = [(info.filename, info.file_size) for info in archive.infolist()]
-        except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as err:  # zip features it lacks
-            raise DataError(f"{path}: a damaged zip file ({err}); download or export the package again") from None
+        sizes = zip_members(path)
     else:
         folder = path if path.is_dir() else path.parent
         sizes = [(p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file()]

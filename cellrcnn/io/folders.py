@@ -98,7 +98,7 @@ def output_names(images: list[Path]) -> dict[Path, str]:
     Returns
     -------
     dict of Path to str
-        File-safe names, in the order of ``images``.
+        The names (stems, prefixed by folders where needed), in the order of ``images``.
 
     Raises
     ------
