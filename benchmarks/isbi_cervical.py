@@ -68,12 +68,13 @@ def split_folders(data: Path, out: Path) -> dict[str, Path]:
     return folders
 
 
-def config(epochs: int, size: int, part_weights: dict[str, float], crop: int | None = None,
-           mask_size: int = 28) -> cellrcnn.Config:
-    """resnet18-FPN from scratch: whole images resized to ``size``, or full-resolution crops of ``crop`` px."""
+def config(epochs: int, size: int, part_weights: dict[str, float] | str, crop: int | None = None,
+           mask_size: int = 28, **model) -> cellrcnn.Config:
+    """resnet18-FPN from scratch: whole images resized to ``size``, or full-resolution crops of ``crop`` px
+    (``model``: more model settings, e.g. ``dice_weight``)."""
     return cellrcnn.Config(
         model=cellrcnn.ModelConfig(backbone="resnet18_fpn", weights="none", min_size=size, max_size=size,
-                                   part_weights=part_weights, mask_size=mask_size),
+                                   part_weights=part_weights, mask_size=mask_size, **model),
         data=cellrcnn.DataConfig(val_fraction=0.2, augment="light", crop=crop),
         train=cellrcnn.TrainConfig(epochs=epochs, device="auto", workers=0,
                                    **{k: v for k, v in cellrcnn.config.SCHEDULES["scratch"].items()}))
@@ -149,7 +150,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ISBI)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="network input side (images are 512 px)")
-    parser.add_argument("--part-weights", default="{}", help="part loss weights, e.g. nucleus=4 (default: all 1)")
+    parser.add_argument("--part-weights", default="{}", help="part loss weights, e.g. nucleus=4, or auto "
+                        "(default: all 1)")
+    parser.add_argument("--dice-weight", type=float, default=None, help="weight of the part loss's Dice term "
+                        "(default: the model's default)")
+    parser.add_argument("--part-head", default=None, help="part head (default: the model's default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--crop", type=int, default=None, help="train on random crops of this many pixels a side "
                         "(with --size the same: full resolution)")
     parser.add_argument("--mask-size", type=int, default=28, choices=(28, 56))
@@ -161,11 +167,15 @@ def main() -> None:
     print(f"machine: {platform.node() or 'vm'} {platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}",
           flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     folders = split_folders(args.data, args.out)
     if args.step == "train":
         start = time.time()
-        weights = cellrcnn.config.parse_field_value(dict[str, float], args.part_weights, "part_weights")
-        history = cellrcnn.fit(config(args.epochs, args.size, weights, args.crop, args.mask_size), folders["train"],
+        weights = cellrcnn.config.parse_field_value(dict[str, float] | str, args.part_weights, "part_weights")
+        model = {k: v for k, v in (("dice_weight", args.dice_weight), ("part_head", args.part_head)) if v is not None}
+        history = cellrcnn.fit(config(args.epochs, args.size, weights, args.crop, args.mask_size, **model),
+                               folders["train"],
                                args.out / "run",
                                resume=(args.out / "run" / "last.pt").is_file())
         print(history.round(3).to_string(), f"\n{(time.time() - start) / 60:.1f} min", flush=True)

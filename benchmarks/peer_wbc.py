@@ -44,6 +44,7 @@ from train_wbc import DATA, PARTS, WBC, link_split
 from transfer_wbc import link_halves
 
 import cellrcnn
+from cellrcnn.evaluation.metrics import edge_band_dice
 
 # wbc_cellavision_test has a few stray mask values (image 034): each to the nearest part, as its README advises
 DATA = dataclasses.replace(DATA, snap_values=True)
@@ -101,7 +102,10 @@ def cellrcnn_score(checkpoint: Path, folder: Path, scale=None, tta: bool = False
     summary = result["summary"]
     means = summary.set_index("metric")["value"]
     at50 = summary.query("threshold == 0.5").set_index("metric")["value"]
+    bands = pd.DataFrame([edge_band_dice(item.pred_parts, item.true_parts, PARTS) for item in result["items"]]).mean()
     return {**{name: float(means[f"mean {name}_dice"]) for name in ("cytoplasm", "nucleus", "cell")},
+            **{f"{name}_{region}": float(bands[f"{name}_dice_{region}"]) for name in ("cytoplasm", "nucleus", "cell")
+               for region in ("band", "interior")},
             "precision50": float(at50["precision"]), "recall50": float(at50["recall"]),
             "seconds_per_image": seconds}
 
@@ -133,6 +137,9 @@ def run_cellrcnn(args, root: Path) -> None:
         return
     if args.stage == "adapt":
         adapt_cellrcnn(args, root, dirs, source, results)
+        return
+    if args.stage == "curve":
+        curve_cellrcnn(args, root, dirs, source, results)
         return
     if args.stage == "zeroshot":
         for half in ("cv_test",) if args.test_only else ("cv_test", "cv_a", "cv_b"):
@@ -199,6 +206,60 @@ def adapt_cellrcnn(args, root: Path, dirs: dict[str, Path], source: Path, result
                                                   single_rule=rule)})
 
 
+#: Minutes of the time-to-accuracy curve (issue 38).
+CURVE_MINUTES = (2.5, 5.0, 10.0, 20.0)
+
+
+def curve_cellrcnn(args, root: Path, dirs: dict[str, Path], source: Path, results: Path) -> None:
+    """Dice against minutes when adapting: the adaptation command with as many steps as fit each of
+    ``--curve-minutes``, from the speed of that variant's 150-step recipe run (seed 0 of the adapt stage), each
+    a run of its own (its lr schedule fits its length), scored on ``wbc_cellavision_test``."""
+    recipe = root / f"cellrcnn-adapt{args.source_tag}{args.tag}-seed0" / "wall.json"
+    if not recipe.is_file():
+        raise SystemExit(f"{recipe} is missing: run the adapt stage of this variant for seed 0 first")
+    per_step = json.loads(recipe.read_text())["seconds"] / 150
+    for minutes in [float(m) for m in args.curve_minutes.split(",")]:
+        steps = max(10, int(round(minutes * 60 / per_step)))
+        run_dir = root / f"cellrcnn-curve{args.tag}-{minutes:g}min"
+        wall = run_dir / "wall.json"
+        if not (run_dir / "best.pt").is_file():
+            command = [str(dirs["cv_all"]), "--from", str(source), "--out", str(run_dir), "--image-glob", "*.bmp",
+                       "--mask-glob", "*.png", "--part-values", "0,128,255", "--seed", "0", "--workers", "0",
+                       "--device", "cpu", "--quiet", "--steps", str(steps), *args.extra]
+            start = time.perf_counter()
+            if cellrcnn.cli.finetune_main(command) != 0:
+                raise SystemExit(f"cellrcnn-finetune {' '.join(command)} failed")
+            wall.write_text(json.dumps({"seconds": time.perf_counter() - start}))
+        append_row(results, {"row": "curve", "seed": 0, "budget": minutes, "steps": steps, "tag": args.tag,
+                             "minutes": json.loads(wall.read_text())["seconds"] / 60, "largest": True,
+                             "rule": "nucleated", "threshold": 0.5,
+                             **cellrcnn_score(run_dir / "best.pt", dirs["cv_test"])})
+
+
+def plot_curve(root: Path, out: Path) -> None:
+    """Dice against minutes of adapting, both models (the ``curve`` rows), as a figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours, peer = (pd.read_json(root / f"{name}.jsonl", lines=True) for name in ("cellrcnn", "unet"))
+    ours, peer = ours[ours["row"] == "curve"], peer[peer["row"] == "curve"]
+    figure, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharex=True)
+    for ax, part in zip(axes, ("cytoplasm", "nucleus", "cell")):
+        for tag, frame in ours.groupby(ours["tag"].fillna("")):
+            frame = frame.sort_values("minutes")
+            ax.plot(frame["minutes"], frame[part], "o-", label=f"cellrcnn {VARIANTS.get(tag, tag) or 'recipe'}")
+        frame = peer.sort_values("minutes")
+        ax.plot(frame["minutes"], frame[part], "s--", color="k", label="U-Net peer")
+        ax.set_title(f"{part} Dice" if part != "cell" else "whole-cell Dice")
+        ax.set_xlabel("adapting, wall minutes (one thread)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
 def hand_scale(checkpoint: Path, folder: Path) -> float:
     """The scale a user sets by hand: the trained cell size over the median annotated cell diameter."""
     cell_size = cellrcnn.load_checkpoint(checkpoint)["config"]["model"]["cell_size"]
@@ -244,6 +305,17 @@ def run_unet(args, root: Path) -> None:
         for half in ("cv_test",) if args.test_only else ("cv_test", "cv_a", "cv_b"):
             append_row(results, {"row": f"zero-shot, {half}", "seed": 0, "minutes": 0.0,
                                  **unet_peer.score(fresh(state), data(half), PARTS)})
+        return
+    if args.stage == "curve":  # one run of the longest budget, scored as it passes each shorter one
+        marks = [float(m) * 60 for m in args.curve_minutes.split(",")]
+        model = fresh(state)
+
+        def at_mark(seconds: float, steps: int) -> None:
+            append_row(results, {"row": "curve", "seed": 0, "budget": seconds / 60, "minutes": seconds / 60,
+                                 "steps": steps, **unet_peer.score(model, data("cv_test"), PARTS)})
+
+        done = unet_peer.train(model, data("cv_all"), max(marks), lr=5e-4, seed=0, marks=marks, at_mark=at_mark)
+        at_mark(done["seconds"], done["steps"])
         return
     if args.stage == "adapt":  # as many wall-clock minutes as cellrcnn's adaptation with the same seed took
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -339,9 +411,12 @@ def table(root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=("cellrcnn", "unet", "table"))
+    parser.add_argument("model", choices=("cellrcnn", "unet", "table", "plot"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--stage", choices=("source", "zeroshot", "adapt", "fewshot"), default="source")
+    parser.add_argument("--stage", choices=("source", "zeroshot", "adapt", "fewshot", "curve"), default="source")
+    parser.add_argument("--curve-minutes", default=",".join(f"{m:g}" for m in CURVE_MINUTES),
+                        help="curve: the training budgets, in minutes")
+    parser.add_argument("--figure", type=Path, default=Path("docs/adapt_curve.png"), help="plot: where to write")
     parser.add_argument("--test-only", action="store_true", help="zero-shot: score only wbc_cellavision_test")
     parser.add_argument("--source-tag", default="", choices=("", "-jitter"),
                         help="cellrcnn: which source (-jitter: trained with stain, colour and scale jitter)")
@@ -362,6 +437,8 @@ def main() -> None:
         run_cellrcnn(args, root)
     elif args.model == "unet":
         run_unet(args, root)
+    elif args.model == "plot":
+        plot_curve(root, args.figure)
     else:
         table(root)
 

@@ -14,6 +14,7 @@ the part maps only.
 from __future__ import annotations
 
 import time
+from typing import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +86,24 @@ def _augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tu
 
 
 def train(model: UNet, data: dict, seconds: float, lr: float, seed: int, batch: int = 8,
-          weight_decay: float = 1e-4) -> dict:
-    """Train for ``seconds`` of wall time (the loop alone); returns the steps taken and the seconds spent."""
+          weight_decay: float = 1e-4, marks: Sequence[float] = (), at_mark: Callable[[float, int], None] | None = None
+          ) -> dict:
+    """Train for ``seconds`` of wall time (the loop alone); returns the steps taken and the seconds spent.
+
+    ``at_mark(seconds, steps)`` is called once the training time passes each of ``marks`` (seconds): the model
+    as a run of that budget would leave it (constant lr). Its own time is not counted."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     x_all, y_all = data["x"], data["y"]
+    pending = sorted(m for m in marks if m < seconds)
     model.train()
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
+        if pending and time.perf_counter() - start >= pending[0] and at_mark is not None:
+            paused = time.perf_counter()
+            at_mark(pending.pop(0), steps)
+            model.train()
+            start += time.perf_counter() - paused
         index = torch.randint(len(x_all), (min(batch, len(x_all)),), generator=generator)
         pairs = [_augment(x_all[i], y_all[i], generator) for i in index]
         x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
@@ -117,7 +128,14 @@ def predict(model: UNet, image: torch.Tensor, size: int = SIZE) -> np.ndarray:
 
 def score(model: UNet, data: dict, parts: tuple[str, ...]) -> dict[str, float]:
     """Mean per-image Dice of each part and the whole cell, as cellrcnn is scored."""
-    rows = [cellrcnn.part_dice(predict(model, image, data.get("size", SIZE)), truth, parts)
-            for image, truth in zip(data["images"], data["truths"])]
+    from cellrcnn.evaluation.metrics import edge_band_dice
+
+    rows = []
+    for image, truth in zip(data["images"], data["truths"]):
+        pred = predict(model, image, data.get("size", SIZE))
+        rows.append({**cellrcnn.part_dice(pred, truth, parts), **edge_band_dice(pred, truth, parts)})
     means = pd.DataFrame(rows).mean()
-    return {name: float(means[f"{name}_dice"]) for name in [p for p in parts[1:]] + ["cell"]}
+    names = [p for p in parts[1:]] + ["cell"]
+    return {**{name: float(means[f"{name}_dice"]) for name in names},
+            **{f"{name}_{region}": float(means[f"{name}_dice_{region}"]) for name in names
+               for region in ("band", "interior")}}

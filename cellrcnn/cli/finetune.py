@@ -73,7 +73,11 @@ def config_from_finetune_args(args: argparse.Namespace) -> Config:
     if args.from_run is not None:
         overrides = {**_settings_of_run(args.from_run, given, recipe=not args.config), **overrides}
     if args.cytoplasm_weight is not None:
-        weights = dict(overrides.get("model.part_weights", base.model.part_weights))
+        weights = overrides.get("model.part_weights", base.model.part_weights)
+        if isinstance(weights, str):
+            raise ValueError("--cytoplasm-weight sets one part's weight and --part-weights auto measures them all; "
+                             "give one of the two")
+        weights = dict(weights)
         weights["cytoplasm"] = args.cytoplasm_weight
         overrides["model.part_weights"] = weights
     overrides.update(sets)
@@ -106,6 +110,9 @@ def finetune_main(argv: list[str] | None = None) -> int:
     check_out_folder(parser, args.out)
     try:
         config = config_from_finetune_args(args)
+        from ..modeling.part_heads import check_part_head  # loads torch: only once the flags are read
+
+        check_part_head(config.model.part_head)
     except ValueError as err:
         parser.error(str(err))
     if not args.data_dir.is_dir():

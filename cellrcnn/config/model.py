@@ -24,6 +24,19 @@ class ModelConfig(_Section):
     part_weights
         Loss weight per part name; parts not named weigh 1.0. Raising
         ``{"cytoplasm": 2.0}`` doubles the gradient from cytoplasm pixels.
+        ``"auto"``: training measures how often each part occurs inside the
+        cells' boxes and gives a rare part ``median / its frequency``, between
+        1 and 10 (``cellrcnn.modeling.losses.balanced_part_weights``); the run's
+        config records the weights measured. Until then every part weighs 1.
+    dice_weight
+        Weight of a soft Dice term per foreground part added to the part
+        cross-entropy (nnU-Net's loss): every part counts alike in it, however
+        few its pixels, so a small nucleus is not ignored. 0: cross-entropy only.
+    part_head
+        Which part head predicts each cell's part logits: a name registered in
+        ``cellrcnn.modeling.part_heads`` (``"fcn"``: torchvision's mask head;
+        ``"refine"``: the same, refined at twice the resolution from the finest
+        features). A lab's own head is one registered module.
     num_classes
         Number of cell classes, background excluded (1: every cell is "cell").
     backbone
@@ -101,7 +114,7 @@ class ModelConfig(_Section):
     """
 
     parts: tuple[str, ...] = ("background", "cytoplasm", "nucleus")
-    part_weights: dict[str, float] = field(default_factory=dict)
+    part_weights: dict[str, float] | str = field(default_factory=dict)
     num_classes: int = 1
     backbone: str = "resnet50_fpn"
     weights: str = "coco"
@@ -118,6 +131,8 @@ class ModelConfig(_Section):
     box_score_thresh: float = 0.05
     mask_size: int = 28
     edge_weight: float = 0.0
+    dice_weight: float = 0.0
+    part_head: str = "fcn"
     mask_alignment: str = "exact"
     norm: str = "auto"
     predictor_init: str = "chance"
@@ -133,8 +148,12 @@ class ModelConfig(_Section):
             _check(isinstance(value, Sequence) and not isinstance(value, str),
                    f"{name} must be a sequence, got {value!r}")
             object.__setattr__(self, name, tuple(value))
+        if isinstance(self.part_weights, str) and self.part_weights == "auto":
+            self._validate()
+            return
         _check(isinstance(self.part_weights, Mapping),
-               f"part_weights must map part names to weights, got {self.part_weights!r}")
+               f"part_weights must map part names to weights (key=value pairs, e.g. cytoplasm=2,nucleus=1) or be "
+               f"'auto', got {self.part_weights!r}")
         try:
             weights = {str(k): float(v) for k, v in self.part_weights.items()}
         except (TypeError, ValueError):
@@ -152,9 +171,9 @@ class ModelConfig(_Section):
         _check("part" not in parts and ("cell" not in parts or len(parts) == 2),
                f"'part', and 'cell' beside other parts, cannot name a part (cell_dice is the whole cell's Dice and "
                f"part_dice the mean over parts); got {parts}")
-        unknown = sorted(set(self.part_weights) - set(parts))
+        unknown = sorted(set(self.weights_by_part) - set(parts))
         _check(not unknown, f"part_weights names unknown part(s) {unknown}; parts are {list(parts)}")
-        for name, w in self.part_weights.items():
+        for name, w in self.weights_by_part.items():
             _check(math.isfinite(w) and w > 0, f"part weight for {name!r} must be a positive number, got {w}")
         _positive_int("num_classes", self.num_classes)
         _check(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}; got {self.backbone!r}")
@@ -189,6 +208,11 @@ class ModelConfig(_Section):
         _check(isinstance(self.edge_weight, (int, float)) and not isinstance(self.edge_weight, bool)
                and math.isfinite(self.edge_weight) and self.edge_weight >= 0,
                f"edge_weight must be a number >= 0, got {self.edge_weight!r}")
+        _check(isinstance(self.dice_weight, (int, float)) and not isinstance(self.dice_weight, bool)
+               and math.isfinite(self.dice_weight) and self.dice_weight >= 0,
+               f"dice_weight must be a number >= 0, got {self.dice_weight!r}")
+        _check(isinstance(self.part_head, str) and self.part_head.isidentifier(),
+               f"part_head must be the name of a registered part head (e.g. 'fcn'), got {self.part_head!r}")
         _check(type(self.mask_size) is int and self.mask_size in MASK_SIZES,
                f"mask_size must be one of {', '.join(map(str, MASK_SIZES))}; got {self.mask_size!r}")
         _check(self.mask_alignment in MASK_ALIGNMENTS,
@@ -219,9 +243,14 @@ class ModelConfig(_Section):
         return len(self.parts)
 
     @property
+    def weights_by_part(self) -> dict[str, float]:
+        """``part_weights`` as given, ``{}`` while ``"auto"`` is not yet measured."""
+        return {} if isinstance(self.part_weights, str) else self.part_weights
+
+    @property
     def part_weight_vector(self) -> tuple[float, ...]:
-        """Loss weight of each part, in the order of :attr:`parts`."""
-        return tuple(self.part_weights.get(p, 1.0) for p in self.parts)
+        """Loss weight of each part, in the order of :attr:`parts` (1 for each while ``"auto"`` is unmeasured)."""
+        return tuple(self.weights_by_part.get(p, 1.0) for p in self.parts)
 
     @property
     def backbone_stages(self) -> int:

@@ -210,18 +210,25 @@ def cell_sizes(pairs: list[Pair], config: DataConfig, count: int = 20) -> pd.Dat
     Returns
     -------
     pandas.DataFrame
-        One row per cell: ``image``, image ``height`` and ``width``, and
-        ``cell_side``, the square root of the cell's box area, in pixels.
+        One row per cell: ``image``, image ``height`` and ``width``,
+        ``cell_side``, the square root of the cell's box area, in pixels, and
+        ``part_pixels``, a tuple of the pixels of each part label ``0..`` inside
+        the cell's box (background first), as the mask head sees the cell.
     """
     chosen = pairs if len(pairs) <= count else [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, count)]
     rows = []
     for pair in chosen:
         sample = load_sample(pair, config)
         H, W = sample["parts"].shape
-        boxes = build_target(sample["parts"], sample["cells"], 1, config, sample.get("instances"))["boxes"]
+        target = build_target(sample["parts"], sample["cells"], 1, config, sample.get("instances"))
+        boxes, masks = target["boxes"], target["masks"]
         sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-        rows += [{"image": pair.image.name, "height": H, "width": W, "cell_side": float(s)} for s in sides]
-    return pd.DataFrame(rows, columns=["image", "height", "width", "cell_side"])
+        for s, box, mask in zip(sides, boxes, masks):
+            x0, y0, x1, y1 = (int(v) for v in np.round(np.asarray(box)))
+            pixels = tuple(int(n) for n in np.bincount(np.asarray(mask[y0:y1, x0:x1]).ravel()))
+            rows.append({"image": pair.image.name, "height": H, "width": W, "cell_side": float(s),
+                         "part_pixels": pixels})
+    return pd.DataFrame(rows, columns=["image", "height", "width", "cell_side", "part_pixels"])
 
 
 def collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

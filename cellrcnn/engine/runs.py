@@ -98,7 +98,7 @@ def sweep(config: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     rows = []
     metric = config.train.best_metric
     for weight in weights:
-        model = dataclasses.replace(config.model, part_weights={**config.model.part_weights, part: weight})
+        model = dataclasses.replace(config.model, part_weights={**config.model.weights_by_part, part: weight})
         history = fit(dataclasses.replace(config, model=model), data_dir, Path(out_dir) / f"{part}_weight_{weight:g}",
                       quiet=quiet)
         best = history.loc[history[metric].idxmin() if metric == "val_loss" else history[metric].idxmax()]

@@ -25,6 +25,7 @@ from ..data.splits import make_splits, write_split_csv
 from ..modeling.backbone import resolve_norm
 from ..modeling.build import build_model
 from ..modeling.checkpoint import load_checkpoint
+from ..modeling.losses import balanced_part_weights
 from ..utils.progress import progress
 from ..utils.runtime import leave_process_group
 from . import hooks
@@ -328,12 +329,26 @@ class Trainer:
                 logger.warning("cells of about %.0f px after resizing fall outside the anchor sizes (32-512 px); set "
                                "model.min_size and model.max_size to about %d and %d so they span about "
                                "128 px", side, *sizes)
+        if model.part_weights == "auto":
+            model = dataclasses.replace(model, part_weights=self._balanced_part_weights(table, model))
         per_image = scale.groupby(table["image"]).first()
         single = bool((table.groupby("image").size() == 1).all()) and not crop  # a crop may cut out neighbours
         if single and self.runtime.is_main:
             logger.info("every training image holds one cell: prediction will keep the largest complete cell of "
                         "each image unless told otherwise")
         return dataclasses.replace(model, input_scale=float(per_image.median()), cell_size=side, single_cell=single)
+
+    def _balanced_part_weights(self, table: pd.DataFrame, model: ModelConfig) -> dict[str, float]:
+        """``part_weights="auto"`` measured: each part's weight from its pixels inside the sampled cells' boxes."""
+        counts = np.zeros(model.num_parts)
+        for pixels in table["part_pixels"]:
+            counts[:min(len(pixels), model.num_parts)] += pixels[:model.num_parts]
+        weights = dict(zip(model.parts, balanced_part_weights(counts)))
+        if self.runtime.is_main:
+            shares = ", ".join(f"{p} {100 * c / max(counts.sum(), 1):.1f} %" for p, c in zip(model.parts, counts))
+            logger.info("part weights measured (--part-weights auto): %s, from their shares of the cells' boxes (%s)",
+                        ", ".join(f"{p} {w:.2f}" for p, w in weights.items()), shares)
+        return weights
 
     def _call(self, event: str) -> None:
         for hook in self.hooks:

@@ -9,14 +9,14 @@ from torchvision.models import get_weight
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..config.fields import BACKBONE_TABLE
 from ..config.model import ModelConfig
-from .backbone import REPRESENTATION, _norm_layers, _with_download_hint, build_backbone, resolve_norm
+from .backbone import REPRESENTATION, _with_download_hint, build_backbone, resolve_norm
 from .heads import AlignedMultiScaleRoIAlign, PartRoIHeads
+from .part_heads import build_part_head
 from .transform import PartRCNNTransform
 from .weights import _FRESH_FROM_COCO, load_matching_state_dict, read_state_dict
 
@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 def _init_predictors(roi_heads: PartRoIHeads) -> None:
     """Small normal weights and zero bias (detectron2's choice), so every loss starts near chance."""
-    box, logits = roi_heads.box_predictor, roi_heads.mask_predictor.mask_fcn_logits
-    for layer, std in ((box.cls_score, 0.01), (box.bbox_pred, 0.001), (logits, 0.001)):
+    box, logits = roi_heads.box_predictor, getattr(roi_heads.part_head, "mask_predictor", None)
+    layers = [(box.cls_score, 0.01), (box.bbox_pred, 0.001)]
+    if logits is not None:  # a head of a lab's own starts as it is built
+        layers.append((logits.mask_fcn_logits, 0.001))
+    for layer, std in layers:
         nn.init.normal_(layer.weight, std=std)
         nn.init.zeros_(layer.bias)
 
@@ -70,11 +73,9 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
     aligned = config.mask_alignment == "exact"
     pool = AlignedMultiScaleRoIAlign if aligned else MultiScaleRoIAlign
     levels = ["0", "1", "2", "3"]
-    mask_channels = config.num_parts * (config.num_classes if config.class_specific_parts else 1)
     # Modules with weights are made in torchvision MaskRCNN's order, so a seed gives the same starting weights.
     box_predictor = FastRCNNPredictor(REPRESENTATION, config.num_classes + 1)
-    mask_head = MaskRCNNHeads(c, [256, 256, 256, 256], 1, norm_layer=_norm_layers(config)[1])
-    mask_predictor = MaskRCNNPredictor(c, 256, mask_channels)  # the head pools at M/2, the predictor upsamples 2x
+    part_head = build_part_head(config, c)
     anchors = extra.get("rpn_anchor_generator")
     if anchors is None:
         anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
@@ -93,12 +94,11 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
         box_head = TwoMLPHead(c * 7 ** 2, REPRESENTATION)
     roi_heads = PartRoIHeads(
         num_parts=config.num_parts, part_weights=config.part_weight_vector, aligned=aligned,
-        edge_weight=config.edge_weight,
+        edge_weight=config.edge_weight, dice_weight=config.dice_weight, part_head=part_head,
         box_roi_pool=box_roi_pool, box_head=box_head, box_predictor=box_predictor,
         fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=config.box_batch_size_per_image,
         positive_fraction=0.25, bbox_reg_weights=None, score_thresh=config.box_score_thresh, nms_thresh=0.5,
-        detections_per_img=config.box_detections_per_img,
-        mask_roi_pool=pool(levels, config.mask_size // 2, 2), mask_head=mask_head, mask_predictor=mask_predictor)
+        detections_per_img=config.box_detections_per_img)
     transform = PartRCNNTransform(config.min_size, config.max_size, list(config.image_mean), list(config.image_std),
                                   mask_threshold=config.mask_threshold, aligned=aligned)
     model = GeneralizedRCNN(backbone, rpn, roi_heads, transform)
@@ -110,6 +110,8 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
         load_matching_state_dict(model, state, skip_prefixes=_FRESH_FROM_COCO, source=f"COCO ({weights})")
     elif state is not None:
         load_matching_state_dict(model, state, source=config.weights)
-    logger.debug("built %s: %s norm, %s mask geometry, %dx%d part masks, %s predictor init", config.backbone,
-                 config.norm_kind, config.mask_alignment, config.mask_size, config.mask_size, config.predictor_init)
+    side = model.roi_heads.part_head.resolution
+    logger.debug("built %s: %s norm, %s mask geometry, %s part head, %dx%d part masks, %s predictor init",
+                 config.backbone, config.norm_kind, config.mask_alignment, config.part_head, side, side,
+                 config.predictor_init)
     return model

@@ -160,7 +160,7 @@ def adaptation_overrides(run: str | os.PathLike, given: Mapping[str, Any] = {}, 
         parts = given["model.parts"]
         if isinstance(parts, str):
             parts = parse_field_value(_field_types(ModelConfig)["parts"], parts, "model.parts")
-        fields["model.part_weights"] = {k: v for k, v in start.part_weights.items() if k in parts}
+        fields["model.part_weights"] = {k: v for k, v in start.weights_by_part.items() if k in parts}
     # The new images are resized so their cells reach the size the run saw; an input size given says otherwise.
     if start.cell_size is not None and not {"model.min_size", "model.max_size"} & set(given):
         fields["model.target_cell_size"] = start.cell_size

@@ -5,14 +5,31 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from ..utils.compat import setup_scales
 from .losses import part_mask_loss
 
-__all__ = ["PartRoIHeads", "AlignedMultiScaleRoIAlign", "select_class_parts", "part_inference"]
+__all__ = ["PartRoIHeads", "AlignedMultiScaleRoIAlign", "select_class_parts", "part_inference", "renamed_legacy_keys"]
+
+#: The mask branch's modules, which lived on the RoI heads before part heads were plug-ins.
+_LEGACY_MODULES = ("mask_roi_pool", "mask_head", "mask_predictor")
+
+
+def _new_name(key: str, prefix: str) -> str:
+    for name in _LEGACY_MODULES:
+        if key.startswith(f"{prefix}{name}."):
+            return f"{prefix}part_head.{key[len(prefix):]}"
+    return key
+
+
+def renamed_legacy_keys(state: dict[str, Tensor], prefix: str = "roi_heads.") -> dict[str, Tensor]:
+    """``state`` with the mask branch's names of older checkpoints and of COCO weights
+    (``roi_heads.mask_head.*``) moved to the part head's (``roi_heads.part_head.mask_head.*``); other names
+    as they are. ``prefix`` is the RoI heads' own name in ``state``."""
+    return {_new_name(key, prefix): value for key, value in state.items()}
 
 
 class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
@@ -78,11 +95,13 @@ class PartRoIHeads(RoIHeads):
     (``has_mask() -> False``) and the part branch below runs instead, reusing the
     proposals that ``select_training_samples`` drew for the box loss.
 
+    The part logits come from ``part_head``, a
+    :class:`~cellrcnn.modeling.part_heads.PartHead` (``model.part_head`` picks it).
     Training adds ``loss_mask`` (see :func:`cellrcnn.modeling.losses.part_mask_loss`).
     At inference each detection gets ``masks`` ``[N, 1, M, M]``, the whole-cell
     probability (1 - background), as torchvision consumers expect, and
     ``part_probs`` ``[N, K, M, M]``; the transform pastes both into the image.
-    ``M`` is the mask predictor's output size (28 or 56).
+    ``M`` is the part head's resolution (``mask_size``, twice that for ``"refine"``).
 
     Parameters
     ----------
@@ -93,6 +112,10 @@ class PartRoIHeads(RoIHeads):
     edge_weight : float
         Extra loss weight of the pixels on a cell's outer edge (see
         :func:`cellrcnn.modeling.losses.part_mask_loss`).
+    part_head : PartHead
+        Boxes and features in, part logits out.
+    dice_weight : float
+        Weight of the soft Dice term of the part loss.
     aligned : bool
         Pixel-exact target projection (see :func:`cellrcnn.modeling.losses.project_parts_on_boxes`).
         The targets' masks may then have any resolution covering the whole image
@@ -101,15 +124,18 @@ class PartRoIHeads(RoIHeads):
         :class:`AlignedMultiScaleRoIAlign` poolers (as :func:`~cellrcnn.build_model`
         does); ``False`` with torchvision's poolers reproduces torchvision.
     **kwargs
-        Everything ``RoIHeads`` takes, the three ``mask_*`` modules included.
+        Everything else ``RoIHeads`` takes (its three ``mask_*`` modules are the part head's business).
     """
 
-    def __init__(self, *, num_parts: int, part_weights, aligned: bool = True, edge_weight: float = 0.0,
-                 **kwargs) -> None:
+    def __init__(self, *, num_parts: int, part_weights, part_head: nn.Module, aligned: bool = True,
+                 edge_weight: float = 0.0, dice_weight: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
+        if self.mask_roi_pool is not None or self.mask_head is not None or self.mask_predictor is not None:
+            raise ValueError("PartRoIHeads takes its mask branch as part_head, not as mask_* modules")
+        self.part_head = part_head
         self.edge_weight = float(edge_weight)
-        if self.mask_roi_pool is None or self.mask_head is None or self.mask_predictor is None:
-            raise ValueError("PartRoIHeads needs mask_roi_pool, mask_head and mask_predictor")
+        self.dice_weight = float(dice_weight)
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
         self.num_parts = num_parts
         self.aligned = aligned
         self.register_buffer("part_weights", torch.as_tensor(part_weights, dtype=torch.float32))
@@ -153,8 +179,8 @@ class PartRoIHeads(RoIHeads):
             mask_proposals = [r["boxes"] for r in result]
             mask_labels = torch.cat([r["labels"] for r in result])
 
-        features_ = self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
-        part_logits = select_class_parts(self.mask_predictor(features_), mask_labels, self.num_parts)
+        part_logits = select_class_parts(self.part_head(features, mask_proposals, image_shapes), mask_labels,
+                                         self.num_parts)
 
         if self.training:
             gt_masks = [t["masks"] for t in targets]
@@ -162,13 +188,21 @@ class PartRoIHeads(RoIHeads):
                 mask_proposals = [p * _to_mask_scale(m, size) for p, m, size in
                                   zip(mask_proposals, gt_masks, image_shapes)]
             losses["loss_mask"] = part_mask_loss(part_logits, mask_proposals, gt_masks, matched, self.part_weights,
-                                                self.aligned, self.edge_weight)
+                                                self.aligned, self.edge_weight, self.dice_weight)
         else:
             probs = part_inference(part_logits, [len(p) for p in mask_proposals])
             for r, p in zip(result, probs):
                 r["part_probs"] = p
                 r["masks"] = 1.0 - p[:, :1]
         return result, losses
+
+
+def _rename_legacy_keys(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    # load_state_dict's pre-hook: checkpoints saved before part heads were plug-ins load as they are
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = _new_name(key, prefix)
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
 
 
 def _to_mask_scale(masks: Tensor, image_shape: tuple[int, int]) -> Tensor:

@@ -12,12 +12,18 @@ follows that convention exactly (mask pixel ``j`` of a box covers
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-__all__ = ["project_parts_on_boxes", "part_mask_loss", "edge_pixels"]
+__all__ = ["project_parts_on_boxes", "part_mask_loss", "edge_pixels", "soft_dice_loss", "balanced_part_weights"]
+
+#: The highest weight :func:`balanced_part_weights` gives a rare part.
+AUTO_WEIGHT_CAP = 10.0
 
 
 def project_parts_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, num_parts: int, M: int,
@@ -84,6 +90,72 @@ def edge_pixels(target: Tensor) -> Tensor:
     return (high - low)[:, 0] > 0.5
 
 
+def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """One minus the mean soft Dice of the foreground parts, over the whole batch of RoIs.
+
+    Each foreground part ``k >= 1`` has one Dice over all ``P * M * M`` pixels,
+    ``(2 sum p t + s) / (sum p + sum t + s)``, so a part of 2 % of the pixels counts
+    as much as one of 50 % (nnU-Net's Dice term, without the background). A part
+    absent from the batch scores ``s / (sum p + s)``: it is asked to be predicted
+    nowhere.
+
+    Parameters
+    ----------
+    probs : Tensor
+        float ``[P, K, M, M]`` part probabilities (softmax over ``K``).
+    target : Tensor
+        float ``[P, K, M, M]`` part fractions (:func:`project_parts_on_boxes`).
+    smooth : float
+        ``s``, in pixels.
+
+    Returns
+    -------
+    Tensor
+        Scalar in [0, 1]: 0 when every foreground part is predicted exactly.
+    """
+    if probs.shape != target.shape:
+        raise ValueError(f"probs and target must have one shape, got {list(probs.shape)} and {list(target.shape)}")
+    dims = (0, 2, 3)
+    fg_p, fg_t = probs[:, 1:], target[:, 1:]
+    overlap = (fg_p * fg_t).sum(dims)
+    dice = (2.0 * overlap + smooth) / (fg_p.sum(dims) + fg_t.sum(dims) + smooth)
+    return 1.0 - dice.mean()
+
+
+def balanced_part_weights(pixels: Sequence[float], cap: float = AUTO_WEIGHT_CAP) -> tuple[float, ...]:
+    """Part loss weights from how often each part occurs: rare parts weigh more.
+
+    Median-frequency balancing (Eigen and Fergus 2015) that only raises: part ``k``
+    weighs ``median(f) / f_k`` clipped to ``[1, cap]``, with ``f`` the parts' pixel
+    fractions. A common part keeps weight 1; a part never seen gets ``cap``.
+
+    Parameters
+    ----------
+    pixels : sequence of float
+        ``[K]`` pixel counts (or fractions) of each part, background first, as the
+        mask head sees them (inside the cells' boxes).
+    cap : float
+        The highest weight, >= 1.
+
+    Returns
+    -------
+    tuple of float
+        ``K`` weights, each in ``[1, cap]``.
+    """
+    counts = np.asarray(pixels, dtype=np.float64)
+    if counts.ndim != 1 or len(counts) < 2 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError(f"pixels must be >= 0 counts of at least 2 parts, got {list(pixels)}")
+    if not cap >= 1:
+        raise ValueError(f"cap must be at least 1, got {cap}")
+    total = counts.sum()
+    if total == 0:
+        return (1.0,) * len(counts)
+    fractions = counts / total
+    with np.errstate(divide="ignore"):
+        weights = np.where(fractions > 0, np.median(fractions) / np.maximum(fractions, 1e-300), cap)
+    return tuple(float(w) for w in np.clip(weights, 1.0, cap))
+
+
 def part_mask_loss(
     part_logits: Tensor,
     proposals: list[Tensor],
@@ -92,8 +164,9 @@ def part_mask_loss(
     part_weights: Tensor,
     aligned: bool = True,
     edge_weight: float = 0.0,
+    dice_weight: float = 0.0,
 ) -> Tensor:
-    """Weighted soft cross-entropy between part logits and projected part labels.
+    """Weighted soft cross-entropy between part logits and projected part labels, plus a soft Dice term.
 
     The loss of a mask pixel is ``-sum_k w_k * t_k * log p_k`` with ``t`` the
     projected part fractions and ``p = softmax(part_logits)``. It is averaged over
@@ -118,6 +191,9 @@ def part_mask_loss(
         Geometry of the target projection (see :func:`project_parts_on_boxes`).
     edge_weight : float
         A pixel on the cell's outer edge (:func:`edge_pixels`) weighs ``1 + edge_weight``.
+    dice_weight : float
+        Adds ``dice_weight * soft_dice_loss(p, t)`` (:func:`soft_dice_loss`): the
+        cross-entropy alone lets a part of a few percent of the pixels be ignored.
 
     Returns
     -------
@@ -141,4 +217,7 @@ def part_mask_loss(
     loss = -(weights * target * log_p).sum(dim=1)
     if edge_weight:
         loss = loss * (1.0 + edge_weight * edge_pixels(target).to(loss))
-    return loss.mean()
+    loss = loss.mean()
+    if dice_weight:
+        loss = loss + dice_weight * soft_dice_loss(log_p.exp(), target)
+    return loss

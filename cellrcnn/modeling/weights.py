@@ -12,13 +12,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .heads import renamed_legacy_keys
+
 __all__ = ["load_matching_state_dict", "why_unreadable"]
 
 logger = logging.getLogger(__name__)
 
 
 # Predictors are sized for COCO's 91 classes; they always start fresh from COCO weights.
-_FRESH_FROM_COCO = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
+_FRESH_FROM_COCO = ("roi_heads.box_predictor.", "roi_heads.part_head.mask_predictor.")
 
 _TENSORS_OF_A_LAYER = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -101,6 +103,7 @@ def load_matching_state_dict(model: nn.Module, state: Mapping[str, Tensor], skip
     """
     # Settings kept as buffers (the part loss weights) come from the config, never from the weights.
     own = {k: v for k, v in model.state_dict().items() if k not in _SETTINGS}
+    state = renamed_legacy_keys(state)  # COCO weights and older checkpoints name the mask branch as torchvision
     report: dict[str, list[str]] = {"loaded": [], "skipped": [], "missing": []}
     matched = {}
     for name, value in state.items():

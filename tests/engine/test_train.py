@@ -279,7 +279,7 @@ def test_a_runs_best_checkpoint_starts_a_new_model_even_with_other_parts(small_s
     with caplog.at_level(logging.INFO, logger="cellrcnn.modeling"):
         model = cellrcnn.build_model(other)
     fresh = ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred",
-             "roi_heads.mask_predictor.mask_fcn_logits")
+             "roi_heads.part_head.mask_predictor.mask_fcn_logits")
     assert f"left fresh: {', '.join(fresh)}" in caplog.text
     for name, value in model.state_dict().items():
         if name.startswith(fresh):
@@ -563,6 +563,9 @@ def test_finetune_cli_smoke(small_sample, tmp_path):
         (["--parts", "background,membrane,nucleus", "--best-metric", "cytoplasm_dice"],
          "choose one of part_dice, cell_dice, membrane_dice, nucleus_dice, val_loss"),
         (["--resume"], "holds no last.pt"),
+        (["--part-weights", "auto", "--cytoplasm-weight", "2"], "give one of the two"),
+        (["--dice-weight", "-1"], "dice_weight must be a number >= 0"),
+        (["--part-head", "pointrend"], "'pointrend' is not a registered part head; choose one of fcn, refine"),
     ],
 )
 def test_finetune_bad_flags_exit_2_with_one_line(small_sample, tmp_path, args, message):
@@ -647,3 +650,28 @@ def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it_and_resumes_w
     assert spent >= history["train_seconds"].sum()  # training and validation time: what a resume starts from
     with pytest.raises(ValueError, match="max_minutes must be a positive number"):
         TrainConfig(max_minutes=0)
+
+
+def test_auto_part_weights_are_measured_from_the_training_cells_and_recorded(small_sample, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from skimage.measure import label as measure_label
+    from skimage.measure import regionprops
+
+    from cellrcnn.modeling.losses import balanced_part_weights
+
+    config = tiny_config(epochs=1)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, part_weights="auto"),
+                                 data=dataclasses.replace(config.data, val_fraction=0.0))
+    cellrcnn.fit(config, small_sample, tmp_path / "run", quiet=True)
+    # counted here as the mask head sees each cell: its box, with other cells' pixels as background
+    counts = np.zeros(3)
+    for mask in sorted((small_sample / "masks").glob("*.png")):
+        parts = np.asarray(Image.open(mask))
+        for cell in regionprops(measure_label(parts > 0)):
+            inside = parts[cell.slice][cell.image]
+            counts += [cell.area_bbox - cell.area, (inside == 1).sum(), (inside == 2).sum()]
+    recorded = Config.from_json(tmp_path / "run" / "config.json").model.part_weights
+    assert isinstance(recorded, dict) and tuple(recorded) == ("background", "cytoplasm", "nucleus")
+    assert tuple(recorded.values()) == pytest.approx(balanced_part_weights(counts))
+    assert max(recorded.values()) > 1  # the sample's parts are not balanced: the measurement is not a no-op

@@ -146,3 +146,26 @@ def test_nucleus_detection_needs_sixty_percent_both_ways():
     assert (found["tp"], found["precision"], found["recall"]) == (1, 0.5, 0.5) and found["f1"] == 0.5
     assert nucleus_detection(truth, truth)["f1"] == 1.0
     assert nucleus_detection(truth, _disks(shape))["recall"] == 0.0
+
+
+def test_edge_band_dice_puts_an_edge_error_in_the_band_and_a_nucleus_error_inside():
+    from cellrcnn.evaluation.metrics import edge_band_dice
+
+    parts = ("background", "cytoplasm", "nucleus")
+    truth = np.zeros((40, 40), np.uint8)
+    truth[5:35, 5:35] = 1
+    truth[15:25, 15:25] = 2
+    assert edge_band_dice(truth, truth, parts)["cytoplasm_dice_band"] == 1.0
+    grown = truth.copy()
+    grown[3:37, 3:37][grown[3:37, 3:37] == 0] = 1  # the cell drawn 2 px too wide: all of it in the band
+    scores = edge_band_dice(grown, truth, parts)
+    assert scores["cell_dice_band"] < 0.9 and scores["cell_dice_interior"] == 1.0
+    assert scores["cytoplasm_dice_interior"] == 1.0 and scores["nucleus_dice_interior"] == 1.0
+    # the band: 3 px on each side of the 30-px square's edge, its outer corners rounded (Euclidean distance)
+    assert scores["interior_pixels"] == 24 ** 2 and 30 ** 2 - 24 ** 2 < scores["band_pixels"] < 36 ** 2 - 24 ** 2
+    moved = truth.copy()
+    moved[15:25, 15:25] = 1
+    moved[17:27, 17:27] = 2  # the nucleus shifted 2 px, far from the edge
+    scores = edge_band_dice(moved, truth, parts)
+    assert scores["nucleus_dice_interior"] == pytest.approx(2 * 64 / 200)
+    assert scores["cell_dice_band"] == 1.0 and scores["nucleus_dice_band"] == 1.0

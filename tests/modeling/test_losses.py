@@ -7,6 +7,7 @@ from skimage.transform import downscale_local_mean
 from torchvision.models.detection.roi_heads import maskrcnn_loss, project_masks_on_boxes
 
 from cellrcnn import part_mask_loss, project_parts_on_boxes
+from cellrcnn.modeling.losses import balanced_part_weights, soft_dice_loss
 
 M = 28
 
@@ -166,3 +167,68 @@ def test_edge_pixels_are_where_the_cell_meets_its_outside_and_weigh_more():
 
     with pytest.raises(ValueError, match="edge_weight must be a number >= 0"):
         ModelConfig(edge_weight=-1)
+
+
+def test_soft_dice_is_zero_for_an_exact_prediction_and_known_for_a_uniform_one():
+    target = torch.zeros(1, 3, 2, 2)
+    target[0, 0, 0, :] = 1  # two background pixels
+    target[0, 1, 1, 0] = 1  # one cytoplasm pixel
+    target[0, 2, 1, 1] = 1  # one nucleus pixel
+    assert soft_dice_loss(target, target).item() == pytest.approx(0.0)
+    # p = 1/3 everywhere: each part's overlap 1/3, sum p 4/3, sum t 1: Dice (2/3 + 1) / (4/3 + 1 + 1) = 0.5
+    uniform = torch.full_like(target, 1 / 3)
+    assert soft_dice_loss(uniform, target).item() == pytest.approx(0.5)
+    # the background is not a Dice part: getting it wrong alone costs nothing
+    assert soft_dice_loss(uniform, target, smooth=0.0).item() == pytest.approx(1 - (2 / 3) / (7 / 3))
+
+
+def test_the_dice_term_pulls_a_rare_parts_own_pixels_towards_it():
+    """A nucleus of 2 % of a box's pixels, predicted at its prior: the Dice term adds half again to the
+    cross-entropy's pull on the nucleus logits of the nucleus's own pixels, and pushes them nowhere else."""
+    target = torch.zeros(1, 3, 28, 28)
+    target[0, 0, :, :8] = 1
+    target[0, 1, :, 8:] = 1
+    target[0, 1, 13:17, 13:17] = 0
+    target[0, 2, 13:17, 13:17] = 1  # 16 of 784 pixels
+    labels = target.argmax(1)[0].to(torch.uint8)[None]
+    box = [torch.tensor([[0.0, 0.0, 28.0, 28.0]])]
+    prior = target.mean(dim=(2, 3), keepdim=True).clamp(min=1e-3).log().expand(1, 3, 28, 28)
+    nucleus = target[0, 2] > 0
+
+    def grad(dice_weight):
+        logits = prior.clone().requires_grad_(True)
+        part_mask_loss(logits, box, [labels], [torch.zeros(1, dtype=torch.int64)], torch.ones(3),
+                       dice_weight=dice_weight).backward()
+        return logits.grad[0, 2]
+
+    ce, both = grad(0.0), grad(1.0)
+    assert (both[nucleus] < 0).all() and (both[~nucleus] >= 0).all()  # descent raises the nucleus only there
+    assert both[nucleus].sum() < 1.4 * ce[nucleus].sum()
+
+
+def test_the_loss_is_the_cross_entropy_plus_the_weighted_dice():
+    masks, proposals, matched = random_case(2, num_parts=3)
+    P = sum(len(p) for p in proposals)
+    logits = torch.randn(P, 3, M, M, generator=torch.Generator().manual_seed(3))
+    ce = part_mask_loss(logits, proposals, masks, matched, torch.ones(3))
+    both = part_mask_loss(logits, proposals, masks, matched, torch.ones(3), dice_weight=0.5)
+    target = torch.cat([project_parts_on_boxes(m, p, i, 3, M) for m, p, i in zip(masks, proposals, matched)])
+    expected = ce + 0.5 * soft_dice_loss(logits.softmax(1), target)
+    torch.testing.assert_close(both, expected)
+
+
+@pytest.mark.parametrize("pixels, expected", [
+    ((30, 68, 2), (1.0, 1.0, 10.0)),        # ISBI's nucleus, 2 % of a box: capped
+    ((25, 45, 30), (1.2, 1.0, 1.0)),        # WBC-like shares: little to balance
+    ((50, 40, 10), (1.0, 1.0, 4.0)),        # median 0.4 over 0.1
+    ((60, 40, 0), (1.0, 1.0, 10.0)),        # a part never seen gets the cap
+])
+def test_balanced_part_weights_raise_only_rare_parts(pixels, expected):
+    assert balanced_part_weights(pixels) == pytest.approx(expected)
+
+
+def test_balanced_part_weights_refuse_what_is_not_a_count():
+    for bad in ((1,), (1, -2, 3), (1, float("nan"), 3)):
+        with pytest.raises(ValueError, match="pixels must be"):
+            balanced_part_weights(bad)
+    assert balanced_part_weights((0, 0, 0)) == (1.0, 1.0, 1.0)

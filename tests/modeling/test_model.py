@@ -19,7 +19,7 @@ from cellrcnn import (Config, DataConfig, ModelConfig, PartRoIHeads, build_model
                       model_from_checkpoint, part_dice, part_mask_loss, paste_parts_in_image, project_parts_on_boxes)
 from cellrcnn.data.dataset import CellDataset, build_target, collate, load_sample
 from cellrcnn.modeling.backbone import build_backbone, resolve_norm
-from cellrcnn.modeling.heads import AlignedMultiScaleRoIAlign
+from cellrcnn.modeling.heads import AlignedMultiScaleRoIAlign, renamed_legacy_keys
 from cellrcnn.modeling.paste import paste_labels, to_label_images
 
 WBC_DATA = DataConfig(image_glob="*.bmp", mask_glob="*.png", part_values=(0, 128, 255))
@@ -41,7 +41,9 @@ def test_build_composes_torchvision_mask_rcnn(tiny_config):
                      mask_head=MaskRCNNHeads(256, [256] * 4, 1, norm_layer=lambda c: torch.nn.GroupNorm(32, c)),
                      mask_predictor=MaskRCNNPredictor(256, 256, 3))  # from scratch: group norm in the heads
     ours, theirs = model.state_dict(), stock.state_dict()
-    assert {k: v.shape for k, v in ours.items() if k != "roi_heads.part_weights"} == {k: v.shape for k, v in theirs.items()}
+    # the same tensors, the mask branch's under the part head (checkpoints with torchvision's names still load)
+    assert {k: v.shape for k, v in ours.items() if k != "roi_heads.part_weights"} == {
+        k: v.shape for k, v in renamed_legacy_keys(theirs).items()}
     for a, b in ((model.rpn, stock.rpn), (model.roi_heads, stock.roi_heads)):
         for name in ("nms_thresh", "score_thresh", "_pre_nms_top_n", "_post_nms_top_n", "detections_per_img"):
             assert getattr(a, name, None) == getattr(b, name, None), name
@@ -50,7 +52,7 @@ def test_build_composes_torchvision_mask_rcnn(tiny_config):
         assert vars(a.fg_bg_sampler) == vars(b.fg_bg_sampler)
     assert model.roi_heads.box_coder.weights == stock.roi_heads.box_coder.weights
     assert isinstance(model.roi_heads, PartRoIHeads)
-    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    assert model.roi_heads.part_head.mask_predictor.mask_fcn_logits.out_channels == 3
     assert model.roi_heads.part_weights.tolist() == [1.0, 1.0, 1.0]
     assert model.transform.min_size == (64,) and model.transform.max_size == 64
 
@@ -63,7 +65,7 @@ def test_one_training_step_reduces_nothing_to_nan_and_updates_the_mask_head(tiny
     assert set(losses) == STOCK_LOSSES
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     sum(losses.values()).backward()
-    head = model.roi_heads.mask_predictor.mask_fcn_logits.weight
+    head = model.roi_heads.part_head.mask_predictor.mask_fcn_logits.weight
     assert head.grad is not None and head.grad.abs().sum() > 0
     before = head.detach().clone()
     torch.optim.SGD(model.parameters(), lr=0.01).step()
@@ -106,11 +108,11 @@ def test_class_specific_parts_pick_the_logits_of_each_class(tiny_config, synthet
     images, targets = synthetic_batch
     config = ModelConfig(**{**tiny_config.__dict__, "num_classes": 3, "class_specific_parts": True})
     model = build_model(config)
-    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 9
+    assert model.roi_heads.part_head.mask_predictor.mask_fcn_logits.out_channels == 9
     targets = [dict(t, labels=torch.full_like(t["labels"], 3)) for t in targets]
     losses = model.train()(images, targets)
     losses["loss_mask"].backward()
-    grad = model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad.abs().sum(dim=(1, 2, 3))
+    grad = model.roi_heads.part_head.mask_predictor.mask_fcn_logits.weight.grad.abs().sum(dim=(1, 2, 3))
     assert grad[6:].sum() > 0 and grad[:6].sum() == 0  # only class 3's parts learn
     with torch.no_grad():
         out = model.eval()(images[:1])[0]
@@ -283,7 +285,7 @@ def test_aligned_pooler_is_roi_align_with_aligned_true_on_torchvisions_levels():
 def test_mask_alignment_sets_every_part_of_the_mask_geometry(tiny_config, alignment):
     model = build_model(ModelConfig(**{**tiny_config.__dict__, "mask_alignment": alignment}))
     exact = alignment == "exact"
-    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.part_head.mask_roi_pool):
         assert isinstance(pool, AlignedMultiScaleRoIAlign) == exact and isinstance(pool, MultiScaleRoIAlign)
     assert model.roi_heads.aligned == exact and model.transform.aligned == exact
 
@@ -299,8 +301,8 @@ def test_training_targets_are_projected_from_the_right_resolution(tiny_config, s
     assert batch.image_sizes[0] == (48, 60)
     assert resized[0]["masks"].shape[-2:] == ((64, 80) if alignment == "exact" else (48, 60))
     seen = {}
-    model.roi_heads.mask_roi_pool.register_forward_hook(lambda m, args, out: seen.update(boxes=args[1]))
-    model.roi_heads.mask_predictor.register_forward_hook(lambda m, args, out: seen.update(logits=out))
+    model.roi_heads.part_head.mask_roi_pool.register_forward_hook(lambda m, args, out: seen.update(boxes=args[1]))
+    model.roi_heads.part_head.mask_predictor.register_forward_hook(lambda m, args, out: seen.update(logits=out))
     torch.manual_seed(0)
     losses = model(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -322,9 +324,9 @@ def test_training_targets_are_projected_from_the_right_resolution(tiny_config, s
 def test_mask_size_sets_the_pooling_and_the_predicted_resolution(tiny_config, synthetic_batch, mask_size):
     images, targets = synthetic_batch
     model = build_model(ModelConfig(**{**tiny_config.__dict__, "mask_size": mask_size}))
-    assert model.roi_heads.mask_roi_pool.output_size == (mask_size // 2,) * 2
+    assert model.roi_heads.part_head.mask_roi_pool.output_size == (mask_size // 2,) * 2
     seen = {}
-    model.roi_heads.mask_predictor.register_forward_hook(lambda m, i, o: seen.update(logits=o.shape))
+    model.roi_heads.part_head.mask_predictor.register_forward_hook(lambda m, i, o: seen.update(logits=o.shape))
     losses = model.train()(images, targets)
     assert seen["logits"][1:] == (3, mask_size, mask_size)
     assert torch.isfinite(losses["loss_mask"])
@@ -347,7 +349,7 @@ def test_norm_chooses_the_normalisation_layers(tiny_config, norm, body, fpn_and_
     model = build_model(ModelConfig(**{**tiny_config.__dict__, "norm": norm}))
     assert norm_layers(model.backbone.body) == body
     assert norm_layers(model.backbone.fpn) == fpn_and_mask_head
-    assert norm_layers(model.roi_heads.mask_head) == fpn_and_mask_head
+    assert norm_layers(model.roi_heads.part_head.mask_head) == fpn_and_mask_head
     assert all(m.num_channels % m.num_groups == 0 for m in model.modules() if isinstance(m, nn.GroupNorm))
 
 
@@ -380,11 +382,11 @@ def test_first_losses_on_wbc_start_near_chance(norm):
 
 def test_predictor_init_is_small_and_unbiased(tiny_config):
     model = build_model(tiny_config)
-    box, logits = model.roi_heads.box_predictor, model.roi_heads.mask_predictor.mask_fcn_logits
+    box, logits = model.roi_heads.box_predictor, model.roi_heads.part_head.mask_predictor.mask_fcn_logits
     for layer, std in ((box.cls_score, 0.01), (box.bbox_pred, 0.001), (logits, 0.001)):
         assert abs(layer.weight.std().item() - std) < 0.2 * std and layer.bias.abs().max() == 0
     stock = build_model(ModelConfig(**{**tiny_config.__dict__, "predictor_init": "torchvision"}))
-    assert stock.roi_heads.mask_predictor.mask_fcn_logits.weight.std() > 0.05
+    assert stock.roi_heads.part_head.mask_predictor.mask_fcn_logits.weight.std() > 0.05
 
 
 def save(state, path):
@@ -406,8 +408,8 @@ def test_weights_from_a_local_state_dict_load_every_matching_layer(tiny_config, 
     # A cellrcnn checkpoint ({"model": state_dict, ...}) is accepted as well.
     ckpt = save({"model": source.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
     again = build_model(ModelConfig(**{**tiny_config.__dict__, "weights": str(ckpt)}))
-    torch.testing.assert_close(again.roi_heads.mask_predictor.mask_fcn_logits.weight,
-                               source.roi_heads.mask_predictor.mask_fcn_logits.weight)
+    torch.testing.assert_close(again.roi_heads.part_head.mask_predictor.mask_fcn_logits.weight,
+                               source.roi_heads.part_head.mask_predictor.mask_fcn_logits.weight)
 
 
 def test_coco_weights_go_through_torchvision_and_keep_predictors_fresh(tmp_path, monkeypatch):
@@ -421,9 +423,10 @@ def test_coco_weights_go_through_torchvision_and_keep_predictors_fresh(tmp_path,
     model = build_model(ModelConfig(backbone="resnet50_fpn", weights="coco", min_size=64, max_size=64))
     ours, theirs = model.state_dict(), stock.state_dict()
     torch.testing.assert_close(ours["backbone.body.layer4.2.conv3.weight"], theirs["backbone.body.layer4.2.conv3.weight"])
-    torch.testing.assert_close(ours["roi_heads.mask_head.0.0.weight"], theirs["roi_heads.mask_head.0.0.weight"])
+    torch.testing.assert_close(ours["roi_heads.part_head.mask_head.0.0.weight"], theirs["roi_heads.mask_head.0.0.weight"])
     torch.testing.assert_close(ours["rpn.head.conv.0.0.weight"], theirs["rpn.head.conv.0.0.weight"])
-    for fresh in ("roi_heads.box_predictor.cls_score.weight", "roi_heads.mask_predictor.conv5_mask.weight"):
+    theirs = renamed_legacy_keys(theirs)
+    for fresh in ("roi_heads.box_predictor.cls_score.weight", "roi_heads.part_head.mask_predictor.conv5_mask.weight"):
         assert ours[fresh].shape == theirs[fresh].shape and not torch.equal(ours[fresh], theirs[fresh]), fresh
     # Pretrained weights freeze batch norm and the two lowest stages, as torchvision does.
     assert isinstance(model.backbone.body.bn1, torchvision.ops.FrozenBatchNorm2d)
@@ -499,7 +502,7 @@ def test_a_checkpoint_saved_before_the_geometry_options_loads_in_torchvision_mod
     model, config = model_from_checkpoint(save({"model": old.state_dict(), "config": saved}, tmp_path / "old.pt"))
     assert config.model.mask_alignment == "torchvision" and config.model.norm == "batch"
     assert config.model.mask_size == 28
-    assert not isinstance(model.roi_heads.mask_roi_pool, AlignedMultiScaleRoIAlign)
+    assert not isinstance(model.roi_heads.part_head.mask_roi_pool, AlignedMultiScaleRoIAlign)
     assert not model.transform.aligned and not model.roi_heads.aligned
     torch.testing.assert_close(model.backbone.body.bn1.running_var, old.backbone.body.bn1.running_var)
 
@@ -515,8 +518,8 @@ def test_checkpoints_with_numpy_rng_state_load_safely_and_the_configs_loss_weigh
     weighted = build_model(ModelConfig(**{**tiny_config.__dict__, "weights": str(path),
                                           "part_weights": {"cytoplasm": 4.0}}))
     torch.testing.assert_close(weighted.roi_heads.part_weights, torch.tensor([1.0, 4.0, 1.0]))
-    torch.testing.assert_close(weighted.roi_heads.mask_predictor.mask_fcn_logits.weight,
-                               source.roi_heads.mask_predictor.mask_fcn_logits.weight)
+    torch.testing.assert_close(weighted.roi_heads.part_head.mask_predictor.mask_fcn_logits.weight,
+                               source.roi_heads.part_head.mask_predictor.mask_fcn_logits.weight)
 
 
 @pytest.mark.parametrize(
