@@ -125,9 +125,10 @@ def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor
 def balanced_part_weights(pixels: Sequence[float], cap: float = AUTO_WEIGHT_CAP) -> tuple[float, ...]:
     """Part loss weights from how often each part occurs: rare parts weigh more.
 
-    Median-frequency balancing (Eigen and Fergus 2015) that only raises: part ``k``
-    weighs ``median(f) / f_k`` clipped to ``[1, cap]``, with ``f`` the parts' pixel
-    fractions. A common part keeps weight 1; a part never seen gets ``cap``.
+    Median-frequency balancing (Eigen and Fergus 2015) over the cell parts, that
+    only raises: part ``k >= 1`` weighs ``median(f) / f_k`` clipped to ``[1, cap]``,
+    with ``f`` the pixel fractions and the median over the cell parts. The
+    background keeps 1, as does a common part; a part never seen gets ``cap``.
 
     Parameters
     ----------
@@ -140,7 +141,7 @@ def balanced_part_weights(pixels: Sequence[float], cap: float = AUTO_WEIGHT_CAP)
     Returns
     -------
     tuple of float
-        ``K`` weights, each in ``[1, cap]``.
+        ``K`` weights, each in ``[1, cap]``; the first (background) is 1.
     """
     counts = np.asarray(pixels, dtype=np.float64)
     if counts.ndim != 1 or len(counts) < 2 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
@@ -150,10 +151,9 @@ def balanced_part_weights(pixels: Sequence[float], cap: float = AUTO_WEIGHT_CAP)
     total = counts.sum()
     if total == 0:
         return (1.0,) * len(counts)
-    fractions = counts / total
-    with np.errstate(divide="ignore"):
-        weights = np.where(fractions > 0, np.median(fractions) / np.maximum(fractions, 1e-300), cap)
-    return tuple(float(w) for w in np.clip(weights, 1.0, cap))
+    fractions = counts[1:] / total
+    weights = np.where(fractions > 0, np.median(fractions) / np.maximum(fractions, 1e-300), cap)
+    return (1.0, *(float(w) for w in np.clip(weights, 1.0, cap)))
 
 
 def part_mask_loss(

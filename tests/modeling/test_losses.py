@@ -218,10 +218,11 @@ def test_the_loss_is_the_cross_entropy_plus_the_weighted_dice():
 
 
 @pytest.mark.parametrize("pixels, expected", [
-    ((30, 68, 2), (1.0, 1.0, 10.0)),        # ISBI's nucleus, 2 % of a box: capped
-    ((25, 45, 30), (1.2, 1.0, 1.0)),        # WBC-like shares: little to balance
-    ((50, 40, 10), (1.0, 1.0, 4.0)),        # median 0.4 over 0.1
+    ((30, 68, 2), (1.0, 1.0, 10.0)),        # ISBI's nucleus, 2 % of a box: 17.5, capped
+    ((25, 45, 30), (1.0, 1.0, 1.25)),       # WBC-like shares: little to balance
+    ((50, 40, 10), (1.0, 1.0, 2.5)),        # the cell parts' median 0.25 over 0.1; the background stays 1
     ((60, 40, 0), (1.0, 1.0, 10.0)),        # a part never seen gets the cap
+    ((10, 20, 30, 40), (1.0, 1.5, 1.0, 1.0)),  # four parts: the median of the three cell parts over each
 ])
 def test_balanced_part_weights_raise_only_rare_parts(pixels, expected):
     assert balanced_part_weights(pixels) == pytest.approx(expected)
