@@ -187,11 +187,32 @@ def test_non_finite_losses_in_a_row_abort(tmp_path):
                   tmp_path)
 
 
+def measured_part_weights(masks: list) -> tuple[float, ...]:
+    """``part_weights="auto"`` counted here as the mask head sees each cell: its box, other cells' pixels as
+    background."""
+    import numpy as np
+    from PIL import Image
+    from skimage.measure import label as measure_label
+    from skimage.measure import regionprops
+
+    from cellrcnn.modeling.losses import balanced_part_weights
+
+    counts = np.zeros(3)
+    for mask in masks:
+        parts = np.asarray(Image.open(mask))
+        for cell in regionprops(measure_label(parts > 0)):
+            inside = parts[cell.slice][cell.image]
+            counts += [cell.area_bbox - cell.area, (inside == 1).sum(), (inside == 2).sum()]
+    return balanced_part_weights(counts)
+
+
 def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, tmp_path, caplog):
     out = tmp_path / "run"
     seen = []
+    auto = tiny_config()
+    auto = dataclasses.replace(auto, model=dataclasses.replace(auto.model, part_weights="auto"))
     with caplog.at_level(logging.INFO, logger="cellrcnn.engine"):
-        history = cellrcnn.fit(tiny_config(), small_sample, out, quiet=True,
+        history = cellrcnn.fit(auto, small_sample, out, quiet=True,
                                hooks=[cellrcnn.hooks.Callback(lambda row, frame: seen.append(len(frame)))])
     # The sample's cells (about 42 px) shrink to about 21 px at min_size 64: below the anchors, and it says so.
     assert "cells span about 42 px" in caplog.text and "they span about 21 px" in caplog.text
@@ -206,12 +227,17 @@ def test_fit_writes_the_run_folder_and_a_loadable_best_checkpoint(small_sample, 
     split = pd.read_csv(out / "split.csv")
     assert (split["split"] == "val").sum() == 2 and len(split) == 6
     model, config = cellrcnn.model_from_checkpoint(out / "best.pt")
-    # The run records the normalisation it built ("auto" resolved: group norm from scratch) and the scale it
-    # trained at (sample images of 128 px resized to 64: factor 0.5, cells of about 42 px at 21), the rest as given.
+    # The run records the normalisation it built ("auto" resolved: group norm from scratch), the scale it
+    # trained at (sample images of 128 px resized to 64: factor 0.5, cells of about 42 px at 21) and the part
+    # weights it measured on its training images (the sample's nucleus is the rarer part), the rest as given.
     expected = tiny_config()
     assert config.model.input_scale == 0.5 and 15 < config.model.cell_size < 30
+    weights = measured_part_weights(split.query("split == 'train'")["masks"].tolist())
+    assert tuple(config.model.part_weights.values()) == pytest.approx(weights) and weights[2] > 1
+    assert "part weights measured (--part-weights auto): background 1.00, cytoplasm 1.00" in caplog.text
     assert config == dataclasses.replace(expected, model=dataclasses.replace(
-        expected.model, norm="group", input_scale=0.5, cell_size=config.model.cell_size, single_cell=False))
+        expected.model, norm="group", input_scale=0.5, cell_size=config.model.cell_size, single_cell=False,
+        part_weights=config.model.part_weights))
     assert not model.training
     assert "epoch 2/2" in (out / "train.log").read_text()
 
@@ -651,27 +677,3 @@ def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it_and_resumes_w
     with pytest.raises(ValueError, match="max_minutes must be a positive number"):
         TrainConfig(max_minutes=0)
 
-
-def test_auto_part_weights_are_measured_from_the_training_cells_and_recorded(small_sample, tmp_path):
-    import numpy as np
-    from PIL import Image
-    from skimage.measure import label as measure_label
-    from skimage.measure import regionprops
-
-    from cellrcnn.modeling.losses import balanced_part_weights
-
-    config = tiny_config(epochs=1)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, part_weights="auto"),
-                                 data=dataclasses.replace(config.data, val_fraction=0.0))
-    cellrcnn.fit(config, small_sample, tmp_path / "run", quiet=True)
-    # counted here as the mask head sees each cell: its box, with other cells' pixels as background
-    counts = np.zeros(3)
-    for mask in sorted((small_sample / "masks").glob("*.png")):
-        parts = np.asarray(Image.open(mask))
-        for cell in regionprops(measure_label(parts > 0)):
-            inside = parts[cell.slice][cell.image]
-            counts += [cell.area_bbox - cell.area, (inside == 1).sum(), (inside == 2).sum()]
-    recorded = Config.from_json(tmp_path / "run" / "config.json").model.part_weights
-    assert isinstance(recorded, dict) and tuple(recorded) == ("background", "cytoplasm", "nucleus")
-    assert tuple(recorded.values()) == pytest.approx(balanced_part_weights(counts))
-    assert max(recorded.values()) > 1  # the sample's parts are not balanced: the measurement is not a no-op
