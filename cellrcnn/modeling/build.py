@@ -9,13 +9,13 @@ from torchvision.models import get_weight
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..config.fields import BACKBONE_TABLE
 from ..config.model import ModelConfig
 from .backbone import REPRESENTATION, _with_download_hint, build_backbone, resolve_norm
-from .heads import AlignedMultiScaleRoIAlign, PartRoIHeads
+from .heads import AlignedMultiScaleRoIAlign, PartRoIHeads, PartRPN, add_input_image
 from .part_heads import build_part_head
 from .transform import PartRCNNTransform
 from .weights import _FRESH_FROM_COCO, load_matching_state_dict, read_state_dict
@@ -83,7 +83,7 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
     if rpn_head is None:
         rpn_head = RPNHead(c, anchors.num_anchors_per_location()[0])
     # torchvision's FasterRCNN defaults, with the sampling from the config
-    rpn = RegionProposalNetwork(anchors, rpn_head, fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+    rpn = PartRPN(anchors, rpn_head, fg_iou_thresh=0.7, bg_iou_thresh=0.3,
                                 batch_size_per_image=config.rpn_batch_size_per_image, positive_fraction=0.5,
                                 pre_nms_top_n={"training": 2000, "testing": 1000},
                                 post_nms_top_n={"training": 2000, "testing": 1000}, nms_thresh=0.7,
@@ -101,6 +101,8 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
         detections_per_img=config.box_detections_per_img)
     transform = PartRCNNTransform(config.min_size, config.max_size, list(config.image_mean), list(config.image_std),
                                   mask_threshold=config.mask_threshold, aligned=aligned)
+    if getattr(part_head, "reads_image", False):
+        backbone.register_forward_hook(add_input_image)
     model = GeneralizedRCNN(backbone, rpn, roi_heads, transform)
     if config.predictor_init == "chance":
         _init_predictors(model.roi_heads)

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from ..utils.compat import setup_scales
 from .losses import part_mask_loss
 
-__all__ = ["PartRoIHeads", "AlignedMultiScaleRoIAlign", "select_class_parts", "part_inference", "renamed_legacy_keys"]
+__all__ = ["PartRoIHeads", "PartRPN", "AlignedMultiScaleRoIAlign", "select_class_parts", "part_inference",
+           "renamed_legacy_keys", "IMAGE_KEY", "add_input_image"]
+
+#: The key under which a part head that reads the image (``reads_image``) finds the network's input among the
+#: features.
+IMAGE_KEY = "image"
+
+
+def add_input_image(backbone: nn.Module, args: tuple, features: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Forward hook of the backbone, for part heads that read the image: the normalised input batch
+    ``[B, 3, H, W]`` joins the FPN levels as ``features[IMAGE_KEY]``."""
+    features = OrderedDict(features)
+    features[IMAGE_KEY] = args[0]
+    return features
+
+
+class PartRPN(RegionProposalNetwork):
+    """torchvision's ``RegionProposalNetwork`` over the FPN levels only: the input image that a part head may
+    read (:data:`IMAGE_KEY`) is not a level to put anchors on."""
+
+    def forward(self, images, features: dict[str, Tensor], targets=None):
+        levels = OrderedDict((k, v) for k, v in features.items() if k != IMAGE_KEY)
+        return super().forward(images, levels, targets)
 
 #: The mask branch's modules, which lived on the RoI heads before part heads were plug-ins.
 _LEGACY_MODULES = ("mask_roi_pool", "mask_head", "mask_predictor")

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from ..config.model import ModelConfig
 from .backbone import _norm_layers
-from .heads import AlignedMultiScaleRoIAlign
+from .heads import IMAGE_KEY, AlignedMultiScaleRoIAlign
 
 __all__ = ["PartHead", "FCNPartHead", "RefinedPartHead", "register_part_head", "build_part_head", "part_head_names",
            "check_part_head"]
@@ -62,6 +62,9 @@ class PartHead(nn.Module):
     """
 
     resolution: int
+    #: True: ``features`` also hold the normalised input batch ``[B, 3, H, W]`` under ``"image"``
+    #: (:data:`~cellrcnn.modeling.heads.IMAGE_KEY`), for heads that read pixels finer than the FPN's.
+    reads_image: bool = False
 
     def forward(self, features: dict[str, Tensor], boxes: list[Tensor],
                 image_shapes: list[tuple[int, int]]) -> Tensor:  # pragma: no cover - the contract
@@ -146,16 +149,17 @@ class FCNPartHead(PartHead):
 
 
 class RefinedPartHead(FCNPartHead):
-    """:class:`FCNPartHead`'s logits refined at twice their resolution from the finest FPN level.
+    """:class:`FCNPartHead`'s logits refined at twice their resolution from finer features.
 
     The coarse logits (``M``) are upsampled to ``2M`` and a small decoder adds a
-    correction read from the stride-4 features sampled at ``2M`` for every box,
-    whatever its size: the FCN head pools a box's own level at ``M/2``, a few
-    feature pixels per part edge. It is a dense variant of PointRend's point head
-    (Kirillov et al. 2020, detectron2's ``projects/PointRend``): the same inputs
-    (coarse logits and fine features), every pixel instead of the uncertain ones,
-    which at ``2M = 56`` costs about what the FCN head costs. The correction starts
-    at zero, so a model adapted from an FCN run starts where that run ended.
+    correction read from the finest FPN level (stride 4) and from the image itself
+    (stride 1, through two 3x3 convs of ``image_channels``), both sampled at ``2M``
+    for every box, whatever its size: the FCN head pools a box's own level at
+    ``M/2``, a few feature pixels per part edge. It is a dense variant of
+    PointRend's point head (Kirillov et al. 2020, detectron2's
+    ``projects/PointRend``): coarse logits and fine features, every pixel instead of
+    the uncertain ones. The correction starts at zero, so a model adapted from an
+    FCN run starts where that run ended.
 
     Parameters
     ----------
@@ -165,21 +169,29 @@ class RefinedPartHead(FCNPartHead):
         Pixel-exact RoIAlign for the fine features (``mask_alignment="exact"``).
     channels : int
         Width of the decoder.
+    image_channels : int
+        Width of the convs that read the image crop; 0: the FPN level alone.
     fine_level : str
         FPN level read for the fine features.
     """
 
     def __init__(self, mask_roi_pool: nn.Module, mask_head: nn.Module, mask_predictor: nn.Module,
                  resolution: int, *, feature_channels: int, out_channels: int, aligned: bool = True,
-                 channels: int = 64, fine_level: str = "0") -> None:
+                 channels: int = 64, fine_level: str = "0", image_channels: int = 16) -> None:
         super().__init__(mask_roi_pool, mask_head, mask_predictor, resolution)
         pool = AlignedMultiScaleRoIAlign if aligned else MultiScaleRoIAlign
+        self.aligned = aligned
         self.coarse_resolution = resolution
         self.resolution = 2 * resolution
         self.fine_pool = pool([fine_level], self.resolution, 2)
         self.reduce = nn.Conv2d(feature_channels, channels, 1)
+        self.reads_image = image_channels > 0
+        if self.reads_image:
+            self.image_convs = nn.Sequential(
+                nn.Conv2d(3, image_channels, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(image_channels, image_channels, 3, padding=1), nn.ReLU(inplace=True))
         self.refine = nn.Sequential(
-            nn.Conv2d(channels + out_channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels + image_channels + out_channels, channels, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(channels, out_channels, 1))
         for layer in self.refine:
@@ -194,8 +206,12 @@ class RefinedPartHead(FCNPartHead):
         up = F.interpolate(coarse, size=(self.resolution,) * 2, mode="bilinear", align_corners=False)
         if coarse.shape[0] == 0:
             return up
-        fine = F.relu(self.reduce(self.fine_pool(features, boxes, image_shapes)))
-        return up + self.refine(torch.cat([fine, up.to(fine.dtype)], dim=1))
+        fine = [F.relu(self.reduce(self.fine_pool(features, boxes, image_shapes)))]
+        if self.reads_image:
+            crops = roi_align(features[IMAGE_KEY], [b.to(features[IMAGE_KEY].dtype) for b in boxes],
+                              (self.resolution,) * 2, 1.0, 2, aligned=self.aligned)
+            fine.append(self.image_convs(crops.to(fine[0].dtype)))
+        return up + self.refine(torch.cat([*fine, up.to(fine[0].dtype)], dim=1))
 
 
 @register_part_head("fcn")

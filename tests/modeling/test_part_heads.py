@@ -39,6 +39,12 @@ def test_refined_head_doubles_the_resolution_starts_as_the_coarse_logits_and_lea
     logits.pow(2).mean().backward()
     assert head.refine[-1].weight.grad.abs().sum() > 0  # the correction learns from the first step
     assert head.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0  # and the coarse head through it
+    # it reads the image's own pixels, finer than any FPN level: other pixels, other logits, same features
+    assert head.reads_image and features["image"].shape == (2, 3, 64, 64)
+    with torch.no_grad():
+        nn.init.normal_(head.refine[-1].weight, std=0.1)
+        brighter = {**features, "image": features["image"] + 1.0}
+        assert not torch.allclose(head(brighter, boxes, [(64, 64)] * 2), head(features, boxes, [(64, 64)] * 2))
 
 
 def test_a_frozen_backbone_is_not_updated_by_a_step_while_the_part_head_is(tiny_config, synthetic_batch):
