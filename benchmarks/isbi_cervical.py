@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--dice-weight", type=float, default=None, help="weight of the part loss's Dice term "
                         "(default: the model's default)")
     parser.add_argument("--part-head", default=None, help="part head (default: the model's default)")
+    parser.add_argument("--part-rois", type=int, default=None, help="positive RoIs per image that train the part "
+                        "head (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--crop", type=int, default=None, help="train on random crops of this many pixels a side "
                         "(with --size the same: full resolution)")
@@ -173,7 +175,8 @@ def main() -> None:
     if args.step == "train":
         start = time.time()
         weights = cellrcnn.config.parse_field_value(dict[str, float] | str, args.part_weights, "part_weights")
-        model = {k: v for k, v in (("dice_weight", args.dice_weight), ("part_head", args.part_head)) if v is not None}
+        model = {k: v for k, v in (("dice_weight", args.dice_weight), ("part_head", args.part_head),
+                                   ("part_rois_per_image", args.part_rois)) if v is not None}
         history = cellrcnn.fit(config(args.epochs, args.size, weights, args.crop, args.mask_size, **model),
                                folders["train"],
                                args.out / "run",

@@ -140,6 +140,8 @@ class PartRoIHeads(RoIHeads):
         Boxes and features in, part logits out.
     dice_weight : float
         Weight of the soft Dice term of the part loss.
+    rois_per_image : int, optional
+        At most this many positive proposals of each image (a random draw) train the part head.
     aligned : bool
         Pixel-exact target projection (see :func:`cellrcnn.modeling.losses.project_parts_on_boxes`).
         The targets' masks may then have any resolution covering the whole image
@@ -152,13 +154,15 @@ class PartRoIHeads(RoIHeads):
     """
 
     def __init__(self, *, num_parts: int, part_weights, part_head: nn.Module, aligned: bool = True,
-                 edge_weight: float = 0.0, dice_weight: float = 0.0, **kwargs) -> None:
+                 edge_weight: float = 0.0, dice_weight: float = 0.0, rois_per_image: Optional[int] = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if self.mask_roi_pool is not None or self.mask_head is not None or self.mask_predictor is not None:
             raise ValueError("PartRoIHeads takes its mask branch as part_head, not as mask_* modules")
         self.part_head = part_head
         self.edge_weight = float(edge_weight)
         self.dice_weight = float(dice_weight)
+        self.rois_per_image = rois_per_image
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
         self.num_parts = num_parts
         self.aligned = aligned
@@ -196,6 +200,8 @@ class PartRoIHeads(RoIHeads):
             sampled, self._sampled = self._sampled, None
             proposals, matched_idxs, labels = sampled
             positive = [torch.where(lab > 0)[0] for lab in labels]
+            if self.rois_per_image is not None:  # a random draw: the loss is a mean over RoIs
+                positive = [p[torch.randperm(len(p), device=p.device)[:self.rois_per_image]] for p in positive]
             mask_proposals = [p[pos] for p, pos in zip(proposals, positive)]
             matched = [m[pos] for m, pos in zip(matched_idxs, positive)]
             mask_labels = torch.cat([t["labels"][m] for t, m in zip(targets, matched)])

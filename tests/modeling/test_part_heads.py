@@ -112,3 +112,17 @@ def test_weights_saved_with_torchvisions_names_load_into_the_part_head(tiny_conf
     for model in (strict, matching):
         torch.testing.assert_close(model.roi_heads.part_head.mask_head[0][0].weight,
                                    source["roi_heads.part_head.mask_head.0.0.weight"])
+
+
+def test_part_rois_per_image_draws_that_many_positives_for_the_part_head(tiny_config, synthetic_batch):
+    def counts(config):
+        torch.manual_seed(0)
+        model = build_model(config)
+        seen = []
+        model.roi_heads.part_head.register_forward_hook(lambda m, args, out: seen.append([len(b) for b in args[1]]))
+        assert torch.isfinite(one_step(model, synthetic_batch, lr=0.0)["loss_mask"])
+        return seen[0]
+
+    every = counts(tiny_config)
+    assert max(every) > 2
+    assert counts(dataclasses.replace(tiny_config, part_rois_per_image=2)) == [min(n, 2) for n in every]
