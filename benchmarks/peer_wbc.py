@@ -110,12 +110,17 @@ def cellrcnn_score(checkpoint: Path, folder: Path, scale=None, tta: bool = False
             "seconds_per_image": seconds}
 
 
-def source_config(epochs: int, seed: int = 0, augment: str = "light") -> cellrcnn.Config:
+#: Model settings of the sources other than the recipe's: source tag -> ModelConfig fields.
+SOURCE_MODELS = {"-refine": {"part_head": "refine", "dice_weight": 1.0, "part_weights": "auto"},
+                 "-dice": {"dice_weight": 1.0, "part_weights": "auto"}}
+
+
+def source_config(epochs: int, seed: int = 0, augment: str = "light", **model) -> cellrcnn.Config:
     """The documented from-scratch recipe (resnet18-FPN, 128 px, 32/32 sampling) on all of 001-200, with flips
-    (``augment="adapt"``: with stain, colour and scale jitter too)."""
+    (``augment="adapt"``: with stain, colour and scale jitter too; ``model``: other model settings)."""
     return cellrcnn.Config(
         model=cellrcnn.ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
-                                   rpn_batch_size_per_image=32, box_batch_size_per_image=32),
+                                   rpn_batch_size_per_image=32, box_batch_size_per_image=32, **model),
         data=dataclasses.replace(DATA, val_fraction=0.0, augment=augment),
         train=cellrcnn.TrainConfig(epochs=epochs, workers=0, device="cpu", seed=seed))
 
@@ -128,7 +133,8 @@ def run_cellrcnn(args, root: Path) -> None:
         if not (source / "best.pt").is_file():
             start = time.process_time()
             augment = "adapt" if args.source_tag == "-jitter" else "light"
-            cellrcnn.Trainer(source_config(args.epochs, augment=augment), dirs["jtsc_train"], source,
+            cellrcnn.Trainer(source_config(args.epochs, augment=augment, **SOURCE_MODELS.get(args.source_tag, {})),
+                             dirs["jtsc_train"], source,
                              quiet=True).train()
             print(f"source trained in {(time.process_time() - start) / 60:.1f} CPU-minutes", flush=True)
         minutes = float(pd.read_csv(source / "history.csv")["train_seconds"].sum() / 60)
@@ -337,9 +343,12 @@ def run_unet(args, root: Path) -> None:
 
 
 #: The cellrcnn sources: tag -> how it was trained.
-SOURCES = {"": "", "-jitter": "source trained with stain, colour and scale jitter (--augment adapt)"}
+SOURCES = {"": "", "-jitter": "source trained with stain, colour and scale jitter (--augment adapt)",
+           "-refine": "source trained with the refine head, the Dice term and auto part weights",
+           "-dice": "source trained with the Dice term and auto part weights"}
 #: Few-shot runs other than the recipe: run-folder tag -> what changed.
-VARIANTS = {"": "", "-nucleus-scale": "auto scale from detections with a nucleus only", "-tta": "recipe, predicted with test-time augmentation (8 views)",
+VARIANTS = {"": "", "-dice1": "recipe with --dice-weight 1", "-refine": "recipe with --part-head refine",
+            "-refine-dice1": "recipe with --part-head refine --dice-weight 1", "-nucleus-scale": "auto scale from detections with a nucleus only", "-tta": "recipe, predicted with test-time augmentation (8 views)",
             "-edge2": "recipe with --edge-weight 2", "-m56": "recipe with --mask-size 56",
             "-before": "before: --from as it was (30 epochs, lr 0.001 halved every 5, a step every 4 "
                                "images, no augmentation, images at min_size 128)",
@@ -418,8 +427,10 @@ def main() -> None:
                         help="curve: the training budgets, in minutes")
     parser.add_argument("--figure", type=Path, default=Path("docs/adapt_curve.png"), help="plot: where to write")
     parser.add_argument("--test-only", action="store_true", help="zero-shot: score only wbc_cellavision_test")
-    parser.add_argument("--source-tag", default="", choices=("", "-jitter"),
-                        help="cellrcnn: which source (-jitter: trained with stain, colour and scale jitter)")
+    parser.add_argument("--source-tag", default="", choices=("", "-jitter", *SOURCE_MODELS),
+                        help="cellrcnn: which source (-jitter: trained with stain, colour and scale jitter; -refine: "
+                             "the refine head, the Dice term and auto part weights; -dice: the Dice term and auto "
+                             "part weights)")
     parser.add_argument("--epochs", type=int, default=14, help="cellrcnn source: epochs over 001-200")
     parser.add_argument("--minutes", type=float, default=25.0, help="U-Net: training budget of each run")
     parser.add_argument("--seeds", default="0,1,2")
