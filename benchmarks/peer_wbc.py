@@ -250,7 +250,20 @@ def plot_curve(root: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     ours, peer = (pd.read_json(root / f"{name}.jsonl", lines=True) for name in ("cellrcnn", "unet"))
-    ours, peer = ours[ours["row"] == "curve"], peer[peer["row"] == "curve"]
+    ours["tag"] = ours["tag"].fillna("")
+    # the adaptation recipe's own run (150 steps, seed 0, the default cell rule) is a point of its curve
+    recipe = ours[(ours["row"] == "adapted, all 20 -> test") & (ours["seed"] == 0) & (ours["rule"] == "nucleated")
+                  & ~ours["tag"].str.endswith("-tta") & (ours["source"].fillna("") == "")]
+    ours = pd.concat([ours[ours["row"] == "curve"], recipe.assign(steps=150)])
+    ours = ours[ours["tag"].isin(ours.loc[ours["row"] == "curve", "tag"])]
+    peer = peer[peer["row"] == "curve"]
+    print("| model | minutes | steps | cytoplasm | nucleus | whole cell | cytoplasm, 3-px edge band |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, frame in [(f"cellrcnn, {VARIANTS.get(t, t) or 'recipe'}", f) for t, f in ours.groupby("tag")] + [
+            ("U-Net peer", peer)]:
+        for _, r in frame.sort_values("minutes").iterrows():
+            print(f"| {label} | {r['minutes']:.1f} | {int(r['steps'])} | {r['cytoplasm']:.3f} | {r['nucleus']:.3f} | "
+                  f"{r['cell']:.3f} | {r['cytoplasm_band']:.3f} |")
     figure, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharex=True)
     for ax, part in zip(axes, ("cytoplasm", "nucleus", "cell")):
         for tag, frame in ours.groupby(ours["tag"].fillna("")):
