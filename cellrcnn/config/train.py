@@ -25,16 +25,17 @@ SCHEDULES = {
     "pretrained": {"lr": 0.001, "warmup_epochs": 0, "lr_step": 5},
     "scratch": {"lr": 0.02, "warmup_epochs": 1, "lr_step": 10},
 }
-#: The adaptation recipe: what ``cellrcnn-finetune --from RUN`` sets unless told otherwise. A fixed number of
 #: The most epochs a run may ask for: a year of epochs of a few seconds. More is a typo.
 MAX_EPOCHS = 100_000
 
+#: The adaptation recipe: what ``cellrcnn-finetune --from RUN`` sets unless told otherwise. A fixed number of
 #: optimizer steps (not epochs: with a few images, epochs are a handful of steps each) along a cosine from lr
 #: 0.01, a step every 2 images, flips, turns, stain and scale jitter, and the new images resized so their
-#: cells reach the size the source model was trained at (``model.target_cell_size``, from the run).
-#: docs/benchmarks.md has the measurements behind it.
+#: cells reach the size the source model was trained at (``model.target_cell_size``, from the run). The part
+#: head is refined at twice its resolution (``"refine"``, starting from the run's own logits) and the part loss
+#: has its Dice term; a run with a part head of a lab's own keeps it. docs/benchmarks.md has the measurements.
 ADAPT_RECIPE = {"train.steps": 150, "train.lr": 0.01, "train.lr_schedule": "cosine", "train.warmup_epochs": 0,
-                "train.accumulate": 2, "data.augment": "adapt"}
+                "train.accumulate": 2, "data.augment": "adapt", "model.part_head": "refine", "model.dice_weight": 1.0}
 
 
 @dataclass(frozen=True)

@@ -168,5 +168,7 @@ def adaptation_overrides(run: str | os.PathLike, given: Mapping[str, Any] = {}, 
         dropped = {"train.steps"} if "train.epochs" in given else set()
         if {"train.lr_step", "train.lr_gamma"} & set(given):
             dropped.add("train.lr_schedule")
+        if start.part_head != "fcn":  # "refine" already, or a head of a lab's own: kept
+            dropped.add("model.part_head")
         fields.update({k: v for k, v in ADAPT_RECIPE.items() if k not in dropped})
     return {k: v for k, v in fields.items() if k not in given}

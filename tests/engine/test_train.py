@@ -322,15 +322,21 @@ def test_finetune_from_a_run_takes_its_model_settings_and_weights(small_sample, 
     source, adapted = (Config.from_json(tmp_path / name / "config.json") for name in ("run", "adapted"))
     assert adapted.model.weights == str(tmp_path / "run" / "best.pt")
     assert adapted.model.max_size == 80  # the flag given wins
-    # All else is the run's, and the stages it trained (all: it was trained from scratch) keep training.
+    # All else is the run's, and the stages it trained (all: it was trained from scratch) keep training; the
+    # recipe refines the run's part head and adds the Dice term to the part loss.
+    assert source.model.part_head == "fcn" and source.model.dice_weight == 0
     assert adapted.model == dataclasses.replace(source.model, weights=adapted.model.weights, max_size=80,
-                                                trainable_backbone_layers=5, cell_size=adapted.model.cell_size)
+                                                trainable_backbone_layers=5, cell_size=adapted.model.cell_size,
+                                                part_head="refine", dice_weight=1.0)
     assert adapted.model.cell_size is not None  # measured again on the new data, not taken from the source
     # The adaptation recipe, but for what the flags replace: --epochs the step count, --max-size the scale matching.
     assert (adapted.train.lr, adapted.train.lr_schedule, adapted.train.accumulate) == (0.01, "cosine", 2)
     assert adapted.train.steps is None and adapted.train.epochs == 1 and adapted.data.augment == "adapt"
     assert adapted.model.target_cell_size is None
-    assert f"tensors from {tmp_path / 'run' / 'best.pt'}; none left fresh" in result.stdout
+    # every tensor of the run is loaded; only the refinement starts fresh (its correction at zero)
+    n = len(torch.load(tmp_path / "run" / "best.pt", weights_only=False)["model"]) - 1  # less the loss weights
+    assert f"loaded {n} of " in result.stdout
+    assert f"tensors from {tmp_path / 'run' / 'best.pt'}; left fresh: roi_heads.part_head.reduce," in result.stdout
     # Other classes and parts: their counts follow the names given; weights of dropped parts go.
     from cellrcnn.cli.finetune import config_from_finetune_args, finetune_parser
     weighted = cellrcnn.fit(tiny_config(epochs=1).with_overrides({"model.part_weights": "cytoplasm=3"}), small_sample,
@@ -359,6 +365,8 @@ def check_adaptation_recipe(small_sample, tmp_path):
     assert (recipe.train.steps, recipe.train.lr, recipe.train.lr_schedule, recipe.train.accumulate,
             recipe.train.warmup_epochs, recipe.data.augment) == (150, 0.01, "cosine", 2, 0, "adapt")
     assert recipe.model.target_cell_size == source.model.cell_size  # cells resized to the size the run saw
+    assert (recipe.model.part_head, recipe.model.dice_weight) == ("refine", 1.0)
+    assert parsed("--part-head", "fcn", "--dice-weight", "0").model.part_head == "fcn"  # flags win
     mine = parsed("--epochs", "7", "--lr-step", "3", "--augment", "none", "--min-size", "96", "--max-size", "96")
     assert (mine.train.steps, mine.train.epochs, mine.train.lr_schedule, mine.train.lr_step) == (None, 7, "step", 3)
     assert mine.data.augment == "none" and mine.model.target_cell_size is None and mine.model.min_size == 96
