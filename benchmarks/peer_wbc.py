@@ -361,7 +361,9 @@ SOURCES = {"": "", "-jitter": "source trained with stain, colour and scale jitte
            "-dice": "source trained with the Dice term and auto part weights"}
 #: Few-shot runs other than the recipe: run-folder tag -> what changed.
 VARIANTS = {"": "", "-dice1": "recipe with --dice-weight 1", "-refine": "recipe with --part-head refine",
-            "-refine-dice1": "recipe with --part-head refine --dice-weight 1", "-nucleus-scale": "auto scale from detections with a nucleus only", "-tta": "recipe, predicted with test-time augmentation (8 views)",
+            "-refine-dice1": "recipe with --part-head refine --dice-weight 1",
+            "-box12": "recipe with --part-box-scale 1.2",
+            "-refine-dice1-box12": "recipe with --part-head refine --dice-weight 1 --part-box-scale 1.2", "-nucleus-scale": "auto scale from detections with a nucleus only", "-tta": "recipe, predicted with test-time augmentation (8 views)",
             "-edge2": "recipe with --edge-weight 2", "-m56": "recipe with --mask-size 56",
             "-before": "before: --from as it was (30 epochs, lr 0.001 halved every 5, a step every 4 "
                                "images, no augmentation, images at min_size 128)",

@@ -89,7 +89,7 @@ DATA_FLAGS = (
     ("channels, stacks and crops", "data", ("channels", "projection", "crop")),
 )
 MODEL_FLAGS = (("model", "model", ("backbone", "weights", "min_size", "max_size", "parts", "part_weights",
-                                    "class_specific_parts", "mask_size", "edge_weight", "dice_weight", "part_head", "part_rois_per_image", "norm", "mask_alignment",
+                                    "class_specific_parts", "mask_size", "edge_weight", "dice_weight", "part_head", "part_rois_per_image", "part_box_scale", "norm", "mask_alignment",
                                     "mask_threshold")),)
 TRAIN_FLAGS = (
     ("training", "train", ("epochs", "steps", "batch_size", "accumulate", "lr", "lr_schedule", "lr_step",

@@ -38,6 +38,12 @@ class ModelConfig(_Section):
         ``box_batch_size_per_image``). The part loss is a mean over RoIs, so a
         draw estimates it without bias, at a fraction of the cost of a head that
         works at ``2 * mask_size`` on images with many cells.
+    part_box_scale
+        The part head reads each box grown by this factor about its centre
+        (clipped to the image), in training and at inference: a cell's mask can
+        reach past a box that is too tight. Adapted to a new microscope, the
+        boxes are 5-15 px short of the cells on every side (docs/benchmarks.md).
+        1: the box as detected (torchvision).
     part_head
         Which part head predicts each cell's part logits: a name registered in
         ``cellrcnn.modeling.part_heads`` (``"fcn"``: torchvision's mask head;
@@ -140,6 +146,7 @@ class ModelConfig(_Section):
     dice_weight: float = 0.0
     part_head: str = "fcn"
     part_rois_per_image: int | None = None
+    part_box_scale: float = 1.0
     mask_alignment: str = "exact"
     norm: str = "auto"
     predictor_init: str = "chance"
@@ -221,6 +228,9 @@ class ModelConfig(_Section):
         _check(self.part_rois_per_image is None or (type(self.part_rois_per_image) is int
                                                    and self.part_rois_per_image > 0),
                f"part_rois_per_image must be a positive integer or None, got {self.part_rois_per_image!r}")
+        _check(isinstance(self.part_box_scale, (int, float)) and not isinstance(self.part_box_scale, bool)
+               and math.isfinite(self.part_box_scale) and 1.0 <= self.part_box_scale <= 2.0,
+               f"part_box_scale must be a number from 1 to 2, got {self.part_box_scale!r}")
         _check(isinstance(self.part_head, str) and self.part_head.isidentifier(),
                f"part_head must be the name of a registered part head (e.g. 'fcn'), got {self.part_head!r}")
         _check(type(self.mask_size) is int and self.mask_size in MASK_SIZES,

@@ -95,7 +95,7 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
     roi_heads = PartRoIHeads(
         num_parts=config.num_parts, part_weights=config.part_weight_vector, aligned=aligned,
         edge_weight=config.edge_weight, dice_weight=config.dice_weight, part_head=part_head,
-        rois_per_image=config.part_rois_per_image,
+        rois_per_image=config.part_rois_per_image, box_scale=config.part_box_scale,
         box_roi_pool=box_roi_pool, box_head=box_head, box_predictor=box_predictor,
         fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=config.box_batch_size_per_image,
         positive_fraction=0.25, bbox_reg_weights=None, score_thresh=config.box_score_thresh, nms_thresh=0.5,

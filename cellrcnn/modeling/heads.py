@@ -82,6 +82,33 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
         return result
 
 
+def scale_boxes(boxes: Tensor, factor: float, image_shape: tuple[int, int]) -> Tensor:
+    """Boxes grown (or shrunk) by ``factor`` about their centres and clipped to the image.
+
+    Parameters
+    ----------
+    boxes : Tensor
+        float ``[N, 4]`` xyxy boxes.
+    factor : float
+        Side factor, e.g. 1.2 adds a tenth of each side on every side.
+    image_shape : tuple of int
+        ``(H, W)`` to clip to.
+
+    Returns
+    -------
+    Tensor
+        float ``[N, 4]``.
+    """
+    if factor == 1.0:
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
+    grown = torch.cat([centre - half, centre + half], dim=1)
+    H, W = image_shape
+    return torch.stack([grown[:, 0].clamp(0, W), grown[:, 1].clamp(0, H), grown[:, 2].clamp(0, W),
+                        grown[:, 3].clamp(0, H)], dim=1)
+
+
 def select_class_parts(mask_logits: Tensor, labels: Tensor, num_parts: int) -> Tensor:
     """Pick each RoI's part logits for its cell class.
 
@@ -142,6 +169,10 @@ class PartRoIHeads(RoIHeads):
         Weight of the soft Dice term of the part loss.
     rois_per_image : int, optional
         At most this many positive proposals of each image (a random draw) train the part head.
+    box_scale : float
+        The part head reads each box grown by this factor about its centre (clipped to the image), in
+        training and at inference, so a cell may reach past a box that is too tight; detections then carry
+        ``mask_boxes``, the boxes their masks belong to.
     aligned : bool
         Pixel-exact target projection (see :func:`cellrcnn.modeling.losses.project_parts_on_boxes`).
         The targets' masks may then have any resolution covering the whole image
@@ -155,7 +186,7 @@ class PartRoIHeads(RoIHeads):
 
     def __init__(self, *, num_parts: int, part_weights, part_head: nn.Module, aligned: bool = True,
                  edge_weight: float = 0.0, dice_weight: float = 0.0, rois_per_image: Optional[int] = None,
-                 **kwargs) -> None:
+                 box_scale: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if self.mask_roi_pool is not None or self.mask_head is not None or self.mask_predictor is not None:
             raise ValueError("PartRoIHeads takes its mask branch as part_head, not as mask_* modules")
@@ -163,6 +194,7 @@ class PartRoIHeads(RoIHeads):
         self.edge_weight = float(edge_weight)
         self.dice_weight = float(dice_weight)
         self.rois_per_image = rois_per_image
+        self.box_scale = float(box_scale)
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
         self.num_parts = num_parts
         self.aligned = aligned
@@ -209,6 +241,8 @@ class PartRoIHeads(RoIHeads):
             mask_proposals = [r["boxes"] for r in result]
             mask_labels = torch.cat([r["labels"] for r in result])
 
+        if self.box_scale != 1.0:
+            mask_proposals = [scale_boxes(b, self.box_scale, s) for b, s in zip(mask_proposals, image_shapes)]
         part_logits = select_class_parts(self.part_head(features, mask_proposals, image_shapes), mask_labels,
                                          self.num_parts)
 
@@ -221,9 +255,11 @@ class PartRoIHeads(RoIHeads):
                                                 self.aligned, self.edge_weight, self.dice_weight)
         else:
             probs = part_inference(part_logits, [len(p) for p in mask_proposals])
-            for r, p in zip(result, probs):
+            for r, p, b in zip(result, probs, mask_proposals):
                 r["part_probs"] = p
                 r["masks"] = 1.0 - p[:, :1]
+                if self.box_scale != 1.0:
+                    r["mask_boxes"] = b
         return result, losses
 
 

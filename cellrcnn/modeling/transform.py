@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from .paste import paste_labels, paste_parts_in_image
 
@@ -63,9 +63,13 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
         """Each image's ``part_probs``, taken out of ``result``, whose boxes torchvision rescales to the original
         image (its ``masks`` are dropped: they are pasted with the parts)."""
         part_probs = [r.pop("part_probs") for r in result]
+        mask_boxes = [r.pop("mask_boxes", None) for r in result]
         for r in result:
             del r["masks"]
         super().postprocess(result, image_shapes, original_image_sizes)
+        for r, boxes, shape, size in zip(result, mask_boxes, image_shapes, original_image_sizes):
+            # the boxes the masks belong to (grown by the RoI heads' box_scale), in the original image
+            r["mask_boxes"] = r["boxes"] if boxes is None else resize_boxes(boxes, shape, size)
         return part_probs
 
     def postprocess(self, result, image_shapes, original_image_sizes):
@@ -73,7 +77,7 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
             return result
         part_probs = self._boxes_to_original(result, image_shapes, original_image_sizes)
         for r, probs, size in zip(result, part_probs, original_image_sizes):
-            r.update(paste_parts_in_image(probs, r["boxes"], size, self.mask_threshold, self.aligned))
+            r.update(paste_parts_in_image(probs, r.pop("mask_boxes"), size, self.mask_threshold, self.aligned))
         return result
 
     def postprocess_labels(self, result, image_shapes, original_image_sizes):
@@ -81,7 +85,7 @@ class PartRCNNTransform(GeneralizedRCNNTransform):
         images (:func:`paste_labels`, with ``order``): a tile of hundreds of cells costs two images, not hundreds."""
         part_probs = self._boxes_to_original(result, image_shapes, original_image_sizes)
         for r, probs, size in zip(result, part_probs, original_image_sizes):
-            r.update(paste_labels(probs, r["boxes"], r["scores"], size, self.mask_threshold, self.aligned))
+            r.update(paste_labels(probs, r.pop("mask_boxes"), r["scores"], size, self.mask_threshold, self.aligned))
         return result
 
 
