@@ -126,3 +126,37 @@ def test_part_rois_per_image_draws_that_many_positives_for_the_part_head(tiny_co
     every = counts(tiny_config)
     assert max(every) > 2
     assert counts(dataclasses.replace(tiny_config, part_rois_per_image=2)) == [min(n, 2) for n in every]
+
+
+def test_scale_boxes_grows_about_the_centre_and_stays_in_the_image():
+    from cellrcnn.modeling.heads import scale_boxes
+
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 10.0, 10.0]])
+    grown = scale_boxes(boxes, 1.5, (100, 100))
+    torch.testing.assert_close(grown[0], torch.tensor([5.0, 10.0, 35.0, 70.0]))
+    torch.testing.assert_close(grown[1], torch.tensor([0.0, 0.0, 12.5, 12.5]))  # clipped at the image's edge
+    assert scale_boxes(boxes, 1.0, (100, 100)) is boxes
+
+
+def test_the_part_head_reads_grown_boxes_in_training_and_pastes_in_them_at_inference(tiny_config, synthetic_batch):
+    def boxes_seen(config, train):
+        torch.manual_seed(0)
+        model = build_model(config)
+        seen = []
+        model.roi_heads.part_head.register_forward_hook(lambda m, args, out: seen.append(torch.cat(args[1])))
+        if train:
+            one_step(model, synthetic_batch, lr=0.0)
+            return seen[0], None
+        model.eval()
+        with torch.no_grad():
+            out = model(synthetic_batch[0])
+        return seen[0], out
+
+    plain, _ = boxes_seen(tiny_config, True)
+    grown, _ = boxes_seen(dataclasses.replace(tiny_config, part_box_scale=1.2), True)
+    inside = (plain[:, 0] > 8) & (plain[:, 2] < 56) & (plain[:, 1] > 8) & (plain[:, 3] < 56)  # not clipped
+    widths = (grown[:, 2] - grown[:, 0]) / (plain[:, 2] - plain[:, 0])
+    assert inside.any() and torch.allclose(widths[inside], torch.tensor(1.2), atol=1e-4)
+    _, out = boxes_seen(dataclasses.replace(tiny_config, part_box_scale=1.2, box_score_thresh=0.0), False)
+    for image, result in zip(synthetic_batch[0], out):
+        assert "mask_boxes" not in result and result["part_masks"].shape[-2:] == image.shape[-2:]
