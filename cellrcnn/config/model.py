@@ -39,11 +39,13 @@ class ModelConfig(_Section):
         draw estimates it without bias, at a fraction of the cost of a head that
         works at ``2 * mask_size`` on images with many cells.
     part_box_scale
-        The part head reads each box grown by this factor about its centre
-        (clipped to the image), in training and at inference: a cell's mask can
-        reach past a box that is too tight. Adapted to a new microscope, the
-        boxes are 5-15 px short of the cells on every side (docs/benchmarks.md).
-        1: the box as detected (torchvision).
+        At inference the part head reads each detection's box grown by this
+        factor about its centre (clipped to the image), so a cell's mask can
+        reach past a box that is too tight (training reads its proposals, of
+        every size around a cell's, as they are). Adapted to a new microscope,
+        the boxes fall short of the cells by up to 30 px a side, and 1.15 raised
+        the cytoplasm Dice by 0.02-0.03 (docs/benchmarks.md); the adaptation
+        recipe sets it. 1: the box as detected (torchvision).
     part_head
         Which part head predicts each cell's part logits: a name registered in
         ``cellrcnn.modeling.part_heads`` (``"fcn"``: torchvision's mask head;

@@ -170,9 +170,10 @@ class PartRoIHeads(RoIHeads):
     rois_per_image : int, optional
         At most this many positive proposals of each image (a random draw) train the part head.
     box_scale : float
-        The part head reads each box grown by this factor about its centre (clipped to the image), in
-        training and at inference, so a cell may reach past a box that is too tight; detections then carry
-        ``mask_boxes``, the boxes their masks belong to.
+        At inference the part head reads each detection's box grown by this factor about its centre (clipped
+        to the image), so a cell may reach past a box that is too tight; detections then carry
+        ``mask_boxes``, the boxes their masks belong to. Training reads the sampled proposals as they are:
+        they already come in every size around a cell's.
     aligned : bool
         Pixel-exact target projection (see :func:`cellrcnn.modeling.losses.project_parts_on_boxes`).
         The targets' masks may then have any resolution covering the whole image
@@ -241,7 +242,7 @@ class PartRoIHeads(RoIHeads):
             mask_proposals = [r["boxes"] for r in result]
             mask_labels = torch.cat([r["labels"] for r in result])
 
-        if self.box_scale != 1.0:
+        if self.box_scale != 1.0 and not self.training:
             mask_proposals = [scale_boxes(b, self.box_scale, s) for b, s in zip(mask_proposals, image_shapes)]
         part_logits = select_class_parts(self.part_head(features, mask_proposals, image_shapes), mask_labels,
                                          self.num_parts)

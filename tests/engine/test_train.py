@@ -327,7 +327,7 @@ def test_finetune_from_a_run_takes_its_model_settings_and_weights(small_sample, 
     assert source.model.part_head == "fcn" and source.model.dice_weight == 0
     assert adapted.model == dataclasses.replace(source.model, weights=adapted.model.weights, max_size=80,
                                                 trainable_backbone_layers=5, cell_size=adapted.model.cell_size,
-                                                part_head="refine", dice_weight=1.0)
+                                                part_head="refine", dice_weight=1.0, part_box_scale=1.15)
     assert adapted.model.cell_size is not None  # measured again on the new data, not taken from the source
     # The adaptation recipe, but for what the flags replace: --epochs the step count, --max-size the scale matching.
     assert (adapted.train.lr, adapted.train.lr_schedule, adapted.train.accumulate) == (0.01, "cosine", 2)
@@ -365,7 +365,7 @@ def check_adaptation_recipe(small_sample, tmp_path):
     assert (recipe.train.steps, recipe.train.lr, recipe.train.lr_schedule, recipe.train.accumulate,
             recipe.train.warmup_epochs, recipe.data.augment) == (150, 0.01, "cosine", 2, 0, "adapt")
     assert recipe.model.target_cell_size == source.model.cell_size  # cells resized to the size the run saw
-    assert (recipe.model.part_head, recipe.model.dice_weight) == ("refine", 1.0)
+    assert (recipe.model.part_head, recipe.model.dice_weight, recipe.model.part_box_scale) == ("refine", 1.0, 1.15)
     assert parsed("--part-head", "fcn", "--dice-weight", "0").model.part_head == "fcn"  # flags win
     mine = parsed("--epochs", "7", "--lr-step", "3", "--augment", "none", "--min-size", "96", "--max-size", "96")
     assert (mine.train.steps, mine.train.epochs, mine.train.lr_schedule, mine.train.lr_step) == (None, 7, "step", 3)

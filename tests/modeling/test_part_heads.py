@@ -138,7 +138,7 @@ def test_scale_boxes_grows_about_the_centre_and_stays_in_the_image():
     assert scale_boxes(boxes, 1.0, (100, 100)) is boxes
 
 
-def test_the_part_head_reads_grown_boxes_in_training_and_pastes_in_them_at_inference(tiny_config, synthetic_batch):
+def test_the_part_head_reads_grown_boxes_at_inference_and_pastes_in_them(tiny_config, synthetic_batch):
     def boxes_seen(config, train):
         torch.manual_seed(0)
         model = build_model(config)
@@ -152,11 +152,13 @@ def test_the_part_head_reads_grown_boxes_in_training_and_pastes_in_them_at_infer
             out = model(synthetic_batch[0])
         return seen[0], out
 
-    plain, _ = boxes_seen(tiny_config, True)
-    grown, _ = boxes_seen(dataclasses.replace(tiny_config, part_box_scale=1.2), True)
+    # training reads the sampled proposals as they are
+    torch.testing.assert_close(boxes_seen(tiny_config, True)[0],
+                               boxes_seen(dataclasses.replace(tiny_config, part_box_scale=1.2), True)[0])
+    plain, _ = boxes_seen(dataclasses.replace(tiny_config, box_score_thresh=0.0), False)
+    grown, out = boxes_seen(dataclasses.replace(tiny_config, part_box_scale=1.2, box_score_thresh=0.0), False)
     inside = (plain[:, 0] > 8) & (plain[:, 2] < 56) & (plain[:, 1] > 8) & (plain[:, 3] < 56)  # not clipped
     widths = (grown[:, 2] - grown[:, 0]) / (plain[:, 2] - plain[:, 0])
     assert inside.any() and torch.allclose(widths[inside], torch.tensor(1.2), atol=1e-4)
-    _, out = boxes_seen(dataclasses.replace(tiny_config, part_box_scale=1.2, box_score_thresh=0.0), False)
     for image, result in zip(synthetic_batch[0], out):
         assert "mask_boxes" not in result and result["part_masks"].shape[-2:] == image.shape[-2:]
