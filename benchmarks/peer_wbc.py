@@ -274,7 +274,7 @@ def plot_curve(root: Path, out: Path) -> None:
         ax.set_title(f"{part} Dice" if part != "cell" else "whole-cell Dice")
         ax.set_xlabel("adapting, wall minutes (one thread)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(out, dpi=110)
 
