@@ -16,7 +16,7 @@ from ..config.fields import BACKBONE_TABLE
 from ..config.model import ModelConfig
 from .backbone import REPRESENTATION, _with_download_hint, build_backbone, resolve_norm
 from .heads import AlignedMultiScaleRoIAlign, PartRoIHeads, PartRPN, add_input_image
-from .part_heads import build_part_head
+from .part_heads import LEVELS, build_part_head
 from .transform import PartRCNNTransform
 from .weights import _FRESH_FROM_COCO, load_matching_state_dict, read_state_dict
 
@@ -72,7 +72,6 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
     c = backbone.out_channels
     aligned = config.mask_alignment == "exact"
     pool = AlignedMultiScaleRoIAlign if aligned else MultiScaleRoIAlign
-    levels = ["0", "1", "2", "3"]
     # Modules with weights are made in torchvision MaskRCNN's order, so a seed gives the same starting weights.
     box_predictor = FastRCNNPredictor(REPRESENTATION, config.num_classes + 1)
     part_head = build_part_head(config, c)
@@ -88,7 +87,7 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
                                 pre_nms_top_n={"training": 2000, "testing": 1000},
                                 post_nms_top_n={"training": 2000, "testing": 1000}, nms_thresh=0.7,
                                 score_thresh=extra.get("rpn_score_thresh", 0.0))
-    box_roi_pool = pool(levels, 7, 2)
+    box_roi_pool = pool(LEVELS, 7, 2)
     box_head = extra.get("box_head")
     if box_head is None:
         box_head = TwoMLPHead(c * 7 ** 2, REPRESENTATION)
