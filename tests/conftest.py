@@ -102,14 +102,12 @@ def demo_run(tmp_path_factory) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """A model trained for eight epochs on the sample: weak, but it finds cells (best.pt of its run)."""
-    out = tmp_path_factory.mktemp("run")
-    config = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
-                                      rpn_batch_size_per_image=64, box_batch_size_per_image=64),
-                    data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=8, workers=0, device="cpu"))
-    cellrcnn.fit(config, SAMPLE, out / "run", quiet=True)
-    return out / "run" / "best.pt"
+def checkpoint(demo_run):
+    """The demo's model (best.pt of ``make demo``'s run): the suite trains on the sample once, and every test
+    that needs a trained model reads that one, as a user's notebook reads the demo's."""
+    path = demo_run.out / "run" / "best.pt"
+    assert demo_run.result.returncode == 0 and path.is_file(), demo_run.result.stdout + demo_run.result.stderr
+    return path
 
 
 @pytest.fixture(scope="session")
