@@ -40,7 +40,7 @@ $(VENV)/.clone-$(ENV_KEY):
 	  $(PYTHON) -m venv "$$target"; \
 	  "$$target/bin/python" -m pip install -q --upgrade pip setuptools wheel; \
 	  "$$target/bin/python" -m pip install -q $(TORCH_PAIR); \
-	  "$$target/bin/python" -m pip install -q ".[test,napari,bioimageio]"; \
+	  "$$target/bin/python" -m pip install -q ".[test,napari,bioimageio,formats]"; \
 	  "$$target/bin/python" -m pip uninstall -q -y cellrcnn; \
 	  "$$target/bin/python" -c "import torchvision.ops; torchvision.ops.nms" ; \
 	  touch "$$target/.ready-$(ENV_KEY)"; \

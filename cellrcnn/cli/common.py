@@ -87,6 +87,7 @@ DATA_FLAGS = (
                                "percentiles")),
     ("validation split and augmentation", "data", ("val_fraction", "val_dir", "split_seed", "augment")),
     ("channels, stacks and crops", "data", ("channels", "projection", "crop")),
+    ("units", "data", ("pixel_size",)),
 )
 MODEL_FLAGS = (("model", "model", ("backbone", "weights", "min_size", "max_size", "parts", "part_weights",
                                     "class_specific_parts", "mask_size", "edge_weight", "dice_weight", "part_head", "part_rois_per_image", "part_box_scale", "norm", "mask_alignment",

@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..config.fields import PROJECTIONS
+from ..config.fields import MAX_PIXEL_UM, MIN_PIXEL_UM, PROJECTIONS
 from ..io.coco import PREDICTION_FILE as COCO_FILE
 from .common import (TTA_HELP, command, HelpFormatter, Parser, add_cell_arguments, add_scale_arguments, cell_choice,
                      check_out_folder, check_scale_arguments, setup_logging)
@@ -58,7 +58,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")
     add_cell_arguments(parser)
     out = parser.add_argument_group("outputs")
-    out.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel (areas in um^2)")
+    out.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel of every image, instead of what "
+                     "their files state (ImageJ TIFF, OME-TIFF, OME-Zarr, CZI): measurements in um and um^2, "
+                     "calibrated label TIFFs, and images resized for a model that records its own pixel size")
     out.add_argument("--rois", action="store_true", help="also write <image>_rois.zip (ImageJ ROI set)")
     out.add_argument("--overlays", action="store_true", help="also write <image>_overlay.png")
     out.add_argument("--geojson", action="store_true", help="also write <image>.geojson: QuPath cell objects, each "
@@ -91,8 +93,9 @@ def predict_main(argv: list[str] | None = None) -> int:
         parser.error("--batch-size must be at least 1")
     if args.max_pixels is not None and args.max_pixels < 1:
         parser.error(f"--max-pixels must be at least 1, got {args.max_pixels}")
-    if args.pixel_size is not None and not args.pixel_size > 0:
-        parser.error(f"--pixel-size must be positive, got {args.pixel_size}")
+    if args.pixel_size is not None and not MIN_PIXEL_UM <= args.pixel_size <= MAX_PIXEL_UM:
+        parser.error(f"--pixel-size is micrometres per pixel, from {MIN_PIXEL_UM:g} to {MAX_PIXEL_UM:g}; got "
+                     f"{args.pixel_size}")
     if not args.model.exists():
         parser.error(f"{args.model}: model not found (give best.pt, a run folder or a package .zip)")
     inputs, missing = _expand_inputs(args.input)
@@ -110,7 +113,9 @@ def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], cho
     """Load the model, list the images and check ``--out``, then predict (every process of a torchrun job runs
     this; a process that fails before the first write stops the others at their check-in)."""
     from ..export.files import OUTPUT_SUFFIXES, output_paths
+    from ..export.ngff import NGFF_LABELS
     from ..inference.predictor import Predictor
+    from ..io.files import is_zarr
     from ..io.folders import list_images, output_names
 
     error = None
@@ -118,7 +123,7 @@ def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], cho
         predictor = Predictor.from_checkpoint(args.model, device=str(runtime.device), scale=args.scale,
                                               cell_diameter=args.cell_diameter,
                                               projection=getattr(args, "data.projection"),
-                                              max_pixels=args.max_pixels)
+                                              max_pixels=args.max_pixels, pixel_size=args.pixel_size)
         predictor.tta = args.tta
         data = predictor.config.data
         # masks beside their images are told apart as training told them: by their suffix or their pattern
@@ -136,6 +141,12 @@ def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], cho
         clashes = [p for img in images for p in output_paths(args.out, names[img], args.rois, args.overlays,
                                                                                 args.geojson).values()
                    if p.exists()] + [p for p in (table_path, args.out / COCO_FILE) if p.exists()]
+        in_stores = [img / "labels" / kind for img in images if is_zarr(img) for kind in NGFF_LABELS
+                     if (img / "labels" / kind).exists()]
+        if in_stores:
+            logger.error("error: %s already holds predicted labels; pass --overwrite to replace them (OME-Zarr "
+                         "images get their labels written into their own store)", in_stores[0])
+            return 2
         finished = _finished(args.out / PIECES, names.values())
         if clashes and finished and not table_path.exists():
             logger.error("error: %s holds an interrupted run (%d of these %d images done); pass --resume to finish "
@@ -156,8 +167,7 @@ def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], cho
     elif predictor.scale is not None:
         logger.info("images resized by %.3g for the network (%s)", predictor.scale,
                     "given" if args.scale or args.cell_diameter else "the scale the model was trained at")
-    return _predict_files(predictor, names, runtime, args, {**choice, "pixel_size": args.pixel_size}, table_path,
-                          made)
+    return _predict_files(predictor, names, runtime, args, choice, table_path, made)
 
 
 def _stopped(error: BaseException | None, runtime) -> bool:
@@ -262,6 +272,8 @@ def _write_result(result, predictor, stem: str, pieces: Path, args: argparse.Nam
     done."""
     from ..export.coco import write_coco
     from ..export.files import export_prediction, write_table
+    from ..export.ngff import write_ngff_labels
+    from ..io.files import is_zarr
 
     if args.overlays and result.prediction.image is None:
         logger.warning("%s: predicted in tiles; no overlay PNG is drawn for a whole field (open the image "
@@ -272,8 +284,11 @@ def _write_result(result, predictor, stem: str, pieces: Path, args: argparse.Nam
                        "(where cells overlap, the better-scoring one); images of one tile keep whole cells",
                        result.path.name)
     # an image left half-written by an interrupted run is written again
-    export_prediction(result.prediction, args.out, predictor.parts, args.pixel_size, args.rois, args.overlays,
+    export_prediction(result.prediction, args.out, predictor.parts, None, args.rois, args.overlays,
                       overwrite=args.overwrite or args.resume, geojson=args.geojson)
+    if is_zarr(result.path):  # an OME-Zarr image gets its labels in its own store, beside the TIFFs in --out
+        write_ngff_labels(result.path, {"cells": result.prediction.cells, "parts": result.prediction.parts},
+                          result.prediction.pixel_size, overwrite=True)
     if args.coco:  # the file's own name, or its folder's too where names had to be told apart
         file_name = result.path.name
         if stem != result.path.stem:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .fields import AUGMENTATIONS, ENCODINGS, MAX_PIXELS, PROJECTIONS, TARGETS, _check, _positive_int, _Section
+from .fields import AUGMENTATIONS, ENCODINGS, MAX_PIXEL_UM, MAX_PIXELS, MIN_PIXEL_UM, PROJECTIONS, TARGETS, _check, _positive_int, _Section
 
 __all__ = ["DataConfig"]
 
@@ -91,6 +91,11 @@ class DataConfig(_Section):
         a damaged or hostile header cannot exhaust memory. A larger field stored
         as an uncompressed TIFF is read window by window and never meets it;
         raise it for a real large image in any other format.
+    pixel_size
+        Micrometres per pixel of every image, instead of what their files state
+        (ImageJ TIFF, OME-TIFF, OME-Zarr and CZI state it:
+        :func:`cellrcnn.io.calibration.pixel_size_of`). None: each file's own,
+        and none for files that state none (PNG, BMP, JPEG, plain TIFF).
     """
 
     image_glob: str = "*"
@@ -117,6 +122,7 @@ class DataConfig(_Section):
     projection: str = "none"
     crop: int | None = None
     max_pixels: int = MAX_PIXELS
+    pixel_size: float | None = None
 
     def __post_init__(self) -> None:
         if self.channels is not None:
@@ -134,6 +140,10 @@ class DataConfig(_Section):
                    f"crop must be a whole number of pixels, at least 32, got {self.crop!r}")
         _check(isinstance(self.max_pixels, int) and not isinstance(self.max_pixels, bool) and self.max_pixels >= 1,
                f"max_pixels must be a whole number of pixels, at least 1, got {self.max_pixels!r}")
+        _check(self.pixel_size is None or (isinstance(self.pixel_size, (int, float)) and not isinstance(self.pixel_size, bool)
+                                           and MIN_PIXEL_UM <= self.pixel_size <= MAX_PIXEL_UM),
+               f"pixel_size must be micrometres per pixel, from {MIN_PIXEL_UM:g} to {MAX_PIXEL_UM:g}, or None; got "
+               f"{self.pixel_size!r}")
         for name in ("part_values", "class_names", "percentiles", "coco_parts"):
             value = getattr(self, name)
             _check(isinstance(value, Sequence) and not isinstance(value, str),

@@ -43,6 +43,10 @@ PROJECTIONS = ("none", "max")
 #: The most pixels (rows x columns x planes) of an image read whole, checked from its header (``data.max_pixels``):
 #: 268 megapixels, a 16384 x 16384 field. Larger uncompressed TIFFs are read window by window.
 MAX_PIXELS = 2**28
+
+#: Pixel sizes outside this range (micrometres) are refused as absurd: 0.1 nm (beyond any electron
+#: microscope's pixel) to 1 cm (beyond any slide scanner's).
+MIN_PIXEL_UM, MAX_PIXEL_UM = 1e-4, 1e4
 #: Backbones for which torchvision publishes COCO detection weights.
 COCO_BACKBONES = tuple(name for name, (_, _, coco) in BACKBONE_TABLE.items() if coco)
 #: Resolutions of the predicted part masks (the mask head pools at half of it, then upsamples 2x).

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from ..config.model import ModelConfig
 from ..config.tree import Config
 from ..data.dataset import CellDataset, cell_sizes
+from ..io.calibration import training_pixel_size
 from ..data.splits import make_splits, write_split_csv
 from ..modeling.backbone import resolve_norm
 from ..modeling.build import build_model
@@ -331,6 +332,9 @@ class Trainer:
                                "128 px", side, *sizes)
         if model.part_weights == "auto":
             model = dataclasses.replace(model, part_weights=self._balanced_part_weights(table, model))
+        model = dataclasses.replace(model, pixel_size=training_pixel_size([pair.image for pair in pairs],
+                                                                          self.config.data.pixel_size,
+                                                                          say=self.runtime.is_main))
         per_image = scale.groupby(table["image"]).first()
         single = bool((table.groupby("image").size() == 1).all()) and not crop  # a crop may cut out neighbours
         if single and self.runtime.is_main:

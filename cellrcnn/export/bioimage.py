@@ -158,7 +158,8 @@ def _cells_kept(choice: CellChoice, config: Config) -> str:
            "score": "the best-scoring complete cell with a nucleus"}[choice.single_rule]
     if choice.largest is None:
         single = (f"it was trained on crops of one cell, so it keeps only {one} of an image no more than "
-                  f"{CROP_LIKE:g} times the training crops' side, and every cell of a larger one"
+                  f"{CROP_LIKE:g} times as many cells across as the training crops (counted in its largest "
+                  f"complete cell), and every cell of a larger one"
                   if config.model.single_cell else "it keeps every cell")
     else:
         single = f"it keeps only {one}" if choice.largest else "it keeps every cell"
@@ -339,18 +340,20 @@ def _describe(info: PackageInfo, name: str, config: Config, files: dict[str, Pat
 
     y, x = spec.AxisId("y"), spec.AxisId("x")
     size = spec.ParameterizedSize(min=4 * SIZE_STEP, step=SIZE_STEP)
+    # the pixel size of the training images, where known: consumers (deepImageJ, QuPath) resize to it
+    physical = {"unit": "micrometer", "scale": config.model.pixel_size} if config.model.pixel_size else {}
     image = spec.InputTensorDescr(
         id=spec.TensorId("image"),
         description="The image, 3 channels as the network gets them (see the documentation)",
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(c) for c in ("c0", "c1", "c2")]),
-              spec.SpaceInputAxis(id=y, size=size), spec.SpaceInputAxis(id=x, size=size)],
+              spec.SpaceInputAxis(id=y, size=size, **physical), spec.SpaceInputAxis(id=x, size=size, **physical)],
         test_tensor=spec.FileDescr(source=files["input"]),
         data=spec.IntervalOrRatioDataDescr(type="uint8" if dtype == np.uint8 else "float32"),
         preprocessing=_preprocessing(dtype, config.data.percentiles))
 
     def labels(tensor: str, description: str, data):
-        same = [spec.SpaceOutputAxis(id=a, size=spec.SizeReference(tensor_id=spec.TensorId("image"), axis_id=a))
-                for a in (y, x)]
+        same = [spec.SpaceOutputAxis(id=a, size=spec.SizeReference(tensor_id=spec.TensorId("image"), axis_id=a),
+                                     **physical) for a in (y, x)]
         return spec.OutputTensorDescr(
             id=spec.TensorId(tensor), description=description, data=data,
             axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(tensor)]), *same],

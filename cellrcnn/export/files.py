@@ -18,6 +18,7 @@ from skimage.measure import find_contours
 from skimage.segmentation import find_boundaries
 
 from ..inference.measure import Prediction
+from ..io.calibration import PixelSize
 from ..io.masks import CellMask
 from ..utils.files import atomic_write
 from ..viz.style import part_colour
@@ -43,12 +44,14 @@ def output_paths(out_dir: str | os.PathLike, name: str, rois: bool = False, over
     return {kind: Path(out_dir) / f"{name}{OUTPUTS[kind]}" for kind in kinds}
 
 
-def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = "", pixel_size: float | None = None,
-                     overwrite: bool = False) -> Path:
+def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = "",
+                     pixel_size: PixelSize | float | None = None, overwrite: bool = False) -> Path:
     """A zlib-compressed ImageJ TIFF of a label image (uint8 or uint16; uint32 as 32-bit float), with ``info`` in its
     metadata.
 
-    With ``pixel_size`` (micrometres) the resolution is set so Fiji measures in microns.
+    With ``pixel_size`` (micrometres, one figure or a :class:`~cellrcnn.io.calibration.PixelSize`) the resolution
+    and ImageJ's unit are set so that Fiji and QuPath measure in µm, and it reads back with
+    :func:`~cellrcnn.io.calibration.pixel_size_of`.
     """
     if labels.dtype not in (np.uint8, np.uint16, np.uint32):
         raise ValueError(f"label images are written as uint8, uint16 or uint32, got {labels.dtype}")
@@ -57,8 +60,9 @@ def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = ""
     metadata = {"Info": info} if info else {}
     extra = {}
     if pixel_size:
+        size = pixel_size if isinstance(pixel_size, PixelSize) else PixelSize(float(pixel_size), float(pixel_size))
         metadata["unit"] = "micron"
-        extra["resolution"] = (1.0 / pixel_size, 1.0 / pixel_size)
+        extra["resolution"] = (1.0 / size.x, 1.0 / size.y)
     return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels, imagej=True, metadata=metadata,
                                                            compression="zlib", **extra), overwrite=overwrite)
 
@@ -107,14 +111,16 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike, overwrite: bool = 
 
 
 def export_prediction(prediction: Prediction, out_dir: str | os.PathLike, part_names: tuple[str, ...],
-                      pixel_size: float | None = None, rois: bool = False, overlays: bool = False,
+                      pixel_size: PixelSize | float | None = None, rois: bool = False, overlays: bool = False,
                       overwrite: bool = False, geojson: bool = False) -> dict[str, Path]:
     """Write every file of one prediction; returns their paths (see :func:`output_paths`).
 
     The label TIFFs give a pixel under two cells to the better-scoring one; the ROI set and the
     GeoJSON keep each cell's whole outline (:attr:`Prediction.masks`). No overlay is drawn for a
-    prediction without its image (a field predicted in tiles).
+    prediction without its image (a field predicted in tiles). The label TIFFs carry ``pixel_size``, by
+    default the prediction's own (its image's).
     """
+    pixel_size = pixel_size or prediction.pixel_size
     paths = output_paths(out_dir, prediction.name, rois, overlays, geojson)
     parts_info = "parts: " + ", ".join(f"{k}={n}" for k, n in enumerate(part_names))
     write_label_tiff(paths["cells"], prediction.cells if prediction.cells.dtype == np.uint32 else

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from ..io.calibration import PixelSize
 from ..io.masks import CellMask, cell_masks_from_labels
 from .selection import MIN_NUCLEUS_FRACTION
 
@@ -36,6 +37,8 @@ class Prediction:
         Cell ``k``'s whole mask in ``masks[k - 1]``, overlaps kept (in ``cells``
         a pixel goes to the best-scoring cell only). None for an image predicted in
         tiles: there each cell is its label-image remainder.
+    pixel_size : PixelSize or None
+        The image's pixel size (its file's, or given); the label files are written with it.
     """
 
     name: str
@@ -44,6 +47,7 @@ class Prediction:
     parts: np.ndarray
     table: pd.DataFrame = field(repr=False)
     masks: list[CellMask] | None = field(default=None, repr=False)
+    pixel_size: PixelSize | None = None
 
     def cell_masks(self) -> list[CellMask]:
         """Each cell's mask, cell ``k`` at ``k - 1``: whole where :attr:`masks` has it, else its label-image
@@ -78,7 +82,7 @@ def whole_masks(cells: np.ndarray, output: dict) -> list[CellMask]:
 
 def measure_cells(cells: np.ndarray, parts: np.ndarray, image, part_names: tuple[str, ...],
                   scores: dict[int, float] | None = None, classes: dict[int, str] | None = None,
-                  pixel_size: float | None = None, name: str = "image", block: int = 1024) -> pd.DataFrame:
+                  pixel_size: PixelSize | float | None = None, name: str = "image", block: int = 1024) -> pd.DataFrame:
     """Per-cell measurements from label images.
 
     The images are read block by block, so a whole field of view is measured
@@ -97,8 +101,10 @@ def measure_cells(cells: np.ndarray, parts: np.ndarray, image, part_names: tuple
         Part names, background first.
     scores, classes : dict, optional
         Detection score and class name of each cell label.
-    pixel_size : float, optional
-        Micrometres per pixel; adds areas in square micrometres.
+    pixel_size : PixelSize or float, optional
+        Micrometres per pixel; adds areas in µm² (``*_um2``), centroids in µm
+        (``centroid_x_um``, ``centroid_y_um``) and the diameter of the circle of
+        the cell's area (``diameter_um``).
     name : str
         The image's name, first column.
     block : int
@@ -157,8 +163,13 @@ def measure_cells(cells: np.ndarray, parts: np.ndarray, image, part_names: tuple
     for k, part_name in enumerate(part_names[1:], start=1):
         table[f"{part_name}_area_px"] = counts[:, k].astype(np.int64)
     if pixel_size:
+        size = pixel_size if isinstance(pixel_size, PixelSize) else PixelSize(float(pixel_size), float(pixel_size))
         for column in [c for c in table.columns if c.endswith("area_px")]:
-            table[column.replace("_px", "_um2")] = table[column] * pixel_size**2
+            table[column.replace("_px", "_um2")] = table[column] * size.area
+        # centroids of pixel centres: pixel i spans [i, i + 1), its centre lies at i + 0.5
+        table["centroid_x_um"] = (table["centroid_x"] + 0.5) * size.x
+        table["centroid_y_um"] = (table["centroid_y"] + 0.5) * size.y
+        table["diameter_um"] = 2 * np.sqrt(table["area_um2"] / np.pi)
     if "nucleus" in part_names and "cytoplasm" in part_names:
         cyto = table["cytoplasm_area_px"].astype(float)
         table["nc_ratio"] = table["nucleus_area_px"] / cyto.where(cyto > 0)

@@ -14,8 +14,9 @@ import pandas as pd
 import torch
 
 from ..config.tree import Config
+from ..io.calibration import PixelSize, checked_pixel_size
 from ..io.fields import ImageField, field_from_array, open_field
-from ..io.files import DataError
+from ..io.files import DataError, image_stem
 from ..modeling.build import build_model
 from ..modeling.checkpoint import load_model_state, model_from_checkpoint, run_checkpoint
 from ..modeling.transform import predict_labels
@@ -24,7 +25,7 @@ from ..utils.runtime import resolve_device
 from .measure import Prediction, measure_cells, whole_masks
 from .package import is_package, read_package
 from .scale import prediction_scale, scale_from_ladder, warn_off_size
-from .selection import CellChoice, border_labels, keeps_largest, kept_cells, nucleated
+from .selection import CellChoice, border_labels, keeps_largest, kept_cells, largest_complete_side, nucleated
 from .tta import VIEWS, from_view, merge_views, to_view
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 
@@ -105,6 +106,9 @@ class Predictor:
         elif isinstance(cell_diameter, str):
             raise ValueError(f"the cell diameter must be a number of pixels or 'auto', got {cell_diameter!r}")
         self.scale = prediction_scale(config.model, scale, cell_diameter)
+        #: A scale or cell diameter was given: it wins over the images' pixel sizes.
+        self.scale_given = scale is not None or cell_diameter is not None
+        self._physics_told: set[float] = set()
         self._size_warned = False
         #: The cells kept when a call does not say (see :mod:`cellrcnn.inference.selection`).
         self.default_choice = choice or CellChoice()
@@ -116,7 +120,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", scale: float | None = None,
                         cell_diameter: float | str | None = None, choice: CellChoice | None = None,
-                        projection: str | None = None, max_pixels: int | None = None) -> "Predictor":
+                        projection: str | None = None, max_pixels: int | None = None,
+                        pixel_size: float | None = None) -> "Predictor":
         """Load a trained model: ``best.pt`` or ``last.pt`` of a run, a run folder (its ``best.pt``), or a
         bioimage.io package exported by cellrcnn (``model.zip``, see :func:`cellrcnn.export.bioimage.export_model`).
 
@@ -126,7 +131,8 @@ class Predictor:
         it. Reading a package needs ``bioimageio.spec``
         (``pip install 'cellrcnn[bioimageio]'``). ``projection`` (``"max"`` or
         ``"none"``) replaces the model's ``data.projection`` for Z-stacks and time series; ``max_pixels``
-        its ``data.max_pixels``, the largest image read whole.
+        its ``data.max_pixels``, the largest image read whole; ``pixel_size`` (µm) is taken for every
+        image instead of what its file states.
         """
         if is_package(path):
             package = read_package(path)
@@ -135,7 +141,7 @@ class Predictor:
             config, choice = package.config, choice or package.choice
         else:
             model, config = model_from_checkpoint(run_checkpoint(path), map_location="cpu")
-        given = {"projection": projection, "max_pixels": max_pixels}
+        given = {"projection": projection, "max_pixels": max_pixels, "pixel_size": pixel_size}
         config = replace(config, data=replace(config.data, **{k: v for k, v in given.items() if v is not None}))
         return cls(model, config, resolve_device(device), scale, cell_diameter, choice)
 
@@ -212,9 +218,34 @@ class Predictor:
         return {"scores": output["scores"].numpy()[keep],
                 "diameters": np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))}
 
+    def scale_for_pixel_size(self, pixel_size: PixelSize | None, name: str = "image") -> float | None:
+        """The resize factor of an image of ``pixel_size``: the training scale times the ratio of its pixel size
+        to the training images' (``model.pixel_size``), so that a micrometre spans as many network pixels as in
+        training; the predictor's scale when either size is unknown or a scale or cell diameter was given."""
+        model_size = self.config.model.pixel_size
+        if self.scale_given or pixel_size is None or model_size is None or self.scale is None:
+            return self.scale
+        ratio = pixel_size.side / model_size
+        if round(ratio, 3) not in self._physics_told:  # once for each ratio met
+            self._physics_told.add(round(ratio, 3))
+            logger.info("%s: %s, the model's images %.4g µm: resized by %.3g for the model (give --scale or "
+                        "--cell-diameter to choose otherwise)", name, pixel_size, model_size, self.scale * ratio)
+        return self.scale * ratio
+
     def _scale_for(self, field: ImageField, score_threshold: float) -> float | None:
-        """The resize factor of ``field``: estimated in it with ``cell_diameter="auto"``, else the predictor's."""
-        return self.estimate_scale(field, score_threshold=score_threshold) if self.auto_scale else self.scale
+        """The resize factor of ``field``: estimated in it with ``cell_diameter="auto"``, else from its pixel size
+        (:meth:`scale_for_pixel_size`)."""
+        if self.auto_scale:
+            return self.estimate_scale(field, score_threshold=score_threshold)
+        return self.scale_for_pixel_size(field.pixel_size, field.name)
+
+    @staticmethod
+    def _calibrate(field: ImageField, pixel_size: float | PixelSize | None) -> ImageField:
+        """``field`` with ``pixel_size`` (µm, given to a call) instead of what its file states."""
+        if pixel_size is not None:
+            field.pixel_size = pixel_size if isinstance(pixel_size, PixelSize) else \
+                checked_pixel_size(pixel_size, pixel_size, "given", f"{field.name}: pixel_size")
+        return field
 
     def _forward(self, arrays: list[np.ndarray], scale: float | None, score_threshold: float) -> list[dict]:
         """The network's output for each array, in order. Arrays of one shape go through together: a batch pads
@@ -247,27 +278,30 @@ class Predictor:
                       pixel_size: float | None = None, *, single_rule: str | None = None) -> list[Prediction]:
         """Predict several images (paths or arrays) whole, in one forward pass; see :meth:`predict`."""
         choice = self.choice(score_threshold, largest, max_cells, single_rule)
-        fields = [self._open(img, n) for img, n in zip(images, names or [None] * len(images))]
+        fields = [self._calibrate(self._open(img, n), pixel_size) for img, n in zip(images, names or [None] * len(images))]
         if self.auto_scale:  # a scale per image: one image per forward pass
-            return [self.predict(f, pixel_size=pixel_size, **choice.as_kwargs()) for f in fields]
-        return self._whole(fields, self.scale, choice, pixel_size)
+            return [self.predict(f, **choice.as_kwargs()) for f in fields]
+        return self._whole(fields, [self._scale_for(f, choice.score_threshold) for f in fields], choice)
 
-    def _whole(self, fields: list[ImageField], scale: float | None, choice: CellChoice,
-               pixel_size: float | None) -> list[Prediction]:
-        """Images of one tile each, in one forward pass at ``scale``."""
+    def _whole(self, fields: list[ImageField], scales: list[float | None], choice: CellChoice) -> list[Prediction]:
+        """Images of one tile each, those of one scale in one forward pass."""
         arrays = [f.read(0, f.shape[0], 0, f.shape[1]) for f in fields]
         if self.tta:
-            return [self._views(field, array, scale, choice, pixel_size) for field, array in zip(fields, arrays)]
+            return [self._views(field, array, scale, choice) for field, array, scale in zip(fields, arrays, scales)]
+        outputs: list[dict] = [{} for _ in fields]
+        for scale in dict.fromkeys(scales):
+            members = [i for i, s in enumerate(scales) if s == scale]
+            for i, output in zip(members, self._forward([arrays[i] for i in members], scale, choice.score_threshold)):
+                outputs[i] = output
         predictions = []
-        for field, array, output in zip(fields, arrays, self._forward(arrays, scale, choice.score_threshold)):
+        for field, array, output, scale in zip(fields, arrays, outputs, scales):
             stitcher = Stitcher(field.shape)
             self._stitch(stitcher, Tile(0, field.shape[0], 0, field.shape[1]), output)
-            prediction = self._finish(field.name, array, stitcher.finish(), choice, pixel_size, scale, tiled=False)
+            prediction = self._finish(field, array, stitcher.finish(), choice, scale, tiled=False)
             predictions.append(replace(prediction, masks=whole_masks(prediction.cells, output)))
         return predictions
 
-    def _views(self, field: ImageField, array: np.ndarray, scale: float | None, choice: CellChoice,
-               pixel_size: float | None) -> Prediction:
+    def _views(self, field: ImageField, array: np.ndarray, scale: float | None, choice: CellChoice) -> Prediction:
         """One image of one tile predicted in each of its :data:`~cellrcnn.inference.tta.VIEWS`, merged per cell
         (``tta``); cells are then kept by the rule, as for one view. Whole masks are the label image's."""
         views = []
@@ -279,7 +313,7 @@ class Predictor:
             found = stitcher.finish()
             views.append({"cells": from_view(found["cells"], view), "parts": from_view(found["parts"], view),
                           "scores": found["scores"], "classes": found["classes"]})
-        return self._finish(field.name, array, merge_views(views), choice, pixel_size, scale, tiled=False)
+        return self._finish(field, array, merge_views(views), choice, scale, tiled=False)
 
     def _steps(self, field: ImageField, choice: CellChoice, pixel_size: float | None, tile: int | None,
                overlap: int | None, batch_size: int,
@@ -291,11 +325,12 @@ class Predictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._calibrate(field, pixel_size)
         scale = self._scale_for(field, choice.score_threshold)
         tiles = self.tiles(field.shape, tile, overlap, scale)
         if not (len(tiles) > 1 if tiled is None else tiled):
             yield 0, 1
-            prediction = self._whole([field], scale, choice, pixel_size)[0]
+            prediction = self._whole([field], [scale], choice)[0]
             yield 1, 1
             return prediction
         stitcher = Stitcher(field.shape, edge=int(math.ceil(EDGE_MARGIN / (scale or 1.0))),
@@ -307,7 +342,7 @@ class Predictor:
             for t, output in zip(batch, outputs):
                 self._stitch(stitcher, t, output)
             yield start + len(batch), len(tiles)
-        return self._finish(field.name, field, stitcher.finish(), choice, pixel_size, scale, tiled=len(tiles) > 1)
+        return self._finish(field, field, stitcher.finish(), choice, scale, tiled=len(tiles) > 1)
 
     @staticmethod
     def _drain(steps: Generator[tuple[int, int], None, Prediction], name: str, progress: bool) -> Prediction:
@@ -390,7 +425,11 @@ class Predictor:
         max_cells : int, optional
             Keep at most this many cells, the best-scoring ones.
         pixel_size : float, optional
-            Micrometres per pixel, for areas in square micrometres.
+            Micrometres per pixel, instead of what the file states
+            (:func:`cellrcnn.io.calibration.pixel_size_of`). With a pixel size
+            the table has µm and µm² beside pixels, and an image of a model
+            that records its own (``model.pixel_size``) is resized by their
+            ratio unless the predictor was given a scale or cell diameter.
         tile, overlap : int, optional
             Tile side and overlap in image pixels (see :meth:`tiles`).
         batch_size : int
@@ -444,7 +483,7 @@ class Predictor:
         pending: list[tuple[Path, ImageField]] = []
         pixel_size = options.pop("pixel_size", None)
         choice = self.choice(**options)
-        options = {"pixel_size": pixel_size, **choice.as_kwargs()}
+        options = choice.as_kwargs()
 
         def flush() -> Iterator[PathResult]:
             if pending:
@@ -455,18 +494,18 @@ class Predictor:
         paths = [Path(p) for p in paths]
         if names is not None and len(names) != len(paths):
             raise ValueError(f"{len(names)} names for {len(paths)} paths")
-        for path, name in zip(paths, names or [p.stem for p in paths]):
+        for path, name in zip(paths, names or [image_stem(p) for p in paths]):
             try:
-                field = self._large_enough(open_field(path, self.config.data))
+                field = self._calibrate(self._large_enough(open_field(path, self.config.data)), pixel_size)
                 field.name = name
                 if self.auto_scale:  # each file at its own scale
                     yield PathResult(path, prediction=self.predict(field, tile=tile, overlap=overlap,
                                                                    batch_size=batch_size, progress=progress,
                                                                    **options))
                     continue
-                if len(self.tiles(field.shape, tile, overlap)) > 1:
+                if len(self.tiles(field.shape, tile, overlap, self._scale_for(field, choice.score_threshold))) > 1:
                     yield from flush()
-                    steps = self._steps(field, choice, pixel_size, tile, overlap, batch_size)
+                    steps = self._steps(field, choice, None, tile, overlap, batch_size)
                     yield PathResult(path, prediction=self._drain(steps, field.name, progress))
                     continue
             except DataError as err:
@@ -484,12 +523,16 @@ class Predictor:
         if not (self.auto_scale or self._size_warned):
             self._size_warned = warn_off_size(name, table, scale, self.config.model.cell_size)
 
-    def _finish(self, name: str, image, field: dict, choice: CellChoice, pixel_size: float | None,
-                scale: float | None, tiled: bool) -> Prediction:
+    def _finish(self, source: ImageField, image, field: dict, choice: CellChoice, scale: float | None,
+                tiled: bool) -> Prediction:
         """Labels, the cells kept by the rule of :mod:`cellrcnn.inference.selection`, and their table, from the
-        labels of the whole image (``field``: :meth:`~cellrcnn.inference.tiles.Stitcher.finish`'s dict)."""
+        labels of the whole image (``field``: :meth:`~cellrcnn.inference.tiles.Stitcher.finish`'s dict) of
+        ``source``, measured in its pixel size."""
+        name, pixel_size = source.name, source.pixel_size
         cells, parts, scores, classes = field["cells"], field["parts"], field["scores"], field["classes"]
-        largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled)
+        side = None if tiled or choice.largest is not None or not self.config.model.single_cell else \
+            largest_complete_side(cells, len(scores))
+        largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled, side)
         self._tell_single_cell(choice, largest, name)
         ids = np.arange(1, len(scores) + 1)
         nucleus = nucleated(cells, parts, len(scores), self.parts) if largest else None
@@ -507,7 +550,7 @@ class Predictor:
                               pixel_size, name)
         self._check_size(name, table, scale)
         return Prediction(name=name, image=image if isinstance(image, np.ndarray) else None, cells=cells, parts=parts,
-                          table=table)
+                          table=table, pixel_size=pixel_size)
 
     def _tell_single_cell(self, choice: CellChoice, largest: bool, name: str) -> None:
         """Log, once each way, whether a single-cell model's choice of one cell applies (``largest=None``)."""

@@ -24,9 +24,11 @@ The rule, in order:
 The single-cell choice is on when asked for (``largest=True``). Left to the
 model (``largest=None``) it is on only for a model trained on single-cell crops
 (``ModelConfig.single_cell``) and an image like those crops: predicted whole, in
-one piece, and no more than :data:`CROP_LIKE` times the training images' side
-once resized for the network. A tiled field, or any image much larger than the
-crops, keeps every cell.
+one piece, and, measured in its largest complete cell, no more than
+:data:`CROP_LIKE` times as many cells across as the training crops. The image is
+judged as given, by what the model finds in it, not by a resize factor that may
+be wrong (another microscope). A tiled field, or any image much larger than its
+cells, keeps every cell.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ from ..config.fields import SINGLE_RULES
 from ..config.model import ModelConfig
 from ..data.targets import border_labels
 
-__all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "border_labels", "CROP_LIKE",
+__all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "largest_complete_side", "border_labels", "CROP_LIKE",
            "SINGLE_RULES", "MIN_NUCLEUS_FRACTION", "nucleated"]
 
-#: An image whose longer side, in network pixels, is at most this many times the training images' longest
-#: side (``ModelConfig.max_size``) counts as a crop like those of the training images.
+#: An image whose longer side, counted in its largest complete cell's diameter, is at most this many times
+#: the training crops' (``max_size / cell_size``) counts as a crop like them.
 CROP_LIKE = 3.0
 #: A cell has a nucleus when at least this share of its pixels are nucleus.
 MIN_NUCLEUS_FRACTION = 0.01
@@ -98,16 +100,36 @@ class CellChoice:
         return dataclasses.asdict(self)
 
 
-def looks_like_training_crops(model: ModelConfig, shape: tuple[int, int], scale: float | None) -> bool:
-    """True when an image of ``shape`` (H, W), resized by ``scale``, is no larger than :data:`CROP_LIKE`
-    times the training images (``max_size`` network pixels); ``scale`` None: resized to ``min_size``."""
+def looks_like_training_crops(model: ModelConfig, shape: tuple[int, int], scale: float | None,
+                              cell_side: float | None = None) -> bool:
+    """True when an image of ``shape`` (H, W) is like the model's single-cell training crops.
+
+    With ``cell_side`` (the image's largest complete cell: the square root of its box area, image pixels)
+    and a model that records its cell size: the image spans at most :data:`CROP_LIKE` times as many such
+    cells as a training crop (``max_size / cell_size``), whatever its magnification. Otherwise (no complete
+    cell found, an old model): the image resized by ``scale`` is no larger than :data:`CROP_LIKE` times the
+    training images (``max_size`` network pixels); ``scale`` None: resized to ``min_size``."""
+    if cell_side is not None and cell_side > 0 and model.cell_size:
+        return max(shape) / cell_side <= CROP_LIKE * model.max_size / model.cell_size
     if scale is None:
         scale = model.min_size / max(1, min(shape))
     return max(shape) * scale <= CROP_LIKE * model.max_size
 
 
+def largest_complete_side(cells: np.ndarray, count: int) -> float | None:
+    """The square root of the box area of the largest (by box) cell of ``cells`` (int ``[H, W]``, labels
+    1..``count``) that touches no image edge; None when every cell does."""
+    from scipy import ndimage
+
+    edge = set(border_labels(cells).tolist())
+    sides = [math.sqrt((box[0].stop - box[0].start) * (box[1].stop - box[1].start))
+             for label, box in enumerate(ndimage.find_objects(np.asarray(cells, dtype=np.int64), count), start=1)
+             if box is not None and label not in edge]
+    return max(sides, default=None)
+
+
 def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int], scale: float | None,
-                  tiled: bool) -> bool:
+                  tiled: bool, cell_side: float | None = None) -> bool:
     """Whether the single-cell choice applies to one image.
 
     Parameters
@@ -122,10 +144,13 @@ def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int]
         The factor resizing the image for the network.
     tiled : bool
         The image is predicted in several tiles (a whole field).
+    cell_side : float, optional
+        Its largest complete cell's size (:func:`largest_complete_side`); see
+        :func:`looks_like_training_crops`.
     """
     if choice.largest is not None:
         return bool(choice.largest)
-    return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale)
+    return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale, cell_side)
 
 
 def nucleated(cells: np.ndarray, parts: np.ndarray, count: int, part_names: tuple[str, ...]) -> np.ndarray | None:

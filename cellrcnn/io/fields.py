@@ -11,11 +11,12 @@ import numpy as np
 import tifffile
 
 from ..config.data import DataConfig
-from .files import DataError, _is_tiff, _unreadable, read_raw_axes
+from .calibration import PixelSize, checked_pixel_size, pixel_size_of
+from .files import DataError, _is_tiff, _unreadable, image_stem, is_zarr, open_zarr_array, read_raw_axes
 from .intensity import _config, _levels, _pixels, _scale
 from .layouts import _Layout, _layout
 
-__all__ = ["LEVEL_PIXELS", "ImageField", "open_field", "field_from_array"]
+__all__ = ["LEVEL_PIXELS", "ImageField", "open_field", "field_from_array", "given_pixel_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +70,24 @@ class ImageField:
     shape : tuple of int
         ``(H, W)`` in pixels.
     mapped : bool
-        True when read through a memory map (uncompressed TIFF).
+        True when read window by window from the file (an uncompressed TIFF through a memory map, an
+        OME-Zarr chunk by chunk).
+    pixel_size : PixelSize or None
+        Micrometres per pixel: ``data.pixel_size`` when set, else what the file states
+        (:func:`~cellrcnn.io.calibration.pixel_size_of`); None when unknown.
     """
 
     path: Path | None
     name: str
     shape: tuple[int, int]
     mapped: bool
+    pixel_size: PixelSize | None
 
     def __init__(self, source, layout: _Layout, config: DataConfig, name: str, path: Path | None = None,
-                 mapped: bool = False, label: str | None = None) -> None:
+                 mapped: bool = False, label: str | None = None, pixel_size: PixelSize | None = None) -> None:
         self._source, self._layout = source, layout
         self._label = label or name  # in error messages: the full path when there is one
-        self.path, self.name, self.mapped = path, name, mapped
+        self.path, self.name, self.mapped, self.pixel_size = path, name, mapped, pixel_size
         self.shape = (layout.height, layout.width)
         self._low, self._high = _levels(self._level_sample(), config.percentiles, self._label)
 
@@ -168,6 +174,11 @@ def open_field(path: str | os.PathLike, config: DataConfig | None = None) -> Ima
     config = _config(config, "open_field")
     path = Path(path)
     source = None
+    pixel_size = given_pixel_size(config) or pixel_size_of(path)
+    if is_zarr(path):  # read chunk by chunk, never whole
+        source, axes = open_zarr_array(path)
+        layout = _layout(tuple(source.shape), axes, config.channels, config.projection, str(path))
+        return ImageField(source, layout, config, image_stem(path), path, True, str(path), pixel_size)
     if _is_tiff(path):
         try:
             with tifffile.TiffFile(path) as tif:
@@ -183,10 +194,18 @@ def open_field(path: str | os.PathLike, config: DataConfig | None = None) -> Ima
         log = logger.info if source.size > LEVEL_PIXELS else logger.debug
         log("%s: not an uncompressed TIFF, read whole into memory (%d MB)", path, source.nbytes // 2**20)
     layout = _layout(source.shape, axes, config.channels, config.projection, str(path))
-    return ImageField(source, layout, config, path.stem, path, isinstance(source, _Mapped), str(path))
+    return ImageField(source, layout, config, image_stem(path), path, isinstance(source, _Mapped), str(path),
+                      pixel_size)
 
 
-def field_from_array(array: np.ndarray, config: DataConfig | None = None, name: str = "image") -> ImageField:
+def given_pixel_size(config: DataConfig) -> PixelSize | None:
+    """``data.pixel_size`` as a :class:`PixelSize` (``source="given"``), or None."""
+    return None if config.pixel_size is None else checked_pixel_size(config.pixel_size, config.pixel_size, "given",
+                                                                      "data.pixel_size")
+
+
+def field_from_array(array: np.ndarray, config: DataConfig | None = None, name: str = "image",
+                     pixel_size: PixelSize | None = None) -> ImageField:
     """An :class:`ImageField` over pixels in memory (``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``).
 
     Parameters
@@ -197,8 +216,10 @@ def field_from_array(array: np.ndarray, config: DataConfig | None = None, name: 
         Its ``channels``, ``projection`` and ``percentiles`` apply; None: the defaults.
     name : str
         The field's name, used in error messages.
+    pixel_size : PixelSize, optional
+        Its pixel size; None: ``config.pixel_size``, if any.
     """
     config = _config(config, "field_from_array")
     array = np.asarray(array)
     layout = _layout(array.shape, None, config.channels, config.projection, name)
-    return ImageField(array, layout, config, name)
+    return ImageField(array, layout, config, name, pixel_size=pixel_size or given_pixel_size(config))

@@ -13,11 +13,77 @@ import tifffile
 from ..config.fields import MAX_PIXELS
 from ..utils.errors import DataError
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "MAX_MEMBER_BYTES", "check_package_sizes", "check_pixels", "zip_members", "read_raw", "read_raw_axes"]
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "image_stem", "is_zarr", "open_zarr_array", "MAX_MEMBER_BYTES", "check_package_sizes", "check_pixels", "zip_members", "read_raw", "read_raw_axes"]
 
 
-#: File extensions read as images or masks.
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
+#: File extensions read as images or masks (``.zarr``: an OME-Zarr folder; ``.czi``: Zeiss, with
+#: ``cellrcnn[formats]``).
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg", ".czi", ".zarr")
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """The name of an image's results: its file name without the extension, nor ``.ome`` before it
+    (``a.ome.tif`` and ``a.ome.zarr`` give ``a``)."""
+    stem = Path(path).stem
+    return stem[:-4] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """A zarr group folder (v2 or v3): an OME-Zarr image, or one of its NGFF label images."""
+    path = Path(path)
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zattrs").is_file()
+                              or (path / ".zgroup").is_file())
+
+
+def open_zarr_array(path: str | os.PathLike):
+    """The full-resolution array of an OME-Zarr image (or NGFF label image), unread, and its axes in
+    tifffile's letters (``CYX``, ``TCZYX``...).
+
+    Raises
+    ------
+    DataError
+        Not an OME-Zarr image, malformed metadata, a missing array, or zarr not installed.
+    """
+    from .calibration import ngff_level0
+
+    path = Path(path)
+    try:
+        import zarr
+    except ImportError:
+        raise DataError(f"{path}: reading OME-Zarr needs zarr: pip install 'cellrcnn[formats]'") from None
+    dataset, axes, _ = ngff_level0(path)
+    try:
+        array = zarr.open_array(str(path / dataset), mode="r")
+    except Exception as err:  # zarr raises many types for a missing or damaged array
+        raise DataError(f"{path}: its full-resolution array {dataset!r} cannot be opened ({type(err).__name__}: "
+                        f"{err}); write the store again") from None
+    if len(axes) != array.ndim:
+        raise DataError(f"{path}: its metadata names {len(axes)} axes for an array of {array.ndim}; write the store "
+                        f"again")
+    return array, axes
+
+
+def _read_czi(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
+    """The pixels of a CZI's first scene, every channel (``CYX``, or ``YXS`` for one colour channel), RGB order."""
+    try:
+        from pylibCZIrw import czi
+    except ImportError:
+        raise DataError(f"{path}: reading CZI needs pylibCZIrw: pip install 'cellrcnn[formats]'") from None
+    with czi.open_czi(str(path)) as doc:
+        box = doc.total_bounding_box
+        channels = range(*box.get("C", (0, 1)))
+        height, width = box["Y"][1] - box["Y"][0], box["X"][1] - box["X"][0]
+        check_pixels(path, (len(channels), height, width), "CYX", max_pixels)
+        planes = []
+        for c in channels:
+            plane = doc.read(plane={"C": c, "Z": 0, "T": 0})
+            if doc.get_channel_pixel_type(c).startswith("Bgr"):  # Zeiss stores colour as BGR
+                plane = plane[..., ::-1]
+            planes.append(plane)
+    if len(planes) == 1:
+        plane = planes[0]
+        return (plane[..., 0], "YX") if plane.shape[-1] == 1 else (plane, "YXS")
+    return np.stack([p[..., 0] if p.shape[-1] == 1 else p.mean(axis=-1).astype(p.dtype) for p in planes]), "CYX"
 
 
 def _unreadable(path: Path, err: Exception) -> DataError:
@@ -156,7 +222,13 @@ def read_raw_axes(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tupl
     """
     path = Path(path)
     try:
-        if _is_tiff(path):
+        if is_zarr(path):
+            source, axes = open_zarr_array(path)
+            check_pixels(path, tuple(source.shape), axes, max_pixels)
+            array = np.asarray(source[...])
+        elif path.suffix.lower() == ".czi":
+            array, axes = _read_czi(path, max_pixels)
+        elif _is_tiff(path):
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 check_pixels(path, tuple(series.shape), series.axes, max_pixels)

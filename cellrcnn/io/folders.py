@@ -15,7 +15,8 @@ import tifffile
 from ..config.data import DataConfig
 from ..utils.files import atomic_write, safe_stem
 from .coco import is_coco_file, read_coco
-from .files import IMAGE_EXTENSIONS, DataError
+from .calibration import is_ome_zarr
+from .files import IMAGE_EXTENSIONS, DataError, image_stem, is_zarr
 from .layouts import _layout
 
 __all__ = ["Pair", "list_images", "output_names", "Matching", "coco_file_of", "match_files", "find_pairs", "read_classes_csv",
@@ -37,7 +38,7 @@ class Pair:
 
     @property
     def name(self) -> str:
-        return self.image.stem
+        return image_stem(self.image)
 
     @property
     def masks(self) -> tuple[Path, ...]:
@@ -45,7 +46,9 @@ class Pair:
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False
+    return is_zarr(path) if path.suffix.lower() == ".zarr" else path.is_file()
 
 
 def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[str, ...] = (),
@@ -67,7 +70,7 @@ def list_images(path: str | os.PathLike, glob: str = "*", skip_suffixes: tuple[s
         ``path`` does not exist, or the folder holds no such image.
     """
     path = Path(path)
-    if path.is_file():
+    if path.is_file() or is_ome_zarr(path):  # an OME-Zarr image is a folder, and one image
         return [path]
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder")
@@ -108,8 +111,8 @@ def output_names(images: list[Path]) -> dict[Path, str]:
     """
     by_stem: dict[str, list[Path]] = {}
     for image in images:
-        by_stem.setdefault(image.stem, []).append(image)
-    names = {image: image.stem for image in images}
+        by_stem.setdefault(image_stem(image), []).append(image)
+    names = {image: image_stem(image) for image in images}
     for stem, same in by_stem.items():
         if len(same) < 2:
             continue
@@ -254,14 +257,20 @@ def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
     matching = Matching([], [])
     index = _mask_index(mask_dir, config.mask_glob)
     for image in images:
+        if is_zarr(image) and all(is_zarr(image / "labels" / kind) for kind in wanted[config.encoding]):
+            # NGFF labels in the image's own store (labels/parts, labels/cells, labels/nuclei)
+            matching.pairs.append(Pair(image=image, **{kind: image / "labels" / kind for kind in wanted[config.encoding]}))
+            continue
+        stems = dict.fromkeys((image_stem(image), image.stem))  # a.ome.tif: a_masks.tif, else a.ome_masks.tif
         files = {
-            kind: _find_mask(image.stem, suffix[kind], index, image if same_folder else None,
-                             required_suffix=kind != "parts" or not plain_ok)
+            kind: next((found for stem in stems
+                        if (found := _find_mask(stem, suffix[kind], index, image if same_folder else None,
+                                                required_suffix=kind != "parts" or not plain_ok)) is not None), None)
             for kind in wanted[config.encoding]
         }
         absent = [k for k, v in files.items() if v is None]
         if absent:
-            expected = " and ".join(f"{image.stem}{suffix[k]}.*" for k in absent)
+            expected = " and ".join(f"{image_stem(image)}{suffix[k]}.*" for k in absent)
             matching.unpaired.append((image, f"no {' or '.join(absent)} mask in {mask_dir} (expected {expected})"))
         else:
             matching.pairs.append(Pair(image=image, **files))

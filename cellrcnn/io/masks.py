@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..config.fields import MAX_PIXELS
-from .files import DataError, read_raw
+from .files import DataError, is_zarr, read_raw
 
 __all__ = ["read_labels", "map_part_values", "CellMask", "cell_masks_from_labels", "cell_masks_from_instances"]
 
@@ -88,6 +88,8 @@ def read_labels(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.nda
     array = read_raw(path, max_pixels)
     if array.ndim == 3 and array.shape[-1] in (3, 4) and all(np.array_equal(array[..., 0], array[..., c]) for c in (1, 2)):
         array = array[..., 0]
+    if array.ndim > 2 and is_zarr(path) and sum(n > 1 for n in array.shape) <= 2:  # NGFF labels: (t, c, z,) y, x
+        array = array.reshape(array.shape[-2:])
     if array.ndim != 2:
         raise DataError(f"{path}: a mask must be a single-channel label image, got shape {array.shape}; "
                         f"save masks as grayscale")

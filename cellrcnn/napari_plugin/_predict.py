@@ -204,6 +204,8 @@ class PredictWidget(Container):
     def _layer(self, name: str, data: np.ndarray, scale, **properties):
         # a new prediction of the same image is a new layer (napari numbers the name): a layer corrected with
         # the brush is never replaced
+        if self._pixel_size:  # the image's micrometres: napari's scale bar and measurements read them
+            properties["units"] = ("µm", "µm")
         return self.viewer.add_labels(data, name=name, scale=scale[-2:], **properties)
 
     def save(self) -> dict[str, Path] | None:

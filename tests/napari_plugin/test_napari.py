@@ -68,7 +68,8 @@ def test_predict_widget_adds_the_predictors_labels_and_saves_them(make_napari_vi
     nucleus = parts.colormap.map(np.array([2]))[0]
     np.testing.assert_allclose(nucleus[:3], part_colour("nucleus", 2, 1.0), atol=1e-6)
     assert parts.colormap.map(np.array([0]))[0][3] == 0  # background transparent
-    assert tuple(cells.scale) == (0.5, 0.5)
+    assert tuple(cells.scale) == (0.5, 0.5) and [str(u) for u in cells.units] == ["micrometer"] * 2
+    assert {"area_um2", "centroid_x_um", "diameter_um"} <= set(cells.features.columns)
 
     widget.out_dir.value = tmp_path / "out"
     paths = widget.save()
