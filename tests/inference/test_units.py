@@ -65,7 +65,14 @@ def test_a_calibrated_model_reads_an_image_magnified_twice_at_its_own_resolution
     with caplog.at_level("INFO", logger="cellrcnn.inference"):
         physical = predictor.predict(twice, pixel_size=0.25)
     assert "resized by" in caplog.text and physical.pixel_size == PixelSize(0.25, 0.25, "given")
-    uncalibrated = predictor.predict(twice)  # no pixel size: the training scale, cells twice the trained size
+    assert "another magnification" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cellrcnn.inference"):
+        uncalibrated = predictor.predict(twice)  # no pixel size: the training scale, cells twice the trained size
+        predictor.predict(twice)
+    assert caplog.text.count("another magnification") == 1 and "cell_diameter='auto'" in caplog.text
+    auto = Predictor(trained.model, config, "cpu", cell_diameter="auto")  # each image at its own estimate
+    assert len(auto.predict(twice).table) >= 1 and auto.scale == config.model.input_scale
     truth = rescale(base.cells > 0, 2, order=0) > 0
     dice_physical = cellrcnn.dice(physical.cells > 0, truth)
     assert dice_physical > 0.9 and dice_physical > cellrcnn.dice(uncalibrated.cells > 0, truth)
