@@ -136,17 +136,68 @@ def run_zeroshot(args) -> None:
                               **score(predictor, CV_TEST, BMP)})
 
 
+def styles(predictor: cellrcnn.Predictor, image: np.ndarray, scale: float) -> np.ndarray:
+    """Cellpose's "style" of an image: the FPN features at ``scale`` averaged over space, every level (float [D])."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    with torch.no_grad():
+        batch, _ = predictor.model.transform([tensor], scale=scale)
+        features = predictor.model.backbone(batch.tensors)
+    return torch.cat([f.mean(dim=(-2, -1))[0] for f in features.values()]).numpy()
+
+
+def run_sizemodel(args) -> None:
+    """A size model in the manner of Cellpose's: a ridge regression from the style of an image at the training
+    scale to the log of its cell diameter in network pixels, fitted on the training images (JTSC 001-200)
+    resized by 2^-1.5 .. 2^1.5; scored on wbc_cellavision_test against the scale ladder, image by image."""
+    checkpoint = args.source / "best.pt"
+    predictor = cellrcnn.Predictor.from_checkpoint(checkpoint, device="cpu")
+    model = predictor.config.model
+    base, cell = model.input_scale, model.cell_size
+    rng = np.random.default_rng(0)
+
+    def examples(pairs, factors):
+        X, y = [], []
+        sides = cellrcnn.data.cell_sizes(pairs, BMP, count=len(pairs)).groupby("image")["cell_side"].median()
+        for pair in [p for p in pairs if p.image.name in sides.index]:  # cell_sizes may sample the images
+            image = cellrcnn.read_image(pair.image, BMP)
+            for f in factors:
+                # the style at the training scale of an image whose cells are f times their size
+                big = rescale(image, f, order=1, channel_axis=-1) if f != 1 else image
+                X.append(styles(predictor, big.astype(np.float32), base))
+                y.append(np.log(sides[pair.image.name] * f * base))
+        return np.array(X), np.array(y)
+
+    train = [p for p in cellrcnn.find_pairs(JTSC, BMP) if int(p.name) <= 200]
+    X, y = examples(train, [2 ** rng.uniform(-1.5, 1.5) for _ in range(3)])
+    mean, std = X.mean(0), X.std(0) + 1e-6
+    Z = (X - mean) / std
+    tests = {name: examples(cellrcnn.find_pairs(folder, BMP), [1.0])
+             for name, folder in (("cv_few", SHARED / "wbc_cellavision_few"), ("cv_test", CV_TEST))}
+    for lam in (1.0, 10.0, 100.0, 1000.0):
+        coef = np.linalg.solve(Z.T @ Z + lam * np.eye(Z.shape[1]), Z.T @ (y - y.mean()))
+        for name, (Xt, yt) in tests.items():
+            predicted = ((Xt - mean) / std) @ coef + y.mean()
+            estimate = base * cell / np.exp(predicted)  # the scale that brings the predicted cell to cell_size
+            truth = base * cell / np.exp(yt)
+            ratio = estimate / truth
+            append_row(args.out, {"stage": "sizemodel", "set": name, "lambda": lam, "tag": args.tag,
+                                  "median_ratio": round(float(np.median(ratio)), 3),
+                                  "within_15pct": int(np.sum(np.abs(ratio - 1) <= 0.15)), "images": len(ratio),
+                                  "median_estimate": round(float(np.median(estimate)), 3),
+                                  "median_truth": round(float(np.median(truth)), 3)})
+
+
 def make_field(store: Path, side: int) -> int:
-    """An OME-Zarr field of ``side`` x ``side`` pixels tiled with JTSC crops (001-240, repeated), written chunk
-    row by chunk row; returns the number of crops placed."""
+    """An OME-Zarr field of ``side`` x ``side`` pixels tiled with the 120 x 120 JTSC crops (repeated); returns the
+    number of crops placed."""
     import zarr
     from ome_zarr.writer import write_image
 
-    crops = [imread(JTSC / f"{i:03d}.bmp") for i in range(1, 241)]
+    crops = [c for c in (imread(JTSC / f"{i:03d}.bmp") for i in range(1, 241)) if c.shape[:2] == (120, 120)]
     per_row = side // 120
     rows = []
     for r in range(side // 120 + 1):
-        row = np.concatenate([crops[(r * per_row + c) % 240] for c in range(per_row + 1)], axis=1)[:, :side]
+        row = np.concatenate([crops[(r * per_row + c) % len(crops)] for c in range(per_row + 1)], axis=1)[:, :side]
         rows.append(row)
     field = np.concatenate(rows, axis=0)[:side]
     root = zarr.open_group(str(store), mode="w")
@@ -192,7 +243,7 @@ def run_zarr(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("magnified", "zeroshot", "zarr", "make-field"))
+    parser.add_argument("stage", choices=("magnified", "zeroshot", "zarr", "sizemodel", "make-field"))
     parser.add_argument("--source", type=Path, default=Path("runs/p38/cellrcnn-source"))
     parser.add_argument("--out", type=Path, default=Path("runs/units"))
     parser.add_argument("--tag", default="")
@@ -204,7 +255,8 @@ def main() -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{platform.node()} {platform.processor()} torch {torch.__version__}, 1 thread", flush=True)
-    {"magnified": run_magnified, "zeroshot": run_zeroshot, "zarr": run_zarr}[args.stage](args)
+    {"magnified": run_magnified, "zeroshot": run_zeroshot, "zarr": run_zarr,
+     "sizemodel": run_sizemodel}[args.stage](args)
 
 
 if __name__ == "__main__":

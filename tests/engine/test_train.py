@@ -688,3 +688,35 @@ def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it_and_resumes_w
     with pytest.raises(ValueError, match="max_minutes must be a positive number"):
         TrainConfig(max_minutes=0)
 
+
+
+def test_a_folder_of_ome_zarr_stores_with_ngff_labels_checks_trains_records_its_pixel_size_and_evaluates(tmp_path):
+    """Issue 39: OME-Zarr images with their masks as NGFF labels inside each store, through the three commands."""
+    zarr = pytest.importorskip("zarr")
+    import numpy as np
+    from ome_zarr.writer import write_image
+    from skimage.io import imread
+
+    from cellrcnn.export.ngff import write_ngff_labels
+    from cellrcnn.io.calibration import PixelSize
+
+    from conftest import SAMPLE
+
+    folder = tmp_path / "stores"
+    for i in range(4):
+        store = folder / f"well{i}.ome.zarr"
+        root = zarr.open_group(str(store), mode="w")
+        image = imread(SAMPLE / "images" / f"sample_{i:02d}.png")
+        write_image(np.moveaxis(image, -1, 0), root, axes="cyx", scale={"y": 0.4, "x": 0.4},
+                    axes_units={"y": "micrometer", "x": "micrometer"})
+        write_ngff_labels(store, {"parts": imread(SAMPLE / "masks" / f"sample_{i:02d}.png")}, PixelSize(0.4, 0.4))
+    checked = run_command("check-data", folder)
+    assert checked.returncode == 0 and "4 usable images" in checked.stdout, checked.stdout + checked.stderr
+    out = tmp_path / "run"
+    trained = finetune(folder, "--out", out, "--backbone", "resnet18_fpn", "--weights", "none", "--min-size", "64",
+                       "--max-size", "64", "--epochs", "1", "--workers", "0", "--val-fraction", "0.25", "--quiet")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert cellrcnn.load_checkpoint(out / "best.pt")["config"]["model"]["pixel_size"] == pytest.approx(0.4)
+    scored = run_command("evaluate", out / "best.pt", folder, "--out", tmp_path / "scores")
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    assert sorted(pd.read_csv(tmp_path / "scores" / "per_image.csv")["image"]) == [f"well{i}" for i in range(4)]
