@@ -12,6 +12,11 @@ Stages (each appends its rows to ``OUT/units.jsonl`` as it scores them, so a cut
 - ``zeroshot``: the JTSC model on ``wbc_cellavision_test`` (never trained or tuned on) as a user runs it: no scale
   flag and the model's own single-cell rule; ``--cell-diameter auto``; the scale set by hand. Run it with the code
   before and after a change (``--tag``) for a before/after.
+- ``sizemodel``: the experiment behind the size model (a ridge regression from an image's style to its cell size,
+  as Cellpose's): its estimates against the truth on ``wbc_cellavision_few`` (to choose the penalty) and
+  ``wbc_cellavision_test``, for four penalties.
+- ``fit-size``: the source model with its size model fitted as training now does at its end, written to
+  ``OUT/source-size`` (then ``zeroshot --source OUT/source-size``).
 - ``zarr``: an 8000 x 8000 OME-Zarr field of JTSC crops predicted by ``cellrcnn-predict`` in tiles, in a process
   of its own: its peak memory (max RSS), minutes, the labels in the store, and napari's OME-Zarr reader (headless)
   opening it.
@@ -19,6 +24,8 @@ Stages (each appends its rows to ``OUT/units.jsonl`` as it scores them, so a cut
     python benchmarks/units.py magnified --source runs/p38/cellrcnn-source --out runs/units
     python benchmarks/units.py zeroshot --source runs/p38/cellrcnn-source --out runs/units --tag after
     python benchmarks/units.py zarr --source runs/p38/cellrcnn-source --out runs/units
+    python benchmarks/units.py fit-size --source runs/p38/cellrcnn-source --out runs/units
+    python benchmarks/units.py zeroshot --source runs/units/source-size --out runs/units --tag size-model
 """
 
 from __future__ import annotations
@@ -27,7 +34,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -187,6 +193,27 @@ def run_sizemodel(args) -> None:
                                   "median_truth": round(float(np.median(truth)), 3)})
 
 
+def run_fit_size(args) -> None:
+    """The source model with its size model fitted as training now fits it at its end (``SizeModelFit``), on
+    its own training images (JTSC 001-200), written as ``OUT/source-size/best.pt`` for ``zeroshot --source``."""
+    from cellrcnn.engine.size import fit_size_model
+    from cellrcnn.modeling.checkpoint import model_from_checkpoint
+
+    target = args.out / "source-size"
+    state = cellrcnn.load_checkpoint(args.source / "best.pt")
+    model, config = model_from_checkpoint(args.source / "best.pt")
+    pairs = [p for p in cellrcnn.find_pairs(JTSC, config.data) if int(p.name) <= 200]
+    start = time.perf_counter()
+    count = fit_size_model(model, pairs, config.data, config.model, config.train.seed)
+    seconds = time.perf_counter() - start
+    target.mkdir(parents=True, exist_ok=True)
+    state["model"] = model.state_dict()
+    torch.save(state, target / "best.pt")
+    (target / "config.json").write_text(json.dumps(state["config"]))
+    append_row(args.out, {"stage": "fit-size", "row": "size model fitted", "tag": args.tag, "views": count,
+                          "images": len(pairs), "seconds": round(seconds, 1)})
+
+
 def make_field(store: Path, side: int) -> int:
     """An OME-Zarr field of ``side`` x ``side`` pixels tiled with the 120 x 120 JTSC crops (repeated); returns the
     number of crops placed."""
@@ -223,11 +250,14 @@ def run_zarr(args) -> None:
         (model / "config.json").write_text(json.dumps(state["config"]))
     out = folder / f"out{args.tag}"
     start = time.perf_counter()
-    done = subprocess.run([str(Path(sys.executable).parent / "cellrcnn-predict"), str(model / "best.pt"), str(store),
-                           "--out", str(out), "--quiet", "--device", "cpu", "--overwrite"], capture_output=True,
-                          text=True)
+    # the predict command in a process of its own, which reports its own peak (RUSAGE_CHILDREN would also
+    # count the field's writer above)
+    report = "import resource, sys; from cellrcnn.cli import predict_main; code = predict_main(sys.argv[1:]); " \
+             "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+    done = subprocess.run([sys.executable, "-c", report, str(model / "best.pt"), str(store), "--out", str(out),
+                           "--quiet", "--device", "cpu", "--overwrite"], capture_output=True, text=True)
     minutes = (time.perf_counter() - start) / 60
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB (the predict process)
+    peak = int(done.stderr.rsplit("PEAK_KIB", 1)[1].split()[0]) / 2**20 if "PEAK_KIB" in done.stderr else float("nan")
     if done.returncode != 0:
         raise SystemExit(done.stderr)
     from napari_ome_zarr import napari_get_reader
@@ -238,12 +268,12 @@ def run_zarr(args) -> None:
                           "peak_rss_gib": round(peak, 3), "minutes": round(minutes, 2), "cells": len(table),
                           "napari_layers": sorted(kind for _, _, kind in layers),
                           "labels_in_store": sorted(p.name for p in (store / "labels").iterdir() if p.is_dir()),
-                          "log": done.stderr.strip().splitlines()[-3:]})
+                          "log": [line for line in done.stderr.strip().splitlines() if "PEAK" not in line][-3:]})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("magnified", "zeroshot", "zarr", "sizemodel", "make-field"))
+    parser.add_argument("stage", choices=("magnified", "zeroshot", "zarr", "sizemodel", "fit-size", "make-field"))
     parser.add_argument("--source", type=Path, default=Path("runs/p38/cellrcnn-source"))
     parser.add_argument("--out", type=Path, default=Path("runs/units"))
     parser.add_argument("--tag", default="")
@@ -256,7 +286,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{platform.node()} {platform.processor()} torch {torch.__version__}, 1 thread", flush=True)
     {"magnified": run_magnified, "zeroshot": run_zeroshot, "zarr": run_zarr,
-     "sizemodel": run_sizemodel}[args.stage](args)
+     "sizemodel": run_sizemodel, "fit-size": run_fit_size}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from ..utils.files import atomic_write
 from ..viz.plots import HISTORY_FIGSIZE, dice_columns, plot_history
 
 __all__ = ["HookBase", "MetricWatch", "Validation", "BestCheckpoint", "HistoryWriter", "EpochLog", "EarlyStopping",
-           "Callback", "Cancel", "Cancelled"]
+           "SizeModelFit", "Callback", "Cancel", "Cancelled"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,31 @@ class BestCheckpoint(HookBase):
 
     def load_state_dict(self, state: dict) -> None:
         self.watch.load_state_dict(state)
+
+
+class SizeModelFit(HookBase):
+    """When training has finished, fit the size model (:mod:`cellrcnn.modeling.size_model`) on ``best.pt``'s
+    weights and the training images, and write it into ``best.pt``: ``cell_diameter="auto"`` then reads the
+    scale of a new image from its style instead of trying a ladder of scales. ``last.pt`` is left as it is."""
+
+    def after_train(self, trainer) -> None:
+        from ..modeling.checkpoint import load_checkpoint
+        from .size import fit_size_model
+
+        best = trainer.out / "best.pt"
+        pairs = getattr(trainer.datasets.get("train"), "pairs", None)
+        if not getattr(trainer, "completed", False) or not best.is_file() or not pairs:
+            return
+        state = load_checkpoint(best, trainer.runtime.device)
+        trainer.raw_model.load_state_dict(state["model"])
+        started = time.perf_counter()
+        count = fit_size_model(trainer.raw_model, pairs, trainer.config.data, trainer.config.model,
+                               trainer.config.train.seed)
+        if count:
+            state["model"] = trainer.raw_model.state_dict()
+            trainer.save_checkpoint(best, state)
+            logger.info("size model fitted on %d views of %d training images in %.0f s (--cell-diameter auto "
+                        "reads it)", count, len(pairs), time.perf_counter() - started)
 
 
 class HistoryWriter(HookBase):

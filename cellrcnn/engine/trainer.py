@@ -116,7 +116,9 @@ class Trainer:
         self.row: dict = {}
         self.history: list[dict] = []
         self.improved = self.stop = False
+        self.completed = False  # every epoch asked for has run (set at the end of train)
         self.epoch_started = 0.0
+        self.datasets: dict = {}
         self.loaders: dict = {}
         self.hooks: list = []
         self.splits: dict | None = None
@@ -183,7 +185,7 @@ class Trainer:
         """The default hooks (rank 0 only) followed by those passed in; see :mod:`cellrcnn.engine.hooks`."""
         # the hooks with state run before BestCheckpoint, which saves every hook's state
         defaults = [hooks.Validation(), hooks.HistoryWriter(), hooks.EarlyStopping(), hooks.TimeBudget(),
-                    hooks.BestCheckpoint(), hooks.EpochLog()]
+                    hooks.BestCheckpoint(), hooks.SizeModelFit(), hooks.EpochLog()]
         return (defaults + self.extra_hooks) if self.runtime.is_main else self.extra_hooks
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -398,6 +400,7 @@ class Trainer:
                     self.stop = bool(flag.item())
                 if self.stop:
                     break
+            self.completed = True  # the hooks' after_train tells a finished run from a failed or cancelled one
         finally:
             self._call("after_train")
         return pd.DataFrame(self.history)

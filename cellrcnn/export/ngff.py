@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 #: The label images written into a store, by name.
 NGFF_LABELS = ("cells", "parts")
+#: Resolution levels written (full, 1/2, 1/4, 1/8, 1/16), as ome-zarr writes images.
+LEVELS = 5
 
 
 def _format(store: Path):
@@ -58,7 +60,7 @@ def write_ngff_labels(store: str | os.PathLike, labels: dict[str, np.ndarray], p
         The folder of each label image.
     """
     import zarr
-    from ome_zarr.writer import write_labels
+    from ome_zarr.writer import write_multiscale_labels
 
     store = Path(store)
     if not is_zarr(store):
@@ -79,11 +81,16 @@ def write_ngff_labels(store: str | os.PathLike, labels: dict[str, np.ndarray], p
     temporary = store.parent / f".{store.name}.labels-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         group = zarr.open_group(str(temporary), mode="w", zarr_format=3 if fmt.version == "0.5" else 2)
-        scale = {"y": pixel_size.y, "x": pixel_size.x} if pixel_size else None
-        units = {"y": "micrometer", "x": "micrometer"} if pixel_size else None
+        unit = {"unit": "micrometer"} if pixel_size else {}
+        axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
+        base = (pixel_size.y, pixel_size.x) if pixel_size else (1.0, 1.0)
         for name, array in labels.items():
-            write_labels(np.ascontiguousarray(array), group, name=name, axes="yx", fmt=fmt, scale=scale,
-                         axes_units=units, storage_options={"chunks": (chunk, chunk)})
+            # nearest-neighbour levels as strided views: a label is never blended, and nothing is copied whole
+            levels = [array[::2 ** k, ::2 ** k] for k in range(LEVELS) if min(array.shape) // 2 ** k >= 1]
+            transforms = [[{"type": "scale", "scale": [base[0] * 2 ** k, base[1] * 2 ** k]}] for k in range(len(levels))]
+            write_multiscale_labels(levels, group, name=name, fmt=fmt, axes=axes,
+                                    coordinate_transformations=transforms,
+                                    storage_options={"chunks": (chunk, chunk)})
         (store / "labels").mkdir(exist_ok=True)
         for name, target in targets.items():
             if target.exists():

@@ -19,6 +19,7 @@ from ..io.fields import ImageField, field_from_array, open_field
 from ..io.files import DataError, image_stem
 from ..modeling.build import build_model
 from ..modeling.checkpoint import load_model_state, model_from_checkpoint, run_checkpoint
+from ..modeling.size_model import window_style
 from ..modeling.transform import predict_labels
 from ..utils.progress import progress as progress_bar
 from ..utils.runtime import resolve_device
@@ -190,13 +191,23 @@ class Predictor:
     def estimate_scale(self, image, name: str | None = None, score_threshold: float = 0.5) -> float:
         """The resize factor at which the cells of ``image`` look the size the model was trained on.
 
-        The model runs on the image (its central network tile for a large field) at each scale of the
-        ladder, as :func:`~cellrcnn.inference.scale.scale_from_ladder` tells. Returns the training scale
-        when no scale finds a cell.
+        A model whose training fitted its size model (:mod:`cellrcnn.modeling.size_model`) reads the cell
+        size from the style of the image's central window, in one pass of the backbone, as Cellpose's size
+        model does. Older models run on the image (its central network tile for a large field) at each scale
+        of the ladder, as :func:`~cellrcnn.inference.scale.scale_from_ladder` tells; the training scale is
+        returned when no scale finds a cell.
         """
         field = self._open(image, name)
+        model = self.config.model
+        size_model = getattr(self.model, "size_model", None)
+        if size_model is not None and size_model.is_fitted:  # the cell size read from the image's style
+            diameter = size_model.diameter(window_style(self.model, field, model.input_scale, self.device))
+            scale = model.input_scale * model.cell_size / diameter
+            logger.debug("%s: the size model gives cells of %.0f network pixels at the training scale: scale %.3g",
+                         field.name, diameter, scale)
+            return scale
         return scale_from_ladder(lambda scale: self._detect(field, scale, score_threshold),
-                                 self.config.model.input_scale, self.config.model.cell_size, field.name)
+                                 model.input_scale, model.cell_size, field.name)
 
     def _detect(self, field: ImageField, scale: float, score_threshold: float) -> dict[str, np.ndarray]:
         """Scores and diameters (image pixels) of the detections at ``scale`` in the centre of ``field``."""

@@ -16,6 +16,7 @@ from ..config.fields import BACKBONE_TABLE
 from ..config.model import ModelConfig
 from .backbone import REPRESENTATION, _with_download_hint, build_backbone, resolve_norm
 from .heads import AlignedMultiScaleRoIAlign, PartRoIHeads, PartRPN, add_input_image
+from .size_model import STYLE_LEVELS, SizeModel
 from .part_heads import LEVELS, build_part_head
 from .transform import PartRCNNTransform
 from .weights import _FRESH_FROM_COCO, load_matching_state_dict, read_state_dict
@@ -104,6 +105,8 @@ def build_model(config: ModelConfig, load_weights: bool = True) -> GeneralizedRC
     if getattr(part_head, "reads_image", False):
         backbone.register_forward_hook(add_input_image)
     model = GeneralizedRCNN(backbone, rpn, roi_heads, transform)
+    # the cell size regressed from the image's style (cell_diameter="auto"); fitted after training, unused before
+    model.size_model = SizeModel(backbone.out_channels * len(STYLE_LEVELS))
     if config.predictor_init == "chance":
         _init_predictors(model.roi_heads)
     if load_weights and config.weights == "coco":

@@ -71,7 +71,11 @@ def test_a_calibrated_model_reads_an_image_magnified_twice_at_its_own_resolution
         uncalibrated = predictor.predict(twice)  # no pixel size: the training scale, cells twice the trained size
         predictor.predict(twice)
     assert caplog.text.count("another magnification") == 1 and "cell_diameter='auto'" in caplog.text
+    # without metadata, --cell-diameter auto: the demo's training fitted its size model (its 9 training images),
+    # which reads the magnification from the image's style
     auto = Predictor(trained.model, config, "cpu", cell_diameter="auto")  # each image at its own estimate
+    assert trained.model.size_model.is_fitted
+    assert auto.estimate_scale(twice) == pytest.approx(config.model.input_scale / 2, rel=0.2)
     assert len(auto.predict(twice).table) >= 1 and auto.scale == config.model.input_scale
     truth = rescale(base.cells > 0, 2, order=0) > 0
     dice_physical = cellrcnn.dice(physical.cells > 0, truth)

@@ -41,8 +41,10 @@ def test_build_composes_torchvision_mask_rcnn(tiny_config):
                      mask_head=MaskRCNNHeads(256, [256] * 4, 1, norm_layer=lambda c: torch.nn.GroupNorm(32, c)),
                      mask_predictor=MaskRCNNPredictor(256, 256, 3))  # from scratch: group norm in the heads
     ours, theirs = model.state_dict(), stock.state_dict()
-    # the same tensors, the mask branch's under the part head (checkpoints with torchvision's names still load)
-    assert {k: v.shape for k, v in ours.items() if k != "roi_heads.part_weights"} == {
+    # the same tensors, the mask branch's under the part head (checkpoints with torchvision's names still load),
+    # and ours: the part weights and the size model's buffers
+    assert {k: v.shape for k, v in ours.items()
+            if k != "roi_heads.part_weights" and not k.startswith("size_model.")} == {
         k: v.shape for k, v in renamed_legacy_keys(theirs).items()}
     for a, b in ((model.rpn, stock.rpn), (model.roi_heads, stock.roi_heads)):
         for name in ("nms_thresh", "score_thresh", "_pre_nms_top_n", "_post_nms_top_n", "detections_per_img"):
