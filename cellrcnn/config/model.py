@@ -125,6 +125,10 @@ class ModelConfig(_Section):
         of the training images, from their files (or ``data.pixel_size``). A
         calibrated image is then resized by the ratio of its pixel size to this
         one at prediction, whatever microscope took it. None: not known.
+    cell_diameter_um
+        Measured by training, not set by hand: the median cell diameter (square
+        root of the box area) of the training images in micrometres, where their
+        pixel size is known. None: not known.
     target_cell_size
         Set ``min_size`` and ``max_size`` from the training images so that their
         median cell spans this many network pixels (the adaptation recipe sets
@@ -161,6 +165,7 @@ class ModelConfig(_Section):
     cell_size: float | None = None
     single_cell: bool | None = None
     pixel_size: float | None = None
+    cell_diameter_um: float | None = None
     target_cell_size: float | None = None
 
     def __post_init__(self) -> None:
@@ -248,7 +253,7 @@ class ModelConfig(_Section):
         _check(self.predictor_init in PREDICTOR_INITS,
                f"predictor_init must be one of {', '.join(PREDICTOR_INITS)}; got {self.predictor_init!r}")
         _check(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
-        for name in ("input_scale", "cell_size", "target_cell_size", "pixel_size"):
+        for name in ("input_scale", "cell_size", "target_cell_size", "pixel_size", "cell_diameter_um"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, (int, float)) and math.isfinite(value) and value > 0),
                    f"{name} must be a positive number or None, got {value!r}")

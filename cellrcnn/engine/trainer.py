@@ -334,9 +334,10 @@ class Trainer:
                                "128 px", side, *sizes)
         if model.part_weights == "auto":
             model = dataclasses.replace(model, part_weights=self._balanced_part_weights(table, model))
-        model = dataclasses.replace(model, pixel_size=training_pixel_size([pair.image for pair in pairs],
-                                                                          self.config.data.pixel_size,
-                                                                          say=self.runtime.is_main))
+        pixel_size = training_pixel_size([pair.image for pair in pairs], self.config.data.pixel_size,
+                                         say=self.runtime.is_main)
+        diameter = None if pixel_size is None else float(table["cell_side"].median()) * pixel_size
+        model = dataclasses.replace(model, pixel_size=pixel_size, cell_diameter_um=diameter)
         per_image = scale.groupby(table["image"]).first()
         single = bool((table.groupby("image").size() == 1).all()) and not crop  # a crop may cut out neighbours
         if single and self.runtime.is_main:

@@ -571,7 +571,13 @@ def test_finetune_cli_smoke(small_sample, tmp_path):
     assert config.model.part_weight_vector == (1.0, 2.0, 1.0) and config.train.accumulate == 4
     # the PNGs state no pixel size: the one given is the model's, recorded for prediction
     assert config.data.pixel_size == 0.325
-    assert cellrcnn.load_checkpoint(out / "best.pt")["config"]["model"]["pixel_size"] == 0.325
+    recorded = cellrcnn.load_checkpoint(out / "best.pt")["config"]["model"]
+    assert recorded["pixel_size"] == 0.325
+    split = pd.read_csv(out / "split.csv")
+    train = [p for p in cellrcnn.find_pairs(small_sample, DataConfig())
+             if str(p.image) in set(split.query("split == 'train'")["image"])]
+    sides = cellrcnn.data.cell_sizes(train, DataConfig())["cell_side"]
+    assert recorded["cell_diameter_um"] == pytest.approx(sides.median() * 0.325)  # the training images' cells, in µm
     again = finetune(small_sample, "--out", out, "--weights", "none")
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
     # The run's config.json starts a new run as is; --set changes exactly the field it names.
