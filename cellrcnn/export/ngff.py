@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.calibration import PixelSize, ngff_level0
+from ..io.calibration import PixelSize, ngff_image, ngff_level0
 from ..io.files import DataError, is_zarr
 
 __all__ = ["write_ngff_labels", "NGFF_LABELS"]
@@ -72,7 +72,8 @@ def write_ngff_labels(store: str | os.PathLike, labels: dict[str, np.ndarray], p
     for name, array in labels.items():
         if array.shape != (height, width):
             raise ValueError(f"labels {name!r} of shape {array.shape} for a {height}x{width} image")
-    targets = {name: store / "labels" / name for name in labels}
+    image = ngff_image(store)  # the store, or its series 0 in bioformats2raw's layout
+    targets = {name: image / "labels" / name for name in labels}
     present = [p for p in targets.values() if p.exists()]
     if present and not overwrite:
         raise DataError(f"{present[0]}: labels of that name are already in the store; pass --overwrite to "
@@ -91,12 +92,12 @@ def write_ngff_labels(store: str | os.PathLike, labels: dict[str, np.ndarray], p
             write_multiscale_labels(levels, group, name=name, fmt=fmt, axes=axes,
                                     coordinate_transformations=transforms,
                                     storage_options={"chunks": (chunk, chunk)})
-        (store / "labels").mkdir(exist_ok=True)
+        (image / "labels").mkdir(exist_ok=True)
         for name, target in targets.items():
             if target.exists():
                 shutil.rmtree(target)
             os.replace(temporary / "labels" / name, target)
-        listed = zarr.open_group(str(store / "labels"), mode="a", zarr_format=3 if fmt.version == "0.5" else 2)
+        listed = zarr.open_group(str(image / "labels"), mode="a", zarr_format=3 if fmt.version == "0.5" else 2)
         attrs = dict(listed.attrs)
         ome = attrs.get("ome", attrs) if fmt.version == "0.5" else attrs
         names = list(dict.fromkeys([*ome.get("labels", []), *labels]))

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config.fields import MAX_PIXEL_UM, MIN_PIXEL_UM
 from ..utils.errors import DataError
 
-__all__ = ["PixelSize", "pixel_size_of", "training_pixel_size", "checked_pixel_size", "UNIT_UM", "MIN_PIXEL_UM", "MAX_PIXEL_UM",
+__all__ = ["PixelSize", "pixel_size_of", "training_pixel_size", "ngff_image", "ngff_level0", "checked_pixel_size", "UNIT_UM", "MIN_PIXEL_UM", "MAX_PIXEL_UM",
            "CZI_EXTENSIONS", "is_ome_zarr"]
 
 logger = logging.getLogger(__name__)
@@ -142,14 +142,25 @@ def _tiff_readings(path: Path) -> list[tuple[str, float | None, float | None]]:
 
 
 def is_ome_zarr(path: str | os.PathLike) -> bool:
-    """A folder (``*.zarr``, or any folder) holding an OME-Zarr image: NGFF multiscales in its attributes."""
+    """A folder (``*.zarr``, or any folder) holding an OME-Zarr image: NGFF multiscales in its attributes, or
+    in its series ``0`` (the layout bioformats2raw writes, as QuPath and Bio-Formats export)."""
     path = Path(path)
-    return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", ".zattrs")) and \
-        _ngff_attributes(path) is not None
+    return path.is_dir() and _ngff_attributes(ngff_image(path)) is not None
 
 
-def _ngff_attributes(path: Path) -> dict | None:
-    """The NGFF attributes of a zarr group folder (``ome`` of zarr v3's ``zarr.json``, or v2's ``.zattrs``)."""
+def ngff_image(path: str | os.PathLike) -> Path:
+    """The image group of an OME-Zarr store: the store itself, or its first series ``0`` in bioformats2raw's
+    layout (``"bioformats2raw.layout"`` in the store's attributes). Its labels go in ``<image group>/labels``."""
+    path = Path(path)
+    if _ngff_attributes(path) is None and "bioformats2raw.layout" in _group_attributes(path) and \
+            _ngff_attributes(path / "0") is not None:
+        return path / "0"
+    return path
+
+
+def _group_attributes(path: Path) -> dict:
+    """The attributes of a zarr group folder (v3's ``zarr.json`` ``attributes``, or v2's ``.zattrs``), ``ome``
+    unwrapped; {} for a folder without."""
     for name in ("zarr.json", ".zattrs"):
         file = path / name
         if file.is_file():
@@ -159,28 +170,35 @@ def _ngff_attributes(path: Path) -> dict | None:
                 raise DataError(f"{file}: not a readable zarr attributes file ({err}); write the store again") from None
             if name == "zarr.json":
                 attrs = attrs.get("attributes", {}) if isinstance(attrs, dict) else {}
-            attrs = attrs.get("ome", attrs) if isinstance(attrs, dict) else {}
-            if isinstance(attrs, dict) and isinstance(attrs.get("multiscales"), list) and attrs["multiscales"]:
-                return attrs
-    return None
+            if not isinstance(attrs, dict):
+                return {}
+            return {**attrs, **attrs["ome"]} if isinstance(attrs.get("ome"), dict) else attrs
+    return {}
+
+
+def _ngff_attributes(path: Path) -> dict | None:
+    """The NGFF attributes of an image group folder, or None when it has no multiscales."""
+    attrs = _group_attributes(path)
+    return attrs if isinstance(attrs.get("multiscales"), list) and attrs["multiscales"] else None
 
 
 def ngff_level0(path: Path) -> tuple[str, str, list[float]]:
-    """The first multiscale's full-resolution dataset of an OME-Zarr image: (its path, its axes as tifffile's
-    letters, its scale per axis: the dataset's transformations times the multiscale's own).
+    """The first multiscale's full-resolution dataset of an OME-Zarr image: (its path within ``path``, its axes
+    as tifffile's letters, its scale per axis: the dataset's transformations times the multiscale's own).
 
     Raises
     ------
     DataError
         Metadata missing or malformed, naming the store.
     """
-    attrs = _ngff_attributes(path)
+    image = ngff_image(path)
+    attrs = _ngff_attributes(image)
     if attrs is None:
         raise DataError(f"{path}: not an OME-Zarr image (no NGFF multiscales in its attributes); write it with "
                         f"ome-zarr or bioformats2raw")
     try:
         multiscale = attrs["multiscales"][0]
-        axes = multiscale.get("axes") or [{"name": n} for n in "tczyx"[-len(multiscale["datasets"][0]) :]]
+        axes = multiscale.get("axes") or [{"name": n} for n in "tczyx"]  # NGFF before 0.4: always 5-D
         names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
         dataset = multiscale["datasets"][0]
         scale = [1.0] * len(names)
@@ -190,14 +208,16 @@ def ngff_level0(path: Path) -> tuple[str, str, list[float]]:
                 if t.get("type") == "scale":
                     scale = [a * float(b) for a, b in zip(scale, t["scale"])]
         letters = "".join({"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n.lower(), "Q") for n in names)
-        return str(dataset["path"]), letters, scale
+        return (image / str(dataset["path"])).relative_to(path).as_posix(), letters, scale
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
         raise DataError(f"{path}: malformed NGFF multiscales metadata ({type(err).__name__}: {err}); write the "
                         f"store again with ome-zarr") from None
 
 
 def _ngff_readings(path: Path) -> list[tuple[str, float | None, float | None]]:
-    attrs = _ngff_attributes(path)
+    attrs = _ngff_attributes(ngff_image(path))
+    if attrs is None:
+        return []
     _, letters, scale = ngff_level0(path)
     axes = attrs["multiscales"][0].get("axes") or []
     units = {letters[i]: (a.get("unit") if isinstance(a, dict) else None) for i, a in enumerate(axes)}

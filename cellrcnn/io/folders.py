@@ -15,7 +15,7 @@ import tifffile
 from ..config.data import DataConfig
 from ..utils.files import atomic_write, safe_stem
 from .coco import is_coco_file, read_coco
-from .calibration import is_ome_zarr
+from .calibration import is_ome_zarr, ngff_image
 from .files import IMAGE_EXTENSIONS, DataError, image_stem, is_zarr
 from .layouts import _layout
 
@@ -257,9 +257,10 @@ def match_files(folder: str | os.PathLike, config: DataConfig) -> Matching:
     matching = Matching([], [])
     index = _mask_index(mask_dir, config.mask_glob)
     for image in images:
-        if is_zarr(image) and all(is_zarr(image / "labels" / kind) for kind in wanted[config.encoding]):
+        labels = ngff_image(image) / "labels" if is_zarr(image) else None
+        if labels is not None and all(is_zarr(labels / kind) for kind in wanted[config.encoding]):
             # NGFF labels in the image's own store (labels/parts, labels/cells, labels/nuclei)
-            matching.pairs.append(Pair(image=image, **{kind: image / "labels" / kind for kind in wanted[config.encoding]}))
+            matching.pairs.append(Pair(image=image, **{kind: labels / kind for kind in wanted[config.encoding]}))
             continue
         stems = dict.fromkeys((image_stem(image), image.stem))  # a.ome.tif: a_masks.tif, else a.ome_masks.tif
         files = {

@@ -35,7 +35,7 @@ def ome_tiff(path, y, x, unit="µm", image=IMAGE):
     return path
 
 
-def ome_zarr(path, y, x, unit="micrometer", image=IMAGE, version="0.5"):
+def ome_zarr(path, y, x, unit="micrometer", image=IMAGE, version="0.5"):  # noqa: PLR0913
     from ome_zarr.format import FormatV04, FormatV05
 
     fmt = FormatV05() if version == "0.5" else FormatV04()
@@ -165,3 +165,23 @@ def test_training_records_the_median_size_and_says_when_images_disagree(tmp_path
     assert "1 of 3 training images state no pixel size" in caplog.text
     assert training_pixel_size([tmp_path / "plain.png"]) is None
     assert training_pixel_size([tmp_path / "plain.png"], given=0.5) == 0.5  # data.pixel_size: files not read
+
+
+def test_the_bioformats2raw_layout_reads_its_first_series_and_takes_its_labels_there(tmp_path):
+    """QuPath and Bio-Formats export OME-Zarr through bioformats2raw: the image is series ``0`` of the store."""
+    from cellrcnn.export.ngff import write_ngff_labels
+    from cellrcnn.io.calibration import is_ome_zarr, ngff_image
+
+    store = tmp_path / "slide.zarr"
+    root = zarr.open_group(str(store), mode="w")
+    root.attrs["bioformats2raw.layout"] = 3
+    ome_zarr(store / "0", 0.5, 0.4)
+    assert is_ome_zarr(store) and ngff_image(store) == store / "0"
+    assert pixel_size_of(store) == PixelSize(0.5, 0.4, "NGFF")
+    np.testing.assert_array_equal(open_field(store).read(0, 60, 0, 80), IMAGE / np.float32(255))
+    assert list_images(tmp_path) == [store] and list_images(store) == [store]
+    parts = np.zeros(IMAGE.shape[:2], np.uint8)
+    parts[10:40, 10:40], parts[20:30, 20:30] = 1, 2
+    write_ngff_labels(store, {"parts": parts}, pixel_size_of(store))
+    assert (store / "0" / "labels" / "parts").is_dir()
+    assert [(p.image, p.parts) for p in find_pairs(tmp_path, DataConfig())] == [(store, store / "0" / "labels" / "parts")]
