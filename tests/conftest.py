@@ -136,7 +136,8 @@ def single_cell_checkpoint(checkpoint, tmp_path_factory):
                    check_contrast=False)
     model = cellrcnn.model_config_from_run(checkpoint)
     config = Config(model=dataclasses.replace(model, min_size=side, max_size=side),
-                    data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=1, lr=0.001, workers=0, device="cpu"))
+                    data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=1, lr=0.001, workers=0, device="cpu",
+                                                                     size_model=False))
     out = tmp_path_factory.mktemp("single_cell_run") / "run"
     cellrcnn.fit(config, crops, out, quiet=True)
     return out / "best.pt"

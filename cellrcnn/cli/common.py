@@ -96,7 +96,7 @@ TRAIN_FLAGS = (
     ("training", "train", ("epochs", "steps", "batch_size", "accumulate", "lr", "lr_schedule", "lr_step",
                            "lr_gamma", "lr_floor", "warmup_epochs", "momentum", "weight_decay", "clip_grad_norm",
                            "device", "amp", "val_every", "best_metric", "best_smoothing", "patience",
-                           "max_minutes")),
+                           "max_minutes", "size_model")),
     ("run", "train", ("seed", "workers")),
 )
 _CHOICES = {"data.encoding": ENCODINGS, "data.projection": PROJECTIONS, "data.targets": TARGETS, "data.augment": AUGMENTATIONS,
@@ -151,9 +151,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups) -> None:
             if default is not None and not isinstance(default, (dict, bool)):
                 shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
                 help_text += f" (default: {shown})"
-            if hint is bool:
+            if hint is bool and not default:
                 group.add_argument(flag, dest=key, action="store_true", default=argparse.SUPPRESS, help=help_text)
-            elif hint == (bool | None):
+            elif hint is bool or hint == (bool | None):  # on by default: --no-<name> turns it off
                 group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                    help=help_text)
             else:

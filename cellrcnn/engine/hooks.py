@@ -184,7 +184,8 @@ class SizeModelFit(HookBase):
 
         best = trainer.out / "best.pt"
         pairs = getattr(trainer.datasets.get("train"), "pairs", None)
-        if not getattr(trainer, "completed", False) or not best.is_file() or not pairs:
+        if not trainer.config.train.size_model or not getattr(trainer, "completed", False) or not best.is_file() \
+                or not pairs:
             return
         state = load_checkpoint(best, trainer.runtime.device)
         trainer.raw_model.load_state_dict(state["model"])

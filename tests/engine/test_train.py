@@ -564,13 +564,13 @@ def test_finetune_cli_smoke(small_sample, tmp_path):
     (small_sample / "images" / "sample_04.png").unlink()
     result = finetune(small_sample, "--out", out, "--backbone", "resnet18_fpn", "--weights", "none", "--min-size", "64",
                       "--max-size", "64", "--epochs", "2", "--workers", "0", "--val-fraction", "0.25",
-                      "--cytoplasm-weight", "2", "--pixel-size", "0.325", "--quiet")
+                      "--cytoplasm-weight", "2", "--pixel-size", "0.325", "--no-size-model", "--quiet")
     assert result.returncode == 0, result.stdout + result.stderr
     assert (out / "best.pt").is_file() and len(pd.read_csv(out / "history.csv")) == 2
     config = Config.from_json(out / "config.json")
     assert config.model.part_weight_vector == (1.0, 2.0, 1.0) and config.train.accumulate == 4
     # the PNGs state no pixel size: the one given is the model's, recorded for prediction
-    assert config.data.pixel_size == 0.325
+    assert config.data.pixel_size == 0.325 and config.train.size_model is False
     recorded = cellrcnn.load_checkpoint(out / "best.pt")["config"]["model"]
     assert recorded["pixel_size"] == 0.325
     split = pd.read_csv(out / "split.csv")
@@ -585,7 +585,7 @@ def test_finetune_cli_smoke(small_sample, tmp_path):
                     "train.lr=0.002", "--quiet")
     assert copy.returncode == 0, copy.stdout + copy.stderr
     first, second = (json.loads((run / "config.json").read_text()) for run in (out, tmp_path / "copy"))
-    assert first.pop("command").endswith("--cytoplasm-weight 2 --pixel-size 0.325 --quiet")
+    assert first.pop("command").endswith("--cytoplasm-weight 2 --pixel-size 0.325 --no-size-model --quiet")
     assert second.pop("command").endswith(f"--config {out / 'config.json'} --out {tmp_path / 'copy'} "
                                           f"--set train.lr=0.002 --quiet")
     assert first["train"].pop("lr") == 0.02 and second["train"].pop("lr") == 0.002  # 0.02: the scratch default

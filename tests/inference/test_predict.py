@@ -417,7 +417,8 @@ def wbc_mosaic_model(tmp_path_factory):
     config = Config(model=ModelConfig(backbone="resnet18_fpn", weights="none", min_size=128, max_size=128,
                                       rpn_batch_size_per_image=32, box_batch_size_per_image=32),
                     data=DataConfig(encoding="cells+parts", crop=240, val_fraction=0.0),
-                    train=TrainConfig(epochs=25, lr=0.01, lr_step=12, accumulate=2, workers=0, device="cpu", seed=0))
+                    train=TrainConfig(epochs=25, lr=0.01, lr_step=12, accumulate=2, workers=0, device="cpu", seed=0,
+                                      size_model=False))
     run = tmp_path_factory.mktemp("run") / "run"
     cellrcnn.fit(config, folder, run, quiet=True)
     return Predictor.from_checkpoint(run / "best.pt", device="cpu"), pairs[72:136]  # 64 crops not trained on
