@@ -47,6 +47,7 @@ from skimage.io import imread, imsave
 from skimage.transform import rescale
 
 import cellrcnn
+from cellrcnn.modeling.size_model import fit_ridge, image_style
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "datasets"
@@ -120,14 +121,9 @@ def run_magnified(args) -> None:
                               **score(calibrated(checkpoint, **options), folder, data)})
 
 
-def hand_scale(checkpoint: Path, folder: Path) -> float:
-    """The scale a user sets by hand: the trained cell size over the median annotated cell diameter."""
-    cell_size = cellrcnn.load_checkpoint(checkpoint)["config"]["model"]["cell_size"]
-    table = cellrcnn.data.cell_sizes(cellrcnn.find_pairs(folder, BMP), BMP)
-    return float(cell_size / table["cell_side"].median())
-
-
 def run_zeroshot(args) -> None:
+    from peer_wbc import hand_scale  # the scale a user sets by hand, as the peer benchmark sets it
+
     checkpoint = args.source / "best.pt"
     hand = hand_scale(checkpoint, CV_TEST)
     auto = cellrcnn.Predictor.from_checkpoint(checkpoint, device="cpu", cell_diameter="auto")
@@ -142,17 +138,9 @@ def run_zeroshot(args) -> None:
                               **score(predictor, CV_TEST, BMP)})
 
 
-def styles(predictor: cellrcnn.Predictor, image: np.ndarray, scale: float) -> np.ndarray:
-    """Cellpose's "style" of an image: the FPN features at ``scale`` averaged over space, every level (float [D])."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    with torch.no_grad():
-        batch, _ = predictor.model.transform([tensor], scale=scale)
-        features = predictor.model.backbone(batch.tensors)
-    return torch.cat([f.mean(dim=(-2, -1))[0] for f in features.values()]).numpy()
-
-
 def run_sizemodel(args) -> None:
-    """A size model in the manner of Cellpose's: a ridge regression from the style of an image at the training
+    """The experiment behind the size model (:mod:`cellrcnn.modeling.size_model`, its functions) in the manner of
+    Cellpose's: a ridge regression from the style of an image at the training
     scale to the log of its cell diameter in network pixels, fitted on the training images (JTSC 001-200)
     resized by 2^-1.5 .. 2^1.5; scored on wbc_cellavision_test against the scale ladder, image by image."""
     checkpoint = args.source / "best.pt"
@@ -169,20 +157,19 @@ def run_sizemodel(args) -> None:
             for f in factors:
                 # the style at the training scale of an image whose cells are f times their size
                 big = rescale(image, f, order=1, channel_axis=-1) if f != 1 else image
-                X.append(styles(predictor, big.astype(np.float32), base))
+                tensor = torch.from_numpy(np.ascontiguousarray(big, dtype=np.float32)).permute(2, 0, 1)
+                X.append(image_style(predictor.model, tensor, base).numpy())
                 y.append(np.log(sides[pair.image.name] * f * base))
         return np.array(X), np.array(y)
 
     train = [p for p in cellrcnn.find_pairs(JTSC, BMP) if int(p.name) <= 200]
     X, y = examples(train, [2 ** rng.uniform(-1.5, 1.5) for _ in range(3)])
-    mean, std = X.mean(0), X.std(0) + 1e-6
-    Z = (X - mean) / std
     tests = {name: examples(cellrcnn.find_pairs(folder, BMP), [1.0])
              for name, folder in (("cv_few", SHARED / "wbc_cellavision_few"), ("cv_test", CV_TEST))}
     for lam in (1.0, 10.0, 100.0, 1000.0):
-        coef = np.linalg.solve(Z.T @ Z + lam * np.eye(Z.shape[1]), Z.T @ (y - y.mean()))
+        fit = fit_ridge(X, y, penalty=lam)
         for name, (Xt, yt) in tests.items():
-            predicted = ((Xt - mean) / std) @ coef + y.mean()
+            predicted = ((Xt - fit["mean"]) / fit["std"]) @ fit["coef"] + fit["intercept"]
             estimate = base * cell / np.exp(predicted)  # the scale that brings the predicted cell to cell_size
             truth = base * cell / np.exp(yt)
             ratio = estimate / truth

@@ -142,8 +142,8 @@ def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], cho
         clashes = [p for img in images for p in output_paths(args.out, names[img], args.rois, args.overlays,
                                                                                 args.geojson).values()
                    if p.exists()] + [p for p in (table_path, args.out / COCO_FILE) if p.exists()]
-        in_stores = [ngff_image(img) / "labels" / kind for img in images if is_zarr(img) for kind in NGFF_LABELS
-                     if (ngff_image(img) / "labels" / kind).exists()]
+        in_stores = [labels / kind for labels in (ngff_image(img) / "labels" for img in images if is_zarr(img))
+                     for kind in NGFF_LABELS if (labels / kind).exists()]
         if in_stores:
             logger.error("error: %s already holds predicted labels; pass --overwrite to replace them (OME-Zarr "
                          "images get their labels written into their own store)", in_stores[0])

@@ -42,9 +42,8 @@ def fit_size_model(model: nn.Module, pairs: list, data: DataConfig, config: Mode
     """
     if config.input_scale is None or len(pairs) < MIN_SIZE_IMAGES or getattr(model, "size_model", None) is None:
         return 0
-    chosen = pairs if len(pairs) <= MAX_SIZE_IMAGES else \
-        [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, MAX_SIZE_IMAGES)]
-    sides = cell_sizes(chosen, data, count=len(chosen)).groupby("image")["cell_side"].median()
+    # cell_sizes reads at most MAX_SIZE_IMAGES pairs, evenly spread: those with cells are the fit's images
+    sides = cell_sizes(pairs, data, count=MAX_SIZE_IMAGES).groupby("image")["cell_side"].median()
     if len(sides) < MIN_SIZE_IMAGES:
         return 0
     rng = np.random.default_rng(seed)
@@ -53,8 +52,8 @@ def fit_size_model(model: nn.Module, pairs: list, data: DataConfig, config: Mode
     model.eval()
     styles, targets = [], []
     try:
-        for pair in chosen:
-            if pair.image.name not in sides.index:  # no cell in it: no size to learn
+        for pair in pairs:
+            if pair.image.name not in sides.index:  # not read, or no cell in it: no size to learn
                 continue
             image = read_image(pair.image, data)
             for factor in 2.0 ** rng.uniform(-1.5, 1.5, SIZE_FACTORS):

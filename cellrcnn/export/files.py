@@ -60,7 +60,7 @@ def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, info: str = ""
     metadata = {"Info": info} if info else {}
     extra = {}
     if pixel_size:
-        size = pixel_size if isinstance(pixel_size, PixelSize) else PixelSize(float(pixel_size), float(pixel_size))
+        size = PixelSize.of(pixel_size)
         metadata["unit"] = "micron"
         extra["resolution"] = (1.0 / size.x, 1.0 / size.y)
     return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels, imagej=True, metadata=metadata,

@@ -65,9 +65,8 @@ def write_ngff_labels(store: str | os.PathLike, labels: dict[str, np.ndarray], p
     store = Path(store)
     if not is_zarr(store):
         raise DataError(f"{store}: not an OME-Zarr store; labels are written into OME-Zarr images only")
-    _, axes, _ = ngff_level0(store)
-    root = zarr.open_group(str(store), mode="r")
-    shape = root[ngff_level0(store)[0]].shape
+    dataset, axes, _ = ngff_level0(store)
+    shape = zarr.open_group(str(store), mode="r")[dataset].shape
     height, width = shape[axes.index("Y")], shape[axes.index("X")]
     for name, array in labels.items():
         if array.shape != (height, width):
@@ -79,9 +78,10 @@ def write_ngff_labels(store: str | os.PathLike, labels: dict[str, np.ndarray], p
         raise DataError(f"{present[0]}: labels of that name are already in the store; pass --overwrite to "
                         f"replace them")
     fmt = _format(store)
+    version = 3 if fmt.version == "0.5" else 2  # zarr's, for NGFF 0.5 and 0.4
     temporary = store.parent / f".{store.name}.labels-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        group = zarr.open_group(str(temporary), mode="w", zarr_format=3 if fmt.version == "0.5" else 2)
+        group = zarr.open_group(str(temporary), mode="w", zarr_format=version)
         unit = {"unit": "micrometer"} if pixel_size else {}
         axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
         base = (pixel_size.y, pixel_size.x) if pixel_size else (1.0, 1.0)
@@ -97,11 +97,11 @@ def write_ngff_labels(store: str | os.PathLike, labels: dict[str, np.ndarray], p
             if target.exists():
                 shutil.rmtree(target)
             os.replace(temporary / "labels" / name, target)
-        listed = zarr.open_group(str(image / "labels"), mode="a", zarr_format=3 if fmt.version == "0.5" else 2)
+        listed = zarr.open_group(str(image / "labels"), mode="a", zarr_format=version)
         attrs = dict(listed.attrs)
-        ome = attrs.get("ome", attrs) if fmt.version == "0.5" else attrs
+        ome = attrs.get("ome", attrs) if version == 3 else attrs
         names = list(dict.fromkeys([*ome.get("labels", []), *labels]))
-        if fmt.version == "0.5":
+        if version == 3:
             listed.attrs["ome"] = {**attrs.get("ome", {}), "version": "0.5", "labels": names}
         else:
             listed.attrs["labels"] = names

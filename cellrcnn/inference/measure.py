@@ -163,7 +163,7 @@ def measure_cells(cells: np.ndarray, parts: np.ndarray, image, part_names: tuple
     for k, part_name in enumerate(part_names[1:], start=1):
         table[f"{part_name}_area_px"] = counts[:, k].astype(np.int64)
     if pixel_size:
-        size = pixel_size if isinstance(pixel_size, PixelSize) else PixelSize(float(pixel_size), float(pixel_size))
+        size = PixelSize.of(pixel_size)
         for column in [c for c in table.columns if c.endswith("area_px")]:
             table[column.replace("_px", "_um2")] = table[column] * size.area
         # centroids of pixel centres: pixel i spans [i, i + 1), its centre lies at i + 0.5

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..config.fields import MAX_PIXEL_UM, MIN_PIXEL_UM
 from ..utils.errors import DataError
 
 __all__ = ["PixelSize", "pixel_size_of", "training_pixel_size", "ngff_image", "ngff_level0", "checked_pixel_size", "UNIT_UM", "MIN_PIXEL_UM", "MAX_PIXEL_UM",
-           "CZI_EXTENSIONS", "is_ome_zarr"]
+           "is_ome_zarr"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ UNIT_UM = {
 #: Two readings of one file (its OME and ImageJ metadata, say) that differ by more than this fraction
 #: contradict each other.
 AGREE = 0.01
-
-CZI_EXTENSIONS = (".czi",)
 
 
 @dataclass(frozen=True)
@@ -67,16 +66,20 @@ class PixelSize:
         """The area of one pixel in µm²."""
         return self.y * self.x
 
+    @classmethod
+    def of(cls, value: PixelSize | float) -> PixelSize:
+        """``value`` as a PixelSize: one as it is, a number (µm) as a square pixel of that side."""
+        return value if isinstance(value, PixelSize) else cls(float(value), float(value))
+
     def __str__(self) -> str:
         size = f"{self.x:.4g}" if math.isclose(self.y, self.x, rel_tol=AGREE) else f"{self.y:.4g} x {self.x:.4g}"
         return f"{size} µm per pixel ({self.source})"
 
 
 def _um(value, unit: str | None) -> float | None:
-    """``value`` in micrometres, or None when the unit is none a length has (pixels, or unknown)."""
-    factor = UNIT_UM.get((unit or "").strip().replace("\\u00B5", "µ").lower() if unit else "µm")
-    if factor is None and unit:
-        factor = UNIT_UM.get(unit.strip())
+    """``value`` in micrometres, or None when the unit is none a length has (pixels, or unknown); no unit: µm."""
+    name = unit.strip().replace("\\u00B5", "µ") if unit else "µm"  # ImageJ writes µ escaped
+    factor = UNIT_UM.get(name.lower(), UNIT_UM.get(name))
     try:
         return None if factor is None else float(value) * factor
     except (TypeError, ValueError):
@@ -104,12 +107,21 @@ def checked_pixel_size(y, x, source: str, where: str | os.PathLike) -> PixelSize
     return PixelSize(float(y), float(x), source)
 
 
+def _resolution_sides(tags) -> tuple[float, float]:
+    """Units per pixel along Y and X from a TIFF page's resolution tags (pixels per unit, as rationals); Y is
+    X's when the file gives none of its own."""
+    x = tags["XResolution"].value
+    y = tags["YResolution"].value if "YResolution" in tags else x
+    return tuple(math.inf if r[0] == 0 else r[1] / r[0] for r in (y, x))
+
+
 def _tiff_readings(path: Path) -> list[tuple[str, float | None, float | None]]:
     """(source, y, x) in µm from a TIFF's OME and ImageJ metadata (None for an axis a source leaves out)."""
     import tifffile
 
     readings = []
     with tifffile.TiffFile(path) as tif:
+        tags = tif.pages.first.tags
         if tif.is_ome and tif.ome_metadata:
             import xml.etree.ElementTree as ET
 
@@ -121,23 +133,16 @@ def _tiff_readings(path: Path) -> list[tuple[str, float | None, float | None]]:
                                  if "PhysicalSizeY" in pixels.attrib else None,
                                  _um(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit", "µm"))
                                  if "PhysicalSizeX" in pixels.attrib else None))
-            tags = tif.pages.first.tags
             unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
             if readings and unit == 3 and "XResolution" in tags:  # centimetres, as Bio-Formats writes beside OME
-                sizes = [tags[name].value if name in tags else tags["XResolution"].value
-                         for name in ("YResolution", "XResolution")]
-                y, x = (math.inf if r[0] == 0 else r[1] / r[0] * 1e4 for r in sizes)
+                y, x = (side * 1e4 for side in _resolution_sides(tags))
                 readings.append(("TIFF resolution tags", y, x))
         if tif.is_imagej and tif.imagej_metadata is not None:
             unit = tif.imagej_metadata.get("unit")
-            page = tif.pages.first
-            tags = page.tags
             if unit and "XResolution" in tags:
-                per_unit = [tags[name].value if name in tags else None for name in ("YResolution", "XResolution")]
-                sizes = [None if r is None else (math.inf if r[0] == 0 else r[1] / r[0]) for r in per_unit]
-                y, x = (None if s is None else _um(s, unit) for s in sizes)
+                y, x = (_um(side, unit) for side in _resolution_sides(tags))
                 if x is not None:
-                    readings.append(("ImageJ", y if y is not None else x, x))
+                    readings.append(("ImageJ", y, x))
     return readings
 
 
@@ -261,13 +266,13 @@ def pixel_size_of(path: str | os.PathLike) -> PixelSize | None:
         file (OME and ImageJ) that differ by more than 1 %.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = path.suffix.lower()  # io.files reads this module: its own suffix checks would make a cycle
     try:
         if suffix in (".tif", ".tiff"):
             readings = _tiff_readings(path)
         elif path.is_dir():
             readings = _ngff_readings(path)
-        elif suffix in CZI_EXTENSIONS:
+        elif suffix == ".czi":
             readings = _czi_readings(path)
         else:
             return None
@@ -300,8 +305,7 @@ def training_pixel_size(paths: list[Path], given: float | None = None, say: bool
     known = [s.side for s in sizes if s is not None]
     if not known:
         return None
-    median = float(sorted(known)[len(known) // 2] if len(known) % 2 else
-                   sum(sorted(known)[len(known) // 2 - 1:len(known) // 2 + 1]) / 2)
+    median = float(statistics.median(known))
     if say:
         logger.info("training images: %s µm per pixel (median of %d calibrated images)", f"{median:.4g}", len(known))
         if len(known) < len(sizes):

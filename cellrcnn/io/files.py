@@ -150,6 +150,10 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
+def _is_czi(path: Path) -> bool:
+    return path.suffix.lower() == ".czi"
+
+
 def _pixels_of(shape: tuple[int, ...], axes: str) -> int:
     """Rows x columns x planes x frames: every axis but channels and colour samples."""
     return int(np.prod([n for a, n in zip(axes, shape) if a not in "CS"], dtype=np.float64))
@@ -226,7 +230,7 @@ def read_raw_axes(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tupl
             source, axes = open_zarr_array(path)
             check_pixels(path, tuple(source.shape), axes, max_pixels)
             array = np.asarray(source[...])
-        elif path.suffix.lower() == ".czi":
+        elif _is_czi(path):
             array, axes = _read_czi(path, max_pixels)
         elif _is_tiff(path):
             with tifffile.TiffFile(path) as tif:
