@@ -19,9 +19,10 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.clone-$(ENV_KEY)
 	@# The package itself is installed editable into this clone's .venv only (cheap); the rest is cached.
+	@# setuptools' note on editable installs (a UserWarning) is for package authors, not for a user setting up.
 	@$(PY) -I -c "import importlib.util as u, pathlib, sys; s = u.find_spec('cellrcnn'); \
 	sys.exit(0 if s and pathlib.Path(s.origin).resolve().parent == pathlib.Path('cellrcnn').resolve() else 1)" \
-	2>/dev/null || $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	2>/dev/null || PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
 # Two steps: the shared environment (torch and every dependency, never cellrcnn itself), then this clone's own
 # small .venv, which sees the shared packages through a .pth file and holds the editable install of this clone.
@@ -58,6 +59,7 @@ $(VENV)/.clone-$(ENV_KEY):
 	  for script in "$$target"/bin/*; do \
 	    name=$$(basename "$$script"); \
 	    case "$$name" in python*|activate*|Activate*) continue;; esac; \
+	    [ -f "$$script" ] || continue; \
 	    [ -e "$(VENV)/bin/$$name" ] && continue; \
 	    head -n 1 "$$script" | grep -q '^#!.*python' || continue; \
 	    { echo "#!$(CURDIR)/$(VENV)/bin/python"; tail -n +2 "$$script"; } > "$(VENV)/bin/$$name"; \

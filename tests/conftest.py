@@ -80,6 +80,12 @@ def fails_here(tool: str, *args, at: Path) -> str:
     return lines[0]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--single-cell-seed", type=int, default=0,
+                     help="train the single-cell fixture with this seed: its model-level tests must hold for any "
+                          "(issue 44: tried with 0, 1 and 2)")
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_wbc = pytest.mark.skip(reason=f"WBC data not found at {WBC_DIR}")
@@ -111,33 +117,19 @@ def checkpoint(demo_run):
 
 
 @pytest.fixture(scope="session")
-def single_cell_checkpoint(checkpoint, tmp_path_factory):
+def single_cell_checkpoint(checkpoint, tmp_path_factory, pytestconfig):
     """The sample model fine-tuned for one epoch on 64 px crops of the sample, one labelled cell each (the
     neighbours a crop cuts into stay in the image, unlabelled), so that its run records ``single_cell``; it
     still finds every cell of a whole sample image (best.pt of its run)."""
-    from skimage.io import imread, imsave
-    from skimage.measure import label, regionprops
+    from cellrcnn.sample_data.crops import write_single_cell_crops
 
-    crops = tmp_path_factory.mktemp("crops")
-    for sub in ("images", "masks"):
-        (crops / sub).mkdir()
     side = 64
-    for path in sorted((SAMPLE / "images").glob("*.png")):
-        image, parts = imread(path), imread(SAMPLE / "masks" / path.name)
-        cells = label(parts > 0)
-        for region in regionprops(cells):
-            cy, cx = (int(c) for c in region.centroid)
-            y0 = int(np.clip(cy - side // 2, 0, parts.shape[0] - side))
-            x0 = int(np.clip(cx - side // 2, 0, parts.shape[1] - side))
-            window = (slice(y0, y0 + side), slice(x0, x0 + side))
-            name = f"{path.stem}_{region.label}.png"
-            imsave(crops / "images" / name, image[window], check_contrast=False)
-            imsave(crops / "masks" / name, np.where(cells[window] == region.label, parts[window], 0).astype(np.uint8),
-                   check_contrast=False)
+    crops = write_single_cell_crops(SAMPLE, tmp_path_factory.mktemp("crops"), side)
     model = cellrcnn.model_config_from_run(checkpoint)
     config = Config(model=dataclasses.replace(model, min_size=side, max_size=side),
-                    data=DataConfig(val_fraction=0.25), train=TrainConfig(epochs=1, lr=0.001, workers=0, device="cpu",
-                                                                     size_model=False))
+                    data=DataConfig(val_fraction=0.25),
+                    train=TrainConfig(epochs=1, lr=0.001, workers=0, device="cpu", size_model=False,
+                                      seed=pytestconfig.getoption("single_cell_seed")))
     out = tmp_path_factory.mktemp("single_cell_run") / "run"
     cellrcnn.fit(config, crops, out, quiet=True)
     return out / "best.pt"

@@ -20,6 +20,7 @@ from ..config.fields import (AUGMENTATIONS, BACKBONES, ENCODINGS, LR_SCHEDULES, 
 from ..config.train import SCHEDULES
 from ..config.tree import _SECTIONS, rename_settings
 from ..io.files import DataError
+from ..utils.errors import StoppedTogether
 
 __all__ = ["add_config_arguments", "command", "config_overrides", "data_config_from_args", "setup_logging"]
 
@@ -228,7 +229,7 @@ def setup_logging(quiet: bool = False, parser: argparse.ArgumentParser | None = 
 
 
 #: What a user's files, flags or machine cause (a bad image, a missing file, a full disk): one line, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ValueError, OSError, FloatingPointError)
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ValueError, OSError, FloatingPointError, StoppedTogether)
 
 
 def one_line(err: BaseException) -> str:

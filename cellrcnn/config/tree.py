@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..utils.errors import DataError
-from ..utils.files import atomic_write
+from ..utils.files import MAX_SETTINGS_BYTES, atomic_write, read_text_within
 from .data import DataConfig
 from .fields import _check, _field_types, _Section, parse_field_value
 from .model import ModelConfig
@@ -75,7 +75,8 @@ class Config(_Section):
         """Read a config written by :meth:`to_json` (a run's ``config.json`` works as is)."""
         path = Path(path)
         try:
-            values = json.loads(path.read_text())
+            values = json.loads(read_text_within(path, MAX_SETTINGS_BYTES, "a config is a small JSON file, as a "
+                                                                           "run's config.json: give that"))
         except (OSError, UnicodeDecodeError) as err:
             raise DataError(f"cannot read config {path}: {err}") from None
         except json.JSONDecodeError as err:

@@ -142,6 +142,9 @@ class BestCheckpoint(HookBase):
     """Track the best value of ``best_metric`` (:class:`MetricWatch`); write ``last.pt`` every epoch and
     ``best.pt`` when it improves, and set ``trainer.improved`` for the epoch.
 
+    Only ``last.pt`` carries the optimizer's state (resume reads it): in ``best.pt``, the model a user predicts
+    with, shares and exports, it would be half the file.
+
     The checkpoint holds every hook's :meth:`~HookBase.state_dict` as it is
     when this hook runs: the default hooks that keep state run before it.
     """
@@ -159,7 +162,7 @@ class BestCheckpoint(HookBase):
         state = trainer.checkpoint_state()
         trainer.save_checkpoint(trainer.out / "last.pt", state)
         if trainer.improved:
-            trainer.save_checkpoint(trainer.out / "best.pt", state)
+            trainer.save_checkpoint(trainer.out / "best.pt", {k: v for k, v in state.items() if k != "optimizer"})
 
     @property
     def best(self):

@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as torch_dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from ..config.train import TrainConfig
@@ -133,13 +132,6 @@ def _to_device(images, targets, device):
     images = [i.to(device, non_blocking=True) for i in images]
     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
     return images, targets
-
-
-def _all_finite(loss: torch.Tensor, runtime: Runtime) -> bool:
-    finite = torch.isfinite(loss.detach()).to(torch.int32)
-    if runtime.distributed:  # every rank skips together, or DDP's all-reduce would hang
-        torch_dist.all_reduce(finite, op=torch_dist.ReduceOp.MIN)
-    return bool(finite.item())
 
 
 @contextlib.contextmanager

@@ -28,9 +28,9 @@ from ..modeling.build import build_model
 from ..modeling.checkpoint import load_checkpoint
 from ..modeling.losses import balanced_part_weights
 from ..utils.progress import progress
-from ..utils.runtime import leave_process_group
+from ..utils.runtime import check_in, leave_process_group
 from . import hooks
-from .loop import (_all_finite, _to_device, epoch_seed, lr_factor, make_loader, save_checkpoint, seed_everything,
+from .loop import (_to_device, epoch_seed, lr_factor, make_loader, save_checkpoint, seed_everything,
                    setup_runtime, sizes_for_cell_size, steps_per_epoch, tiled_dice, validate)
 
 __all__ = ["Trainer"]
@@ -394,7 +394,13 @@ class Trainer:
                             **{f"train_{k}": v for k, v in losses.items()},
                             "train_seconds": time.perf_counter() - self.epoch_started}
                 self.history.append(self.row)
-                self._call("after_epoch")
+                error = None
+                try:
+                    self._call("after_epoch")  # validation, checkpoints: a process that fails here stops the rest
+                except Exception as err:  # noqa: BLE001 - raised again by check_in, once every process knows
+                    error = err
+                check_in(runtime, error, f"{self.out / 'last.pt'} holds the last finished epoch: --resume "
+                                         "continues from it")
                 if runtime.distributed:  # every rank stops together
                     flag = torch.tensor([int(self.stop)], device=runtime.device)
                     torch_dist.broadcast(flag, src=0)
@@ -421,29 +427,41 @@ class Trainer:
         skip_group = False
         optimizer.zero_grad(set_to_none=True)
         bar = progress(loader, desc="train", leave=False, disable=self.quiet or not runtime.is_main, unit="batch")
-        for i, (images, targets) in enumerate(bar):
-            self._call("before_step")
+        batches = iter(bar)
+        # Under torchrun every process checks in after each step (one all-reduce, which also tells whether every
+        # loss was finite): a process that fails (a file only it reads) stops the others there, each with a line.
+        kept = f"{self.out / 'last.pt'} holds the last finished epoch: --resume continues from it"
+        for i in range(n):
             start = (i // group) * group
             size = min(group, n - start)  # the last group of an epoch may be partial
             last = i == start + size - 1
-            images, targets = _to_device(images, targets, runtime.device)
             sync = contextlib.nullcontext() if last or not runtime.distributed else model.no_sync()
             with sync:
-                with torch.autocast(runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
-                    losses = model(images, targets)
-                    loss = sum(losses.values())
-                if _all_finite(loss, runtime):
+                error, loss, losses = None, None, {}
+                try:
+                    self._call("before_step")
+                    images, targets = next(batches)
+                    images, targets = _to_device(images, targets, runtime.device)
+                    with torch.autocast(runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
+                        losses = model(images, targets)
+                        loss = sum(losses.values())
+                except Exception as err:  # noqa: BLE001 - raised again by check_in, once every process knows
+                    error = err
+                finite = loss is not None and bool(torch.isfinite(loss.detach()))
+                if check_in(runtime, error, kept, finite):
                     bad_in_row = 0
                     self.scaler.scale(loss / size).backward()
                     counted += 1
                     self.step_losses = {k: v.item() for k, v in losses.items()}
                     for k, v in self.step_losses.items():
                         sums[k] = sums.get(k, 0.0) + v
-                else:
+                else:  # every process skips together, or DDP's all-reduce would hang
                     bad_in_row += 1
                     skip_group = True
                     self.step_losses = {k: float("nan") for k in losses}
                     files = ", ".join(self.image_name(int(t["image_id"])) for t in targets)
+                    if finite:
+                        files = f"another process's images (this one's: {files})"
                     logger.warning("non-finite loss (%s) on %s; skipping this optimizer step",
                                    ", ".join(f"{k} {v.item():.3g}" for k, v in losses.items()), files)
                     if bad_in_row >= cfg.max_nonfinite:

@@ -28,7 +28,7 @@ from ..io.files import DataError, check_package_sizes, zip_members
 from ..modeling.build import build_model
 from ..modeling.transform import predict_labels
 from ..modeling.weights import why_unreadable
-from .selection import CellChoice, border_labels, keeps_largest, kept_cells, largest_complete_side, nucleated
+from .selection import CellChoice, border_labels, cell_boxes, cell_sides, keeps_largest, kept_cells, nucleated
 
 __all__ = ["CellLabels", "Package", "is_package", "read_package", "PACKAGE_SUFFIXES"]
 
@@ -104,7 +104,7 @@ class CellLabels(nn.Module):
         counts = np.bincount(cells.ravel(), minlength=len(scores) + 1)
         present = np.flatnonzero(counts[1:] > 0) + 1
         largest = keeps_largest(self.choice, self.config.model, cells.shape, self.config.model.input_scale,
-                                tiled=False, cell_side=largest_complete_side(cells, len(scores)))
+                                tiled=False, sides=cell_sides(cell_boxes(cells, len(scores)), cells.shape))
         nucleus = nucleated(cells, parts, len(scores), self.config.model.parts)
         keep = present[kept_cells(scores[present - 1], counts[present], ~np.isin(present, border_labels(cells)),
                                   self.choice.score_threshold, largest, self.choice.max_cells,

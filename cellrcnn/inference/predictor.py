@@ -26,7 +26,7 @@ from ..utils.runtime import resolve_device
 from .measure import Prediction, measure_cells, whole_masks
 from .package import is_package, read_package
 from .scale import prediction_scale, scale_from_ladder, warn_off_size
-from .selection import CellChoice, border_labels, keeps_largest, kept_cells, largest_complete_side, nucleated
+from .selection import CellChoice, border_labels, cell_boxes, cell_sides, keeps_largest, kept_cells, nucleated
 from .tta import VIEWS, from_view, merge_views, to_view
 from .tiles import Stitcher, Tile, grid_overlap, relabel, tile_grid
 
@@ -541,9 +541,9 @@ class Predictor:
         ``source``, measured in its pixel size."""
         name, pixel_size = source.name, source.pixel_size
         cells, parts, scores, classes = field["cells"], field["parts"], field["scores"], field["classes"]
-        side = None if tiled or choice.largest is not None or not self.config.model.single_cell else \
-            largest_complete_side(cells, len(scores))
-        largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled, side)
+        sides = None if tiled or choice.largest is not None or not self.config.model.single_cell else \
+            cell_sides(cell_boxes(cells, len(scores)), cells.shape)
+        largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled, sides)
         self._tell_single_cell(choice, largest, name)
         ids = np.arange(1, len(scores) + 1)
         nucleus = nucleated(cells, parts, len(scores), self.parts) if largest else None

@@ -23,12 +23,23 @@ The rule, in order:
 
 The single-cell choice is on when asked for (``largest=True``). Left to the
 model (``largest=None``) it is on only for a model trained on single-cell crops
-(``ModelConfig.single_cell``) and an image like those crops: predicted whole, in
-one piece, and, measured in its largest complete cell, no more than
-:data:`CROP_LIKE` times as many cells across as the training crops. The image is
-judged as given, by what the model finds in it, not by a resize factor that may
-be wrong (another microscope). A tiled field, or any image much larger than its
-cells, keeps every cell.
+(``ModelConfig.single_cell``) and an image like those crops
+(:func:`looks_like_training_crops`): predicted whole, in one piece, and judged
+by the cells the model finds in it, as given, not by a resize factor that may be
+wrong (another microscope):
+
+- its side spans no more than :data:`CROP_LIKE` times as many cells as the
+  training crops, measured in its largest cell (:func:`cell_sides`: a cell cut by
+  the image's edge counts by its box's longer side, so the one real cell of a crop
+  counts even when it touches the edge, and a small false detection never moves
+  the largest);
+- and it holds fewer than :data:`FIELD_CELLS` cells at least :data:`COMPARABLE`
+  times the largest's side (a mosaic of crops is a field);
+- with fewer than :data:`MIN_EVIDENCE` cells found the cells tell little, and the
+  image is judged by its size once resized for the network, as before cells were
+  measured.
+
+A tiled field, or any image much larger than its cells, keeps every cell.
 """
 
 from __future__ import annotations
@@ -43,12 +54,20 @@ from ..config.fields import SINGLE_RULES
 from ..config.model import ModelConfig
 from ..data.targets import border_labels
 
-__all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "largest_complete_side", "border_labels", "CROP_LIKE",
-           "SINGLE_RULES", "MIN_NUCLEUS_FRACTION", "nucleated"]
+__all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "cell_sides", "cell_boxes",
+           "border_labels", "CROP_LIKE", "FIELD_CELLS", "COMPARABLE", "MIN_EVIDENCE", "SINGLE_RULES",
+           "MIN_NUCLEUS_FRACTION", "nucleated"]
 
-#: An image whose longer side, counted in its largest complete cell's diameter, is at most this many times
-#: the training crops' (``max_size / cell_size``) counts as a crop like them.
+#: An image whose longer side, counted in its largest cell's diameter, is at most this many times the training
+#: crops' (``max_size / cell_size``) counts as a crop like them.
 CROP_LIKE = 3.0
+#: An image holding at least this many cells of comparable size (:data:`COMPARABLE`) is a field, however large
+#: its cells: a 3 x 3 mosaic of crops holds 9.
+FIELD_CELLS = 6
+#: Cells at least this share of the largest's side count towards :data:`FIELD_CELLS`.
+COMPARABLE = 0.5
+#: With fewer cells than this the image is judged by its size for the network, not by its cells.
+MIN_EVIDENCE = 2
 #: A cell has a nucleus when at least this share of its pixels are nucleus.
 MIN_NUCLEUS_FRACTION = 0.01
 
@@ -101,35 +120,89 @@ class CellChoice:
 
 
 def looks_like_training_crops(model: ModelConfig, shape: tuple[int, int], scale: float | None,
-                              cell_side: float | None = None) -> bool:
-    """True when an image of ``shape`` (H, W) is like the model's single-cell training crops.
+                              sides: np.ndarray | None = None) -> bool:
+    """True when an image of ``shape`` (H, W) is like the model's single-cell training crops (see the module).
 
-    With ``cell_side`` (the image's largest complete cell: the square root of its box area, image pixels)
-    and a model that records its cell size: the image spans at most :data:`CROP_LIKE` times as many such
-    cells as a training crop (``max_size / cell_size``), whatever its magnification. Otherwise (no complete
-    cell found, an old model): the image resized by ``scale`` is no larger than :data:`CROP_LIKE` times the
-    training images (``max_size`` network pixels); ``scale`` None: resized to ``min_size``."""
-    if cell_side is not None and cell_side > 0 and model.cell_size:
-        return max(shape) / cell_side <= CROP_LIKE * model.max_size / model.cell_size
+    Parameters
+    ----------
+    model : ModelConfig
+        ``max_size`` and ``cell_size`` (the training crops' side and their cells' median side, network pixels).
+    shape : tuple of int
+        The image's (H, W), image pixels.
+    scale : float or None
+        The factor resizing the image for the network; None: resized to ``min_size``.
+    sides : np.ndarray, optional
+        float ``[N]``: the size of each cell found in the image, image pixels (:func:`cell_sides`).
+
+    Returns
+    -------
+    bool
+        With at least :data:`MIN_EVIDENCE` cells and a model that records its cell size: the image spans at most
+        :data:`CROP_LIKE` times as many of its largest cells as a training crop spans of its cells, and holds
+        fewer than :data:`FIELD_CELLS` cells of at least :data:`COMPARABLE` times the largest's side,
+        whatever its magnification. Otherwise: the image resized by ``scale`` is no larger than
+        :data:`CROP_LIKE` times the training images (``max_size`` network pixels).
+    """
+    sides = np.zeros(0) if sides is None else np.asarray(sides, dtype=float)
+    sides = sides[np.isfinite(sides) & (sides > 0)]
+    if len(sides) >= MIN_EVIDENCE and model.cell_size:
+        side = float(sides.max())
+        across = max(shape) / side <= CROP_LIKE * model.max_size / model.cell_size
+        return across and int(np.sum(sides >= COMPARABLE * side)) < FIELD_CELLS
     if scale is None:
         scale = model.min_size / max(1, min(shape))
     return max(shape) * scale <= CROP_LIKE * model.max_size
 
 
-def largest_complete_side(cells: np.ndarray, count: int) -> float | None:
-    """The square root of the box area of the largest (by box) cell of ``cells`` (int ``[H, W]``, labels
-    1..``count``) that touches no image edge; None when every cell does."""
+def cell_boxes(cells: np.ndarray, count: int) -> np.ndarray:
+    """The boxes of the cells of a label image.
+
+    Parameters
+    ----------
+    cells : np.ndarray
+        int ``[H, W]`` labels 1..``count`` (0 background).
+    count : int
+        Number of labels ``N``.
+
+    Returns
+    -------
+    np.ndarray
+        float ``[N, 4]`` boxes ``(x0, y0, x1, y1)``, end exclusive, image pixels; NaN for a label with no pixel.
+    """
     from scipy import ndimage
 
-    edge = set(border_labels(cells).tolist())
-    sides = [math.sqrt((box[0].stop - box[0].start) * (box[1].stop - box[1].start))
-             for label, box in enumerate(ndimage.find_objects(np.asarray(cells, dtype=np.int64), count), start=1)
-             if box is not None and label not in edge]
-    return max(sides, default=None)
+    boxes = np.full((count, 4), np.nan)
+    for i, box in enumerate(ndimage.find_objects(np.asarray(cells, dtype=np.int64), count)):
+        if box is not None:
+            boxes[i] = (box[1].start, box[0].start, box[1].stop, box[0].stop)
+    return boxes
+
+
+def cell_sides(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Each cell's size from its box: the square root of the box's area for a box clear of the image's edges; the
+    box's longer side for one touching an edge, whose cell the edge cuts (its longer side is the cut cell's
+    best measure, and never more than the whole cell's).
+
+    Parameters
+    ----------
+    boxes : np.ndarray
+        float ``[N, 4]`` boxes ``(x0, y0, x1, y1)``, end exclusive, image pixels (:func:`cell_boxes`).
+    shape : tuple of int
+        The image's (H, W).
+
+    Returns
+    -------
+    np.ndarray
+        float ``[N]`` sizes in image pixels; NaN where the box is NaN.
+    """
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    cut = (boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= shape[1]) | (boxes[:, 3] >= shape[0])
+    return np.where(cut, np.maximum(width, height), np.sqrt(width * height))
 
 
 def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int], scale: float | None,
-                  tiled: bool, cell_side: float | None = None) -> bool:
+                  tiled: bool, sides: np.ndarray | None = None) -> bool:
     """Whether the single-cell choice applies to one image.
 
     Parameters
@@ -144,13 +217,13 @@ def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int]
         The factor resizing the image for the network.
     tiled : bool
         The image is predicted in several tiles (a whole field).
-    cell_side : float, optional
-        Its largest complete cell's size (:func:`largest_complete_side`); see
+    sides : np.ndarray, optional
+        float ``[N]``: the sizes of the cells found in it (:func:`cell_sides`); see
         :func:`looks_like_training_crops`.
     """
     if choice.largest is not None:
         return bool(choice.largest)
-    return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale, cell_side)
+    return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale, sides)
 
 
 def nucleated(cells: np.ndarray, parts: np.ndarray, count: int, part_names: tuple[str, ...]) -> np.ndarray | None:

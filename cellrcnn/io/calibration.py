@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config.fields import MAX_PIXEL_UM, MIN_PIXEL_UM
 from ..utils.errors import DataError
+from ..utils.files import MAX_SETTINGS_BYTES, read_text_within
 
 __all__ = ["PixelSize", "pixel_size_of", "training_pixel_size", "ngff_image", "ngff_level0", "checked_pixel_size", "UNIT_UM", "MIN_PIXEL_UM", "MAX_PIXEL_UM",
            "is_ome_zarr"]
@@ -170,7 +171,9 @@ def _group_attributes(path: Path) -> dict:
         file = path / name
         if file.is_file():
             try:
-                attrs = json.loads(file.read_text())
+                attrs = json.loads(read_text_within(file, MAX_SETTINGS_BYTES, "write the store again"))
+            except DataError:
+                raise
             except (OSError, ValueError, UnicodeDecodeError) as err:
                 raise DataError(f"{file}: not a readable zarr attributes file ({err}); write the store again") from None
             if name == "zarr.json":

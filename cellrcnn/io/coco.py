@@ -19,6 +19,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from ..config.fields import MAX_PIXELS
+from ..utils.files import MAX_ANNOTATION_BYTES, read_text_within
 from .files import DataError
 
 __all__ = ["CELL_LINK", "PREDICTION_FILE", "CocoImage", "CocoFile", "is_coco_file", "read_coco", "parse_segmentation", "decode_annotation",
@@ -74,9 +75,12 @@ def _fail(path: Path, what: str) -> DataError:
 
 def _load_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text_within(path, MAX_ANNOTATION_BYTES, "split the data set into several folders, "
+                                                                       "each with its own COCO file"))
     except (OSError, UnicodeDecodeError) as err:
         raise _fail(path, f"cannot be read ({err}); check the file") from None
+    except DataError:  # too large: its own message
+        raise
     except ValueError as err:
         raise _fail(path, f"is not valid JSON ({err}); export the annotations again, or move the file out of the "
                           f"data folder") from None

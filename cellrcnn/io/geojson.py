@@ -29,6 +29,7 @@ from shapely.geometry import MultiPolygon, Polygon, shape
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import find_contours
 
+from ..utils.files import MAX_ANNOTATION_BYTES, read_text_within
 from .files import DataError
 
 __all__ = ["SIMPLIFY_TOLERANCE", "GeoObject", "mask_geometry", "rasterize", "read_geojson", "geojson_masks"]
@@ -116,9 +117,12 @@ def read_geojson(path: str | os.PathLike) -> list[GeoObject]:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text_within(path, MAX_ANNOTATION_BYTES, "export the objects of fewer images or "
+                                                                       "regions per file from QuPath"))
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot be read ({err}); check the file") from None
+    except DataError:  # too large: its own message
+        raise
     except ValueError as err:
         raise DataError(f"{path}: is not valid JSON ({err}); export the objects from QuPath again") from None
     features = data.get("features") if isinstance(data, dict) else None

@@ -10,4 +10,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     ".field": ("synthetic_field",),
     ".files": ("write_field",),
     ".mosaic": ("wbc_mosaic",),
+    ".crops": ("write_single_cell_crops",),
 })

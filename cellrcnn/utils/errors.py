@@ -6,8 +6,16 @@ It lives in the bottom layer so that every reader raises it, the config's as muc
 
 from __future__ import annotations
 
-__all__ = ["DataError"]
+__all__ = ["DataError", "StoppedTogether"]
 
 
 class DataError(ValueError):
     """A data file or folder that cannot be used; the message names it and what to do."""
+
+
+class StoppedTogether(RuntimeError):
+    """This process of a ``torchrun`` group stopped because another one failed (that one's own message says why)."""
+
+    def __init__(self, rank: int, world_size: int, what: str) -> None:
+        super().__init__(f"stopped because process {rank + 1} of {world_size} failed (its message says why); {what}")
+        self.rank = rank

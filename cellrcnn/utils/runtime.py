@@ -16,8 +16,10 @@ from typing import Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as torch_dist
 
+from .errors import StoppedTogether
+
 __all__ = ["resolve_device", "Runtime", "join_process_group", "shard", "barrier", "gather", "failed_rank",
-           "process_group", "leave_process_group"]
+           "check_in", "StoppedTogether", "process_group", "leave_process_group"]
 
 T = TypeVar("T")
 
@@ -98,6 +100,26 @@ def failed_rank(failed: bool, runtime: Runtime) -> int | None:
     flag = torch.tensor([runtime.rank + 1 if failed else 0], device=runtime.device)
     torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
     return int(flag.item()) - 1 if flag.item() else None
+
+
+def check_in(runtime: Runtime, error: BaseException | None, what: str, finite: bool = True) -> bool:
+    """Every process's check-in after a unit of work (one all-reduce): whether every process's loss was ``finite``.
+
+    Raises this process's ``error`` once every process knows of it, or :class:`StoppedTogether` (with ``what``:
+    what is kept and how to go on) when another process failed, so that all stop together instead of waiting
+    for the failed one at the next collective call until the group's timeout.
+    """
+    if not runtime.distributed:
+        if error is not None:
+            raise error
+        return finite
+    flags = torch.tensor([0 if finite else 1, runtime.rank + 1 if error is not None else 0], device=runtime.device)
+    torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if flags[1].item():
+        raise StoppedTogether(int(flags[1].item()) - 1, runtime.world_size, what)
+    return not flags[0].item()
 
 
 @contextmanager

@@ -149,6 +149,10 @@ def test_unreadable_json_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"config.yaml: a config is a JSON file, as a run's config.json, and this "
                                          r"is not JSON \(Expecting value at line 1, column 1\)"):
         Config.from_json(yaml)
+    with path.open("r+b") as f:  # 17 MiB, sparse: no config is that large, and it is refused before it is parsed
+        f.truncate(17 * 2**20)
+    with pytest.raises(ValueError, match=r"config.json: 17 MiB, more than the 16 MiB such a file may hold; a config is"):
+        Config.from_json(path)
 
 
 def test_configs_hash_and_equal_configs_hash_equal():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cellrcnn import ModelConfig
-from cellrcnn.inference.selection import (CROP_LIKE, CellChoice, border_labels, keeps_largest, kept_cells,
-                                          looks_like_training_crops, nucleated)
+from cellrcnn.inference.selection import (COMPARABLE, CROP_LIKE, FIELD_CELLS, CellChoice, border_labels, cell_boxes,
+                                          cell_sides, keeps_largest, kept_cells, looks_like_training_crops, nucleated)
 
 SCORES = np.array([0.9, 0.8, 0.6, 0.3])  # label order: descending score
 AREAS = np.array([100, 400, 900, 2000])
@@ -69,6 +69,56 @@ def test_the_single_cell_choice_holds_only_for_images_like_the_training_crops():
     # asked for, either way, it holds everywhere
     assert keeps_largest(CellChoice(largest=True), ModelConfig(), field, scale, tiled=True)
     assert not keeps_largest(CellChoice(largest=False), crops, like, scale, tiled=False)
+
+
+#: Training crops of 128 network pixels whose cells span 64: two cells across (a crop-like image spans at most 6).
+CROPS = ModelConfig(min_size=128, max_size=128, single_cell=True, cell_size=64.0)
+
+
+def judged(shape, boxes, scale=1.0):
+    """True (a crop) or False (a field), by the cells of ``boxes`` ((x0, y0, x1, y1) each) in an image of ``shape``."""
+    return looks_like_training_crops(CROPS, shape, scale, cell_sides(np.array(boxes, float), shape))
+
+
+def test_cell_sides_measure_a_cell_cut_by_the_edge_by_its_longer_side():
+    cells = np.zeros((120, 120), int)
+    cells[20:90, 0:50] = 1  # a round cell 70 px across, cut by the left edge
+    cells[40:70, 50:80] = 2  # a complete 30 x 30 cell
+    boxes = cell_boxes(cells, 3)
+    assert boxes[:2].tolist() == [[0, 20, 50, 90], [50, 40, 80, 70]] and np.isnan(boxes[2]).all()  # 3: no pixel
+    sides = cell_sides(boxes, cells.shape)
+    assert sides[:2].tolist() == [70.0, 30.0] and np.isnan(sides[2])
+
+
+def test_a_crop_stays_a_crop_when_its_cell_touches_the_edge_or_a_tiny_false_cell_is_found():
+    # issue 44: the real cell cut by the edge, and a 13-px false detection the only complete cell; issue 39's rule
+    # counted the image in that detection (120 / 13 = 9 cells across, more than 6) and judged it a field
+    assert judged((120, 120), [(0, 20, 50, 90), (60, 60, 73, 73)])
+    assert judged((120, 120), [(30, 30, 90, 90), (100, 5, 108, 13)])  # a complete cell and a tiny false one
+    assert judged((120, 120), [(30, 30, 90, 90), (100, 5, 108, 13)], scale=10.0)  # whatever the resize factor
+    assert judged((120, 120), [(0, 0, 40, 40), (60, 60, 73, 73)])  # cut at a corner: the longer side still counts
+    # the margin: the cut cell may shrink to a third of the crop before the judgement turns
+    assert judged((120, 120), [(0, 20, 20, 41), (60, 60, 73, 73)]) and not judged((120, 120), [(0, 20, 19, 38),
+                                                                                               (60, 60, 73, 73)])
+
+
+def test_a_mosaic_of_crops_and_a_field_of_small_cells_are_fields():
+    # nine crops like the training crops side by side: each cell as large as the training cells, but nine of them
+    mosaic = [(x * 120 + 30, y * 120 + 30, x * 120 + 90, y * 120 + 90) for y in range(3) for x in range(3)]
+    assert not judged((360, 360), mosaic) and not judged((360, 360), mosaic[:FIELD_CELLS])
+    assert judged((360, 360), mosaic[:FIELD_CELLS - 1])  # five large cells: as many across as a crop allows
+    # a field of small cells: 25 of 20 px in 512 px; a larger false detection does not make it a crop
+    field = [(x * 100 + 10, y * 100 + 10, x * 100 + 30, y * 100 + 30) for y in range(5) for x in range(5)]
+    assert not judged((512, 512), field) and not judged((512, 512), [*field, (200, 200, 260, 260)])
+    # with small cells beside a large one, only those of comparable size count towards a field
+    small = [(x * 12, 100, x * 12 + 10, 110) for x in range(10)]
+    assert judged((120, 120), [(30, 20, 90, 80), *small]) and COMPARABLE * 60 > 10
+
+
+def test_with_fewer_than_two_cells_the_image_is_judged_by_its_size_for_the_network():
+    assert judged((120, 120), []) and judged((120, 120), [(100, 5, 108, 13)])  # 120 px at scale 1: crop-sized
+    assert not judged((800, 800), [(0, 0, 400, 400)]) and judged((800, 800), [(0, 0, 400, 400)], scale=0.2)
+    assert judged((800, 800), [(0, 0, 400, 400), (500, 500, 600, 600)])  # two: the cells decide, not the size
 
 
 def test_a_choice_is_checked_and_overridden_only_by_what_is_given():

@@ -116,6 +116,11 @@ def test_a_malformed_json_or_a_missing_image_is_named(tmp_path):
     (folder / "annotations.json").write_text('{"images": [')
     with pytest.raises(DataError, match=r"annotations.json: is not valid JSON \(.*\); export the annotations again"):
         find_pairs(folder, DataConfig())
+    with (folder / "annotations.json").open("r+b") as f:  # 1 GiB and a byte, sparse: refused before it is read
+        f.truncate(2**30 + 1)
+    with pytest.raises(DataError, match=r"annotations.json: 1,024 MiB, more than the 1,024 MiB such a file may hold; "
+                                        r"split the data set"):
+        find_pairs(folder, DataConfig())
     (folder / "annotations.json").write_text('{"something": "else"}')
     with pytest.raises(DataError, match="no COCO annotation files; data.encoding='coco' needs exactly one"):
         find_pairs(folder, DataConfig(encoding="coco"))

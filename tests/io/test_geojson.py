@@ -79,6 +79,10 @@ def test_bad_geojson_layouts_are_named(tmp_path):
     (folder / "a.geojson").write_text(json.dumps(feature(CELL_A, "cell")))
     with pytest.raises(DataError, match=r"a.geojson: is a GeoJSON Feature, not a FeatureCollection"):
         load_sample(find_pairs(folder, DataConfig())[0], DataConfig())
+    with (folder / "a.geojson").open("r+b") as f:  # sparse: refused from its size, before it is read
+        f.truncate(2**30 + 1)
+    with pytest.raises(DataError, match=r"a.geojson: 1,024 MiB, more than the 1,024 MiB .*export the objects of fewer"):
+        load_sample(find_pairs(folder, DataConfig())[0], DataConfig())
     (folder / "a.geojson").unlink()
     with pytest.raises(DataError, match="no GeoJSON files; data.encoding='geojson' needs"):
         find_pairs(folder, DataConfig(encoding="geojson"))
