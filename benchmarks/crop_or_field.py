@@ -12,8 +12,10 @@ network, the boxes of every cell found, whether it was tiled), then applies ever
 - ``all-cells``: the largest of every cell, a cell cut by the image's edge measured by its box's longer side
   (:func:`cellrcnn.inference.selection.cell_sides`); the scale rule with no cell;
 - ``weighted-median``: as ``all-cells`` but the area-weighted median of the sides instead of the largest;
-- ``library``: the rule the library applies now (``all-cells``, a field when it holds ``FIELD_CELLS`` cells of
-  comparable size, the scale rule with fewer than ``MIN_EVIDENCE`` cells).
+- ``all-cells+count``: ``all-cells``, and a field when it holds ``FIELD_CELLS`` cells of comparable size; the scale
+  rule with fewer than ``MIN_EVIDENCE`` cells;
+- ``library``: the rule the library applies now: ``all-cells+count`` over the cells with a nucleus (all cells when
+  none has one).
 
 Stages (each appends one row per image to ``OUT/crop_or_field.jsonl`` as it goes; a cut run keeps what it did):
 
@@ -24,7 +26,8 @@ Stages (each appends one row per image to ``OUT/crop_or_field.jsonl`` as it goes
   ``runs/demo/run/best.pt``).
 - ``cellavision``: the JTSC source model (``--source``, as ``peer_wbc.py``'s ``cellrcnn-source``) zero-shot on
   ``wbc_cellavision_few`` (20 single-cell crops: every one must be judged a crop), with no scale flag and with
-  ``--cell-diameter auto``, and on 3 x 3 mosaics of its images (fields). The choosing set: never
+  ``--cell-diameter auto`` (its size model, and the ladder of scales of a model without one), and on 3 x 3 mosaics
+  of its images (fields). The choosing set: never
   ``wbc_cellavision_test``.
 
     python benchmarks/crop_or_field.py sample --demo runs/demo/run/best.pt --out runs/crop --seeds 0,1,2
@@ -49,7 +52,7 @@ from skimage.io import imread
 
 import cellrcnn
 from cellrcnn.inference import selection
-from cellrcnn.inference.selection import cell_boxes, cell_sides
+from cellrcnn.inference.selection import cell_boxes, cell_sides, nucleated
 from cellrcnn.sample_data.crops import write_single_cell_crops
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +70,8 @@ class Recording(cellrcnn.Predictor):
     def _finish(self, source, image, field, choice, scale, tiled):
         cells = field["cells"]
         self.seen.append({"shape": cells.shape, "scale": scale, "tiled": tiled,
-                          "boxes": cell_boxes(cells, len(field["scores"]))})
+                          "boxes": cell_boxes(cells, len(field["scores"])),
+                          "nucleus": nucleated(cells, field["parts"], len(field["scores"]), self.parts)})
         return super()._finish(source, image, field, choice, scale, tiled)
 
 
@@ -90,8 +94,9 @@ def across(model, shape, side: float) -> bool:
 
 def rules(model, seen: dict) -> dict[str, bool]:
     """Each candidate rule's judgement (True: a crop) of one image."""
-    shape, scale, boxes = seen["shape"], seen["scale"], seen["boxes"]
-    boxes = boxes[np.isfinite(boxes).all(axis=1)]
+    shape, scale, boxes, nucleus = seen["shape"], seen["scale"], seen["boxes"], seen["nucleus"]
+    present = np.isfinite(boxes).all(axis=1)
+    boxes, nucleus = boxes[present], None if nucleus is None else nucleus[present]
     width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     cut = (boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= shape[1]) | (boxes[:, 3] >= shape[0])
     complete = np.sqrt(width * height)[~cut]
@@ -105,18 +110,24 @@ def rules(model, seen: dict) -> dict[str, bool]:
         out["weighted-median"] = across(model, shape, median)
     else:
         out["weighted-median"] = scale_rule(model, shape, scale)
-    out["library"] = selection.looks_like_training_crops(model, shape, scale, sides)
+    out["all-cells+count"] = selection.looks_like_training_crops(model, shape, scale, sides)
+    out["library"] = selection.looks_like_training_crops(model, shape, scale, sides, nucleus)
     if seen["tiled"]:
         out = {k: False for k in out}
     return {k: bool(v) for k, v in out.items()}
 
 
 def describe(seen: dict) -> dict:
-    boxes = seen["boxes"][np.isfinite(seen["boxes"]).all(axis=1)]
-    sides = cell_sides(boxes, seen["shape"])
-    comparable = int(np.sum(sides >= selection.COMPARABLE * sides.max())) if len(sides) else 0
-    return {"cells": len(boxes), "comparable": comparable,
+    present = np.isfinite(seen["boxes"]).all(axis=1)
+    sides = cell_sides(seen["boxes"][present], seen["shape"])
+    nucleus = np.ones(len(sides), bool) if seen["nucleus"] is None else seen["nucleus"][present]
+    comparable = sides >= selection.COMPARABLE * sides.max() if len(sides) else np.zeros(0, bool)
+    with_nucleus = sides[nucleus] if nucleus.any() else sides
+    return {"cells": len(sides), "with_nucleus": int(nucleus.sum()), "comparable": int(comparable.sum()),
+            "comparable_with_nucleus": int(np.sum(with_nucleus >= selection.COMPARABLE * with_nucleus.max()))
+            if len(with_nucleus) else 0,
             "largest_side": round(float(sides.max()), 1) if len(sides) else None,
+            "largest_with_nucleus": round(float(with_nucleus.max()), 1) if len(with_nucleus) else None,
             "smallest_side": round(float(sides.min()), 1) if len(sides) else None,
             "scale": None if seen["scale"] is None else round(float(seen["scale"]), 3), "tiled": seen["tiled"]}
 
@@ -173,8 +184,11 @@ def run_sample(args) -> None:
 def run_cellavision(args) -> None:
     pairs = cellrcnn.find_pairs(CV_FEW, BMP)
     images = [cellrcnn.read_image(p.image, BMP) for p in pairs]
-    for label_, options in (("no scale flag", {}), ("--cell-diameter auto", {"cell_diameter": "auto"})):
+    for label_, options in (("no scale flag", {}), ("--cell-diameter auto", {"cell_diameter": "auto"}),
+                            ("--cell-diameter auto, the ladder", {"cell_diameter": "auto"})):
         predictor = recording(args.source / "best.pt", **options)
+        if "ladder" in label_:  # as a model trained before the size model (issue 39): the ladder of scales
+            predictor.model.size_model = None
         model = predictor.config.model
         for pair, image in zip(pairs, images):
             predictor.predict(image, largest=False)
@@ -190,7 +204,7 @@ def run_cellavision(args) -> None:
 
 def table(args) -> None:
     rows = pd.read_json(args.out / "crop_or_field.jsonl", lines=True)
-    names = ["old", "all-cells", "weighted-median", "library"]
+    names = ["old", "all-cells", "weighted-median", "all-cells+count", "library"]
     for stage, group in rows.groupby("stage"):
         print(f"\n{stage}")
         by = ["threads", "seed"] if stage == "sample" else ["row"]

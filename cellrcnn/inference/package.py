@@ -103,9 +103,10 @@ class CellLabels(nn.Module):
         its own gets no label."""
         counts = np.bincount(cells.ravel(), minlength=len(scores) + 1)
         present = np.flatnonzero(counts[1:] > 0) + 1
-        largest = keeps_largest(self.choice, self.config.model, cells.shape, self.config.model.input_scale,
-                                tiled=False, sides=cell_sides(cell_boxes(cells, len(scores)), cells.shape))
         nucleus = nucleated(cells, parts, len(scores), self.config.model.parts)
+        largest = keeps_largest(self.choice, self.config.model, cells.shape, self.config.model.input_scale,
+                                tiled=False, sides=cell_sides(cell_boxes(cells, len(scores)), cells.shape),
+                                nucleus=nucleus)
         keep = present[kept_cells(scores[present - 1], counts[present], ~np.isin(present, border_labels(cells)),
                                   self.choice.score_threshold, largest, self.choice.max_cells,
                                   None if nucleus is None else nucleus[present - 1], self.choice.single_rule)]

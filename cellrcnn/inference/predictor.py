@@ -541,12 +541,13 @@ class Predictor:
         ``source``, measured in its pixel size."""
         name, pixel_size = source.name, source.pixel_size
         cells, parts, scores, classes = field["cells"], field["parts"], field["scores"], field["classes"]
-        sides = None if tiled or choice.largest is not None or not self.config.model.single_cell else \
-            cell_sides(cell_boxes(cells, len(scores)), cells.shape)
-        largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled, sides)
+        judged = not tiled and choice.largest is None and self.config.model.single_cell
+        nucleus = nucleated(cells, parts, len(scores), self.parts) if judged or choice.largest else None
+        sides = cell_sides(cell_boxes(cells, len(scores)), cells.shape) if judged else None
+        largest = keeps_largest(choice, self.config.model, cells.shape, scale, tiled, sides, nucleus)
         self._tell_single_cell(choice, largest, name)
         ids = np.arange(1, len(scores) + 1)
-        nucleus = nucleated(cells, parts, len(scores), self.parts) if largest else None
+        nucleus = nucleus if largest else None
         keep = kept_cells(scores, field["areas"], ~np.isin(ids, border_labels(cells)), choice.score_threshold,
                           largest, choice.max_cells, nucleus, choice.single_rule) + 1
         if len(keep) < len(scores):

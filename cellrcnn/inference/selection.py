@@ -35,7 +35,10 @@ wrong (another microscope):
   the largest);
 - and it holds fewer than :data:`FIELD_CELLS` cells at least :data:`COMPARABLE`
   times the largest's side (a mosaic of crops is a field);
-- with fewer than :data:`MIN_EVIDENCE` cells found the cells tell little, and the
+- only cells with a nucleus (:func:`nucleated`) count, when the model predicts
+  nuclei and finds one: red blood cells around a white one, or a large false
+  detection without a nucleus, say nothing about the image;
+- with fewer than :data:`MIN_EVIDENCE` such cells the cells tell little, and the
   image is judged by its size once resized for the network, as before cells were
   measured.
 
@@ -61,9 +64,10 @@ __all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_cro
 #: An image whose longer side, counted in its largest cell's diameter, is at most this many times the training
 #: crops' (``max_size / cell_size``) counts as a crop like them.
 CROP_LIKE = 3.0
-#: An image holding at least this many cells of comparable size (:data:`COMPARABLE`) is a field, however large
-#: its cells: a 3 x 3 mosaic of crops holds 9.
-FIELD_CELLS = 6
+#: An image holding at least this many cells with a nucleus of comparable size (:data:`COMPARABLE`) is a field,
+#: however large its cells (a 3 x 3 mosaic of crops holds 9). Chosen on ``wbc_cellavision_few`` and the sample
+#: (``benchmarks/crop_or_field.py``): their crops hold at most 3 such cells, their mosaics at least 5.
+FIELD_CELLS = 5
 #: Cells at least this share of the largest's side count towards :data:`FIELD_CELLS`.
 COMPARABLE = 0.5
 #: With fewer cells than this the image is judged by its size for the network, not by its cells.
@@ -120,7 +124,7 @@ class CellChoice:
 
 
 def looks_like_training_crops(model: ModelConfig, shape: tuple[int, int], scale: float | None,
-                              sides: np.ndarray | None = None) -> bool:
+                              sides: np.ndarray | None = None, nucleus: np.ndarray | None = None) -> bool:
     """True when an image of ``shape`` (H, W) is like the model's single-cell training crops (see the module).
 
     Parameters
@@ -133,17 +137,21 @@ def looks_like_training_crops(model: ModelConfig, shape: tuple[int, int], scale:
         The factor resizing the image for the network; None: resized to ``min_size``.
     sides : np.ndarray, optional
         float ``[N]``: the size of each cell found in the image, image pixels (:func:`cell_sides`).
+    nucleus : np.ndarray, optional
+        bool ``[N]``: which of those cells have a nucleus (:func:`nucleated`); when some do, only they count.
 
     Returns
     -------
     bool
-        With at least :data:`MIN_EVIDENCE` cells and a model that records its cell size: the image spans at most
-        :data:`CROP_LIKE` times as many of its largest cells as a training crop spans of its cells, and holds
-        fewer than :data:`FIELD_CELLS` cells of at least :data:`COMPARABLE` times the largest's side,
-        whatever its magnification. Otherwise: the image resized by ``scale`` is no larger than
-        :data:`CROP_LIKE` times the training images (``max_size`` network pixels).
+        With at least :data:`MIN_EVIDENCE` cells (with a nucleus, when some have one) and a model that records its
+        cell size: the image spans at most :data:`CROP_LIKE` times as many of its largest cells as a training
+        crop spans of its cells, and holds fewer than :data:`FIELD_CELLS` cells of at least :data:`COMPARABLE`
+        times the largest's side, whatever its magnification. Otherwise: the image resized by ``scale`` is no
+        larger than :data:`CROP_LIKE` times the training images (``max_size`` network pixels).
     """
     sides = np.zeros(0) if sides is None else np.asarray(sides, dtype=float)
+    if nucleus is not None and len(nucleus) == len(sides) and np.any(nucleus):
+        sides = sides[np.asarray(nucleus, dtype=bool)]
     sides = sides[np.isfinite(sides) & (sides > 0)]
     if len(sides) >= MIN_EVIDENCE and model.cell_size:
         side = float(sides.max())
@@ -202,7 +210,7 @@ def cell_sides(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int], scale: float | None,
-                  tiled: bool, sides: np.ndarray | None = None) -> bool:
+                  tiled: bool, sides: np.ndarray | None = None, nucleus: np.ndarray | None = None) -> bool:
     """Whether the single-cell choice applies to one image.
 
     Parameters
@@ -217,13 +225,13 @@ def keeps_largest(choice: CellChoice, model: ModelConfig, shape: tuple[int, int]
         The factor resizing the image for the network.
     tiled : bool
         The image is predicted in several tiles (a whole field).
-    sides : np.ndarray, optional
-        float ``[N]``: the sizes of the cells found in it (:func:`cell_sides`); see
-        :func:`looks_like_training_crops`.
+    sides, nucleus : np.ndarray, optional
+        float ``[N]``: the sizes of the cells found in it (:func:`cell_sides`), and bool ``[N]``: which have a
+        nucleus (:func:`nucleated`); see :func:`looks_like_training_crops`.
     """
     if choice.largest is not None:
         return bool(choice.largest)
-    return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale, sides)
+    return bool(model.single_cell) and not tiled and looks_like_training_crops(model, shape, scale, sides, nucleus)
 
 
 def nucleated(cells: np.ndarray, parts: np.ndarray, count: int, part_names: tuple[str, ...]) -> np.ndarray | None:

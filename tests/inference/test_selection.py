@@ -75,9 +75,10 @@ def test_the_single_cell_choice_holds_only_for_images_like_the_training_crops():
 CROPS = ModelConfig(min_size=128, max_size=128, single_cell=True, cell_size=64.0)
 
 
-def judged(shape, boxes, scale=1.0):
-    """True (a crop) or False (a field), by the cells of ``boxes`` ((x0, y0, x1, y1) each) in an image of ``shape``."""
-    return looks_like_training_crops(CROPS, shape, scale, cell_sides(np.array(boxes, float), shape))
+def judged(shape, boxes, scale=1.0, nucleus=None):
+    """True (a crop) or False (a field), by the cells of ``boxes`` ((x0, y0, x1, y1) each) in an image of ``shape``,
+    those with a nucleus marked in ``nucleus`` (None: the model predicts no nucleus)."""
+    return looks_like_training_crops(CROPS, shape, scale, cell_sides(np.array(boxes, float), shape), nucleus)
 
 
 def test_cell_sides_measure_a_cell_cut_by_the_edge_by_its_longer_side():
@@ -106,13 +107,24 @@ def test_a_mosaic_of_crops_and_a_field_of_small_cells_are_fields():
     # nine crops like the training crops side by side: each cell as large as the training cells, but nine of them
     mosaic = [(x * 120 + 30, y * 120 + 30, x * 120 + 90, y * 120 + 90) for y in range(3) for x in range(3)]
     assert not judged((360, 360), mosaic) and not judged((360, 360), mosaic[:FIELD_CELLS])
-    assert judged((360, 360), mosaic[:FIELD_CELLS - 1])  # five large cells: as many across as a crop allows
+    assert judged((360, 360), mosaic[:FIELD_CELLS - 1])  # fewer large cells: as many across as a crop allows
     # a field of small cells: 25 of 20 px in 512 px; a larger false detection does not make it a crop
     field = [(x * 100 + 10, y * 100 + 10, x * 100 + 30, y * 100 + 30) for y in range(5) for x in range(5)]
     assert not judged((512, 512), field) and not judged((512, 512), [*field, (200, 200, 260, 260)])
     # with small cells beside a large one, only those of comparable size count towards a field
     small = [(x * 12, 100, x * 12 + 10, 110) for x in range(10)]
     assert judged((120, 120), [(30, 20, 90, 80), *small]) and COMPARABLE * 60 > 10
+
+
+def test_only_cells_with_a_nucleus_count_when_the_model_finds_one():
+    # a white cell among red ones (no nucleus) as large as half of it: by every cell, a field of five
+    crop = [(100, 100, 200, 200), *[(x, 10, x + 55, 65) for x in (0, 60, 120, 180, 240)]]
+    with_nucleus = np.array([True, False, False, False, False, False])
+    assert not judged((300, 300), crop) and judged((300, 300), crop, nucleus=with_nucleus)
+    assert not judged((300, 300), crop, nucleus=np.zeros(6, bool))  # none has one: every cell counts
+    # a field whose largest detection is a ring of red cells without a nucleus: its white cells decide
+    field = [(0, 0, 250, 250), *[(x, 400, x + 40, 440) for x in range(0, 800, 100)]]
+    assert judged((800, 800), field) and not judged((800, 800), field, nucleus=np.array([False] + [True] * 8))
 
 
 def test_with_fewer_than_two_cells_the_image_is_judged_by_its_size_for_the_network():
