@@ -7,15 +7,17 @@ field (:mod:`cellrcnn.inference.selection`). The judgement is made from the cell
 predicts with ``largest=False``, records what the judgement is made from (the image's shape, its scale for the
 network, the boxes of every cell found, whether it was tiled), then applies every candidate rule to it:
 
-- ``old``: issue 39's rule: the image's side counted in its largest *complete* cell (sqrt of the box area); the
-  scale rule when no cell is complete;
+- ``old``: issue 39's rule: the image's side counted in its largest *complete* cell (sqrt of the box area), at
+  most 3 times the training crops' count; the scale rule when no cell is complete;
 - ``all-cells``: the largest of every cell, a cell cut by the image's edge measured by its box's longer side
   (:func:`cellrcnn.inference.selection.cell_sides`); the scale rule with no cell;
 - ``weighted-median``: as ``all-cells`` but the area-weighted median of the sides instead of the largest;
-- ``all-cells+count``: ``all-cells``, and a field when it holds ``FIELD_CELLS`` cells of comparable size; the scale
-  rule with fewer than ``MIN_EVIDENCE`` cells;
-- ``library``: the rule the library applies now: ``all-cells+count`` over the cells with a nucleus (all cells when
-  none has one).
+- ``count-all``: ``all-cells``, and a field when it holds 6 cells at least half the largest's side; the scale rule
+  with fewer than 2 cells (this issue's first try);
+- ``count-nucleated``: the same over the cells with a nucleus, a field from 5 (the second try);
+- ``nucleated``: ``all-cells`` over the cells with a nucleus (all cells when none has one);
+- ``library``: the rule the library applies now (``nucleated``, at most ``CROP_LIKE`` = 2.5 times the training
+  crops' count of cells across).
 
 Stages (each appends one row per image to ``OUT/crop_or_field.jsonl`` as it goes; a cut run keeps what it did):
 
@@ -82,14 +84,22 @@ def recording(checkpoint: Path, **options) -> Recording:
     return predictor
 
 
-def scale_rule(model, shape, scale) -> bool:
+def scale_rule(model, shape, scale, limit: float = 3.0) -> bool:
     if scale is None:
         scale = model.min_size / max(1, min(shape))
-    return max(shape) * scale <= selection.CROP_LIKE * model.max_size
+    return max(shape) * scale <= limit * model.max_size
 
 
-def across(model, shape, side: float) -> bool:
-    return max(shape) / side <= selection.CROP_LIKE * model.max_size / model.cell_size
+def across(model, shape, side: float, limit: float = 3.0) -> bool:
+    return max(shape) / side <= limit * model.max_size / model.cell_size
+
+
+def counted(model, shape, scale, sides, fewest: int, limit: float = 3.0, comparable: float = 0.5) -> bool:
+    """Issue 44's first tries: across by the largest, and a field from ``fewest`` cells of comparable size; the
+    scale rule with fewer than 2 cells."""
+    if len(sides) < 2:
+        return scale_rule(model, shape, scale)
+    return across(model, shape, sides.max(), limit) and int(np.sum(sides >= comparable * sides.max())) < fewest
 
 
 def rules(model, seen: dict) -> dict[str, bool]:
@@ -101,6 +111,7 @@ def rules(model, seen: dict) -> dict[str, bool]:
     cut = (boxes[:, 0] <= 0) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= shape[1]) | (boxes[:, 3] >= shape[0])
     complete = np.sqrt(width * height)[~cut]
     sides = cell_sides(boxes, shape)
+    with_nucleus = sides[nucleus] if nucleus is not None and nucleus.any() else sides
     out = {"old": across(model, shape, complete.max()) if len(complete) else scale_rule(model, shape, scale),
            "all-cells": across(model, shape, sides.max()) if len(sides) else scale_rule(model, shape, scale)}
     if len(sides):
@@ -110,7 +121,9 @@ def rules(model, seen: dict) -> dict[str, bool]:
         out["weighted-median"] = across(model, shape, median)
     else:
         out["weighted-median"] = scale_rule(model, shape, scale)
-    out["all-cells+count"] = selection.looks_like_training_crops(model, shape, scale, sides)
+    out["count-all"] = counted(model, shape, scale, sides, 6)
+    out["count-nucleated"] = counted(model, shape, scale, with_nucleus, 5)
+    out["nucleated"] = across(model, shape, with_nucleus.max()) if len(sides) else scale_rule(model, shape, scale)
     out["library"] = selection.looks_like_training_crops(model, shape, scale, sides, nucleus)
     if seen["tiled"]:
         out = {k: False for k in out}
@@ -121,10 +134,10 @@ def describe(seen: dict) -> dict:
     present = np.isfinite(seen["boxes"]).all(axis=1)
     sides = cell_sides(seen["boxes"][present], seen["shape"])
     nucleus = np.ones(len(sides), bool) if seen["nucleus"] is None else seen["nucleus"][present]
-    comparable = sides >= selection.COMPARABLE * sides.max() if len(sides) else np.zeros(0, bool)
+    comparable = sides >= 0.5 * sides.max() if len(sides) else np.zeros(0, bool)
     with_nucleus = sides[nucleus] if nucleus.any() else sides
     return {"cells": len(sides), "with_nucleus": int(nucleus.sum()), "comparable": int(comparable.sum()),
-            "comparable_with_nucleus": int(np.sum(with_nucleus >= selection.COMPARABLE * with_nucleus.max()))
+            "comparable_with_nucleus": int(np.sum(with_nucleus >= 0.5 * with_nucleus.max()))
             if len(with_nucleus) else 0,
             "largest_side": round(float(sides.max()), 1) if len(sides) else None,
             "largest_with_nucleus": round(float(with_nucleus.max()), 1) if len(with_nucleus) else None,
@@ -204,7 +217,7 @@ def run_cellavision(args) -> None:
 
 def table(args) -> None:
     rows = pd.read_json(args.out / "crop_or_field.jsonl", lines=True)
-    names = ["old", "all-cells", "weighted-median", "all-cells+count", "library"]
+    names = ["old", "all-cells", "weighted-median", "count-all", "count-nucleated", "nucleated", "library"]
     for stage, group in rows.groupby("stage"):
         print(f"\n{stage}")
         by = ["threads", "seed"] if stage == "sample" else ["row"]

@@ -10,7 +10,8 @@ Stages (each appends its rows to ``OUT/units.jsonl`` as it scores them, so a cut
   ``--pixel-size`` records it. Rows: originals; 2x OME-TIFF, no scale flag; 2x PNG, no flag; 2x PNG,
   ``--cell-diameter auto``.
 - ``zeroshot``: the JTSC model on ``wbc_cellavision_test`` (never trained or tuned on) as a user runs it: no scale
-  flag and the model's own single-cell rule; ``--cell-diameter auto``; the scale set by hand. Run it with the code
+  flag and the model's own single-cell rule; ``--cell-diameter auto`` (with its size model, and ``--rows ladder``:
+  the ladder of scales of a model without one); the scale set by hand. Run it with the code
   before and after a change (``--tag``) for a before/after.
 - ``sizemodel``: the experiment behind the size model (a ridge regression from an image's style to its cell size,
   as Cellpose's): its estimates against the truth on ``wbc_cellavision_few`` (to choose the penalty) and
@@ -131,9 +132,15 @@ def run_zeroshot(args) -> None:
     append_row(args.out, {"stage": "zeroshot", "row": "scale estimates", "tag": args.tag, "hand": round(hand, 4),
                           "auto_median": round(float(np.median(estimates)), 4),
                           "auto_min": round(float(np.min(estimates)), 4), "auto_max": round(float(np.max(estimates)), 4)})
-    for label, options in (("no scale flag", {}), ("--cell-diameter auto", {"cell_diameter": "auto"}),
-                           ("scale set by hand", {"scale": hand})):
+    rows = {"none": ("no scale flag", {}), "auto": ("--cell-diameter auto", {"cell_diameter": "auto"}),
+            "ladder": ("--cell-diameter auto, the ladder of scales (a model without a size model)",
+                       {"cell_diameter": "auto"}),
+            "hand": ("scale set by hand", {"scale": hand})}
+    for key in args.rows.split(","):
+        label, options = rows[key]
         predictor = cellrcnn.Predictor.from_checkpoint(checkpoint, device="cpu", **options)
+        if key == "ladder":  # as a model trained before the size model (issue 39)
+            predictor.model.size_model = None
         append_row(args.out, {"stage": "zeroshot", "row": label, "tag": args.tag, "rule": "the model's own",
                               **score(predictor, CV_TEST, BMP)})
 
@@ -264,6 +271,9 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=Path("runs/p38/cellrcnn-source"))
     parser.add_argument("--out", type=Path, default=Path("runs/units"))
     parser.add_argument("--tag", default="")
+    parser.add_argument("--rows", default="none,auto,hand",
+                        help="zeroshot: which rows, of none (no scale flag), auto (the size model), ladder (the ladder "
+                             "of scales, the size model left out) and hand (default: %(default)s)")
     parser.add_argument("--side", type=int, default=8000)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -159,7 +159,7 @@ def _cells_kept(choice: CellChoice, config: Config) -> str:
     if choice.largest is None:
         single = (f"it was trained on crops of one cell, so it keeps only {one} of an image no more than "
                   f"{CROP_LIKE:g} times as many cells across as the training crops (counted in its largest "
-                  f"complete cell), and every cell of a larger one"
+                  f"cell with a nucleus), and every cell of a larger one"
                   if config.model.single_cell else "it keeps every cell")
     else:
         single = f"it keeps only {one}" if choice.largest else "it keeps every cell"

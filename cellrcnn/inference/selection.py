@@ -26,20 +26,17 @@ model (``largest=None``) it is on only for a model trained on single-cell crops
 (``ModelConfig.single_cell``) and an image like those crops
 (:func:`looks_like_training_crops`): predicted whole, in one piece, and judged
 by the cells the model finds in it, as given, not by a resize factor that may be
-wrong (another microscope):
+wrong (another microscope). Its side spans no more than :data:`CROP_LIKE` times
+as many cells as the training crops, measured in its largest cell:
 
-- its side spans no more than :data:`CROP_LIKE` times as many cells as the
-  training crops, measured in its largest cell (:func:`cell_sides`: a cell cut by
-  the image's edge counts by its box's longer side, so the one real cell of a crop
-  counts even when it touches the edge, and a small false detection never moves
-  the largest);
-- and it holds fewer than :data:`FIELD_CELLS` cells at least :data:`COMPARABLE`
-  times the largest's side (a mosaic of crops is a field);
+- every cell counts, a cell cut by the image's edge by its box's longer side
+  (:func:`cell_sides`), so the one real cell of a crop counts even when it touches
+  the edge, and a small false detection never moves the largest (issue 44);
 - only cells with a nucleus (:func:`nucleated`) count, when the model predicts
-  nuclei and finds one: red blood cells around a white one, or a large false
-  detection without a nucleus, say nothing about the image;
-- with fewer than :data:`MIN_EVIDENCE` such cells the cells tell little, and the
-  image is judged by its size once resized for the network, as before cells were
+  nuclei and finds one: a large false detection without a nucleus (a ring of red
+  blood cells, several merged) says nothing about the image;
+- with no cell found, the image's size once resized for the network decides (at
+  most :data:`CROP_PIXELS` times the training images), as before cells were
   measured.
 
 A tiled field, or any image much larger than its cells, keeps every cell.
@@ -58,20 +55,16 @@ from ..config.model import ModelConfig
 from ..data.targets import border_labels
 
 __all__ = ["CellChoice", "kept_cells", "keeps_largest", "looks_like_training_crops", "cell_sides", "cell_boxes",
-           "border_labels", "CROP_LIKE", "FIELD_CELLS", "COMPARABLE", "MIN_EVIDENCE", "SINGLE_RULES",
-           "MIN_NUCLEUS_FRACTION", "nucleated"]
+           "border_labels", "CROP_LIKE", "CROP_PIXELS", "SINGLE_RULES", "MIN_NUCLEUS_FRACTION", "nucleated"]
 
 #: An image whose longer side, counted in its largest cell's diameter, is at most this many times the training
-#: crops' (``max_size / cell_size``) counts as a crop like them.
-CROP_LIKE = 3.0
-#: An image holding at least this many cells with a nucleus of comparable size (:data:`COMPARABLE`) is a field,
-#: however large its cells (a 3 x 3 mosaic of crops holds 9). Chosen on ``wbc_cellavision_few`` and the sample
-#: (``benchmarks/crop_or_field.py``): their crops hold at most 3 such cells, their mosaics at least 5.
-FIELD_CELLS = 5
-#: Cells at least this share of the largest's side count towards :data:`FIELD_CELLS`.
-COMPARABLE = 0.5
-#: With fewer cells than this the image is judged by its size for the network, not by its cells.
-MIN_EVIDENCE = 2
+#: crops' (``max_size / cell_size``) counts as a crop like them. Chosen on ``wbc_cellavision_few`` and the sample
+#: (``benchmarks/crop_or_field.py``): their crops span at most 1.95 times the training crops, their 3 x 3 mosaics
+#: at least 3.2; 2.5 lies midway (geometric mean), and a 3 x 3 mosaic of training-like crops is a field.
+CROP_LIKE = 2.5
+#: With no cell found: an image resized for the network to at most this many times the training images
+#: (``max_size``) counts as a crop.
+CROP_PIXELS = 3.0
 #: A cell has a nucleus when at least this share of its pixels are nucleus.
 MIN_NUCLEUS_FRACTION = 0.01
 
@@ -143,23 +136,20 @@ def looks_like_training_crops(model: ModelConfig, shape: tuple[int, int], scale:
     Returns
     -------
     bool
-        With at least :data:`MIN_EVIDENCE` cells (with a nucleus, when some have one) and a model that records its
-        cell size: the image spans at most :data:`CROP_LIKE` times as many of its largest cells as a training
-        crop spans of its cells, and holds fewer than :data:`FIELD_CELLS` cells of at least :data:`COMPARABLE`
-        times the largest's side, whatever its magnification. Otherwise: the image resized by ``scale`` is no
-        larger than :data:`CROP_LIKE` times the training images (``max_size`` network pixels).
+        With a cell found (with a nucleus, when some have one) and a model that records its cell size: the
+        image spans at most :data:`CROP_LIKE` times as many of its largest cells as a training crop spans of its
+        cells (``max_size / cell_size``), whatever its magnification. Otherwise: the image resized by ``scale``
+        is no larger than :data:`CROP_PIXELS` times the training images (``max_size`` network pixels).
     """
     sides = np.zeros(0) if sides is None else np.asarray(sides, dtype=float)
     if nucleus is not None and len(nucleus) == len(sides) and np.any(nucleus):
         sides = sides[np.asarray(nucleus, dtype=bool)]
     sides = sides[np.isfinite(sides) & (sides > 0)]
-    if len(sides) >= MIN_EVIDENCE and model.cell_size:
-        side = float(sides.max())
-        across = max(shape) / side <= CROP_LIKE * model.max_size / model.cell_size
-        return across and int(np.sum(sides >= COMPARABLE * side)) < FIELD_CELLS
+    if len(sides) and model.cell_size:
+        return max(shape) / float(sides.max()) <= CROP_LIKE * model.max_size / model.cell_size
     if scale is None:
         scale = model.min_size / max(1, min(shape))
-    return max(shape) * scale <= CROP_LIKE * model.max_size
+    return max(shape) * scale <= CROP_PIXELS * model.max_size
 
 
 def cell_boxes(cells: np.ndarray, count: int) -> np.ndarray:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cellrcnn import ModelConfig
-from cellrcnn.inference.selection import (COMPARABLE, CROP_LIKE, FIELD_CELLS, CellChoice, border_labels, cell_boxes,
-                                          cell_sides, keeps_largest, kept_cells, looks_like_training_crops, nucleated)
+from cellrcnn.inference.selection import (CROP_LIKE, CROP_PIXELS, CellChoice, border_labels, cell_boxes, cell_sides,
+                                          keeps_largest, kept_cells, looks_like_training_crops, nucleated)
 
 SCORES = np.array([0.9, 0.8, 0.6, 0.3])  # label order: descending score
 AREAS = np.array([100, 400, 900, 2000])
@@ -58,7 +58,7 @@ def test_the_single_cell_choice_holds_only_for_images_like_the_training_crops():
     crops = ModelConfig(min_size=128, max_size=128, single_cell=True)
     scale = 1.0
     like = (120, 120)
-    field = (int(CROP_LIKE * 128) + 1, 100)
+    field = (int(CROP_PIXELS * 128) + 1, 100)
     assert looks_like_training_crops(crops, like, scale) and not looks_like_training_crops(crops, field, scale)
     assert looks_like_training_crops(crops, field, 0.5)  # shrunk for the network, it is crop-sized again
     assert keeps_largest(CellChoice(), crops, like, scale, tiled=False)
@@ -71,8 +71,9 @@ def test_the_single_cell_choice_holds_only_for_images_like_the_training_crops():
     assert not keeps_largest(CellChoice(largest=False), crops, like, scale, tiled=False)
 
 
-#: Training crops of 128 network pixels whose cells span 64: two cells across (a crop-like image spans at most 6).
+#: Training crops of 128 network pixels whose cells span 64: two cells across (a crop-like image spans at most 5).
 CROPS = ModelConfig(min_size=128, max_size=128, single_cell=True, cell_size=64.0)
+ACROSS = CROP_LIKE * 2
 
 
 def judged(shape, boxes, scale=1.0, nucleus=None):
@@ -93,44 +94,41 @@ def test_cell_sides_measure_a_cell_cut_by_the_edge_by_its_longer_side():
 
 def test_a_crop_stays_a_crop_when_its_cell_touches_the_edge_or_a_tiny_false_cell_is_found():
     # issue 44: the real cell cut by the edge, and a 13-px false detection the only complete cell; issue 39's rule
-    # counted the image in that detection (120 / 13 = 9 cells across, more than 6) and judged it a field
+    # counted the image in that detection (120 / 13 = 9 cells across) and judged it a field
     assert judged((120, 120), [(0, 20, 50, 90), (60, 60, 73, 73)])
     assert judged((120, 120), [(30, 30, 90, 90), (100, 5, 108, 13)])  # a complete cell and a tiny false one
     assert judged((120, 120), [(30, 30, 90, 90), (100, 5, 108, 13)], scale=10.0)  # whatever the resize factor
     assert judged((120, 120), [(0, 0, 40, 40), (60, 60, 73, 73)])  # cut at a corner: the longer side still counts
-    # the margin: the cut cell may shrink to a third of the crop before the judgement turns
-    assert judged((120, 120), [(0, 20, 20, 41), (60, 60, 73, 73)]) and not judged((120, 120), [(0, 20, 19, 38),
-                                                                                               (60, 60, 73, 73)])
+    # the margin: the cut cell (70 px whole) may shrink to 24 px, a fifth of the crop, before the judgement turns
+    assert 120 / 24 == ACROSS and judged((120, 120), [(0, 20, 24, 44), (60, 60, 73, 73)])
+    assert not judged((120, 120), [(0, 20, 23, 43), (60, 60, 73, 73)])
+    assert judged((120, 120), [(5, 5, 55, 55), (65, 5, 115, 55), (5, 65, 55, 115), (65, 65, 115, 115)])  # 4 large
 
 
 def test_a_mosaic_of_crops_and_a_field_of_small_cells_are_fields():
-    # nine crops like the training crops side by side: each cell as large as the training cells, but nine of them
+    # nine crops like the training crops side by side (cells half a 120-px crop): six cells across, more than 5;
+    # the mosaic stays a field until its cells grow by a fifth
     mosaic = [(x * 120 + 30, y * 120 + 30, x * 120 + 90, y * 120 + 90) for y in range(3) for x in range(3)]
-    assert not judged((360, 360), mosaic) and not judged((360, 360), mosaic[:FIELD_CELLS])
-    assert judged((360, 360), mosaic[:FIELD_CELLS - 1])  # fewer large cells: as many across as a crop allows
+    assert not judged((360, 360), mosaic) and not judged((360, 360), [(0, 0, 71, 71)] + mosaic)
     # a field of small cells: 25 of 20 px in 512 px; a larger false detection does not make it a crop
     field = [(x * 100 + 10, y * 100 + 10, x * 100 + 30, y * 100 + 30) for y in range(5) for x in range(5)]
     assert not judged((512, 512), field) and not judged((512, 512), [*field, (200, 200, 260, 260)])
-    # with small cells beside a large one, only those of comparable size count towards a field
-    small = [(x * 12, 100, x * 12 + 10, 110) for x in range(10)]
-    assert judged((120, 120), [(30, 20, 90, 80), *small]) and COMPARABLE * 60 > 10
 
 
 def test_only_cells_with_a_nucleus_count_when_the_model_finds_one():
-    # a white cell among red ones (no nucleus) as large as half of it: by every cell, a field of five
-    crop = [(100, 100, 200, 200), *[(x, 10, x + 55, 65) for x in (0, 60, 120, 180, 240)]]
-    with_nucleus = np.array([True, False, False, False, False, False])
-    assert not judged((300, 300), crop) and judged((300, 300), crop, nucleus=with_nucleus)
-    assert not judged((300, 300), crop, nucleus=np.zeros(6, bool))  # none has one: every cell counts
     # a field whose largest detection is a ring of red cells without a nucleus: its white cells decide
     field = [(0, 0, 250, 250), *[(x, 400, x + 40, 440) for x in range(0, 800, 100)]]
     assert judged((800, 800), field) and not judged((800, 800), field, nucleus=np.array([False] + [True] * 8))
+    assert judged((800, 800), field, nucleus=np.zeros(9, bool))  # none has one: every cell counts
+    # a crop whose white cell has a nucleus and the red cells around it none: the white cell decides
+    crop = [(100, 100, 200, 200), *[(x, 10, x + 55, 65) for x in (0, 60, 120, 180, 240)]]
+    assert judged((300, 300), crop, nucleus=np.array([True] + [False] * 5))
 
 
-def test_with_fewer_than_two_cells_the_image_is_judged_by_its_size_for_the_network():
-    assert judged((120, 120), []) and judged((120, 120), [(100, 5, 108, 13)])  # 120 px at scale 1: crop-sized
-    assert not judged((800, 800), [(0, 0, 400, 400)]) and judged((800, 800), [(0, 0, 400, 400)], scale=0.2)
-    assert judged((800, 800), [(0, 0, 400, 400), (500, 500, 600, 600)])  # two: the cells decide, not the size
+def test_with_no_cell_found_the_image_is_judged_by_its_size_for_the_network():
+    assert judged((120, 120), []) and not judged((800, 800), []) and judged((800, 800), [], scale=0.2)
+    # one cell is enough: it decides, whatever the resize factor (issue 39: the auto scale may be far off)
+    assert judged((800, 800), [(0, 0, 400, 400)], scale=5.0) and not judged((800, 800), [(0, 0, 40, 40)], scale=0.1)
 
 
 def test_a_choice_is_checked_and_overridden_only_by_what_is_given():
