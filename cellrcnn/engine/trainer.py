@@ -204,6 +204,11 @@ class Trainer:
         pairs = getattr(self.datasets["train"], "pairs", None)
         return str(pairs[index].image) if pairs is not None else f"image {index}"
 
+    @property
+    def resume_hint(self) -> str:
+        """What a stopped run keeps and how to go on, for a process stopped by another's failure."""
+        return f"{self.out / 'last.pt'} holds the last finished epoch: --resume continues from it"
+
     def checkpoint_state(self) -> dict:
         """Everything :meth:`train` needs to resume after the current epoch."""
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -399,8 +404,7 @@ class Trainer:
                     self._call("after_epoch")  # validation, checkpoints: a process that fails here stops the rest
                 except Exception as err:  # noqa: BLE001 - raised again by check_in, once every process knows
                     error = err
-                check_in(runtime, error, f"{self.out / 'last.pt'} holds the last finished epoch: --resume "
-                                         "continues from it")
+                check_in(runtime, error, self.resume_hint)
                 if runtime.distributed:  # every rank stops together
                     flag = torch.tensor([int(self.stop)], device=runtime.device)
                     torch_dist.broadcast(flag, src=0)
@@ -430,7 +434,6 @@ class Trainer:
         batches = iter(bar)
         # Under torchrun every process checks in after each step (one all-reduce, which also tells whether every
         # loss was finite): a process that fails (a file only it reads) stops the others there, each with a line.
-        kept = f"{self.out / 'last.pt'} holds the last finished epoch: --resume continues from it"
         for i in range(n):
             start = (i // group) * group
             size = min(group, n - start)  # the last group of an epoch may be partial
@@ -448,7 +451,7 @@ class Trainer:
                 except Exception as err:  # noqa: BLE001 - raised again by check_in, once every process knows
                     error = err
                 finite = loss is not None and bool(torch.isfinite(loss.detach()))
-                if check_in(runtime, error, kept, finite):
+                if check_in(runtime, error, self.resume_hint, finite):
                     bad_in_row = 0
                     self.scaler.scale(loss / size).backward()
                     counted += 1
@@ -481,4 +484,5 @@ class Trainer:
                     self.scheduler.step()
             self.iter += 1
             self._call("after_step")
+        bar.close()  # its n steps are taken: the loader's iterator is not drawn past them
         return {k: v / max(counted, 1) for k, v in sums.items()}
