@@ -432,8 +432,9 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         bar = progress(loader, desc="train", leave=False, disable=self.quiet or not runtime.is_main, unit="batch")
         batches = iter(bar)
-        # Under torchrun every process checks in after each step (one all-reduce, which also tells whether every
-        # loss was finite): a process that fails (a file only it reads) stops the others there, each with a line.
+        # Under torchrun every process checks in twice a step (an all-reduce after its batch is read, and one after
+        # the forward pass, which also tells whether every loss was finite): a process that fails (a file only it
+        # reads, its GPU's memory) stops the others there, each with a line.
         for i in range(n):
             start = (i // group) * group
             size = min(group, n - start)  # the last group of an epoch may be partial
@@ -441,10 +442,14 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not runtime.distributed else model.no_sync()
             with sync:
                 error, loss, losses = None, None, {}
-                try:
+                try:  # before the forward pass, whose DDP broadcast a failed process would never join
                     self._call("before_step")
                     images, targets = next(batches)
                     images, targets = _to_device(images, targets, runtime.device)
+                except Exception as err:  # noqa: BLE001 - raised again by check_in, once every process knows
+                    error = err
+                check_in(runtime, error, self.resume_hint)
+                try:
                     with torch.autocast(runtime.device.type, dtype=torch.float16, enabled=runtime.amp):
                         losses = model(images, targets)
                         loss = sum(losses.values())
