@@ -135,8 +135,7 @@ def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], cho
         names = output_names(images)
     except Exception as err:  # said by this process below, once the others know to stop
         error = err
-    if _stopped(error, runtime):
-        return 2
+    _check_in(error, runtime)
     table_path = args.out / "cells.csv"
     if not (args.overwrite or args.resume):  # every process finds the same files, and returns alike
         clashes = [p for img in images for p in output_paths(args.out, names[img], args.rois, args.overlays,
@@ -158,8 +157,7 @@ def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], cho
                          "to replace them, or choose another --out", args.out, clashes[0].name,
                          f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
             return 2
-    if _stopped(None, runtime):  # every process has looked before any writes
-        return 2
+    _check_in(None, runtime)  # every process has looked before any writes
     made = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)
     if predictor.auto_scale:
@@ -171,19 +169,13 @@ def _predict_in_group(args: argparse.Namespace, runtime, inputs: list[Path], cho
     return _predict_files(predictor, names, runtime, args, choice, table_path, made)
 
 
-def _stopped(error: BaseException | None, runtime) -> bool:
-    """Every process's check-in (:func:`~cellrcnn.utils.runtime.failed_rank`): this process's ``error`` is raised
-    once all know of it; True when another process failed (said here in one line), so that this one stops too."""
-    from ..utils.runtime import failed_rank
+def _check_in(error: BaseException | None, runtime) -> None:
+    """Every process's check-in (:func:`~cellrcnn.utils.runtime.check_in`): this process's ``error`` is raised once
+    all know of it; when another process failed, :class:`~cellrcnn.utils.errors.StoppedTogether` says so in one
+    line, so that this one stops too."""
+    from ..utils.runtime import check_in
 
-    who = failed_rank(error is not None, runtime)
-    if error is not None:
-        raise error
-    if who is not None:
-        logger.error("error: stopped because process %d of %d failed (its message says why); finished images are "
-                     "kept: --resume finishes the rest", who + 1, runtime.world_size)
-        return True
-    return False
+    check_in(runtime, error, "finished images are kept: --resume finishes the rest")
 
 
 def _coco_of(file_name: str, prediction, parts: tuple[str, ...], data) -> dict:
@@ -221,8 +213,7 @@ def _predict_files(predictor, names: dict[Path, str], runtime, args: argparse.Na
     if done and runtime.is_main:
         logger.info("%d of the %d images are done already; predicting the other %d", len(done), len(images),
                     len(todo))
-    if _stopped(None, runtime):  # every process has read what is done before any writes
-        return 2
+    _check_in(None, runtime)  # every process has read what is done before any writes
     pieces.mkdir(exist_ok=True)
     mine = shard(todo, runtime)
     if runtime.distributed:
@@ -245,8 +236,7 @@ def _predict_files(predictor, names: dict[Path, str], runtime, args: argparse.Na
                     _write_result(result, predictor, names[result.path], pieces, args, told)
             except Exception as err:  # said once the other processes know to stop
                 error = err
-        if _stopped(error, runtime):
-            return 2
+        _check_in(error, runtime)
     failed = [f for part in gather(failed, runtime) for f in part]  # every process's, after all have finished
     cells = 0
     if runtime.is_main:

@@ -18,8 +18,8 @@ import torch.distributed as torch_dist
 
 from .errors import StoppedTogether
 
-__all__ = ["resolve_device", "Runtime", "join_process_group", "shard", "barrier", "gather", "failed_rank",
-           "check_in", "StoppedTogether", "process_group", "leave_process_group"]
+__all__ = ["resolve_device", "Runtime", "join_process_group", "shard", "barrier", "gather", "check_in",
+           "StoppedTogether", "process_group", "leave_process_group"]
 
 T = TypeVar("T")
 
@@ -86,20 +86,6 @@ def gather(item: T, runtime: Runtime) -> list[T]:
     gathered: list = [None] * runtime.world_size
     torch_dist.all_gather_object(gathered, item)
     return gathered
-
-
-def failed_rank(failed: bool, runtime: Runtime) -> int | None:
-    """A check-in that every process of the group makes together: the rank of a process that says it ``failed``
-    (the highest, when several do), or None when none did. Alone: 0 if ``failed``.
-
-    Processes that check in after each unit of work stop together when one fails, instead of the others waiting
-    for it at the next collective call until the group's timeout.
-    """
-    if not runtime.distributed:
-        return 0 if failed else None
-    flag = torch.tensor([runtime.rank + 1 if failed else 0], device=runtime.device)
-    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-    return int(flag.item()) - 1 if flag.item() else None
 
 
 def check_in(runtime: Runtime, error: BaseException | None, what: str, finite: bool = True) -> bool:
